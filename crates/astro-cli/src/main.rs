@@ -1,0 +1,55 @@
+//! `astro`: train, evaluate and inspect astrocytic-attention Transformers.
+
+mod info;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Astrocytic-attention Transformers (Kozachkov, Kastanenka & Krotov, PNAS 2023) on Burn.
+#[derive(Parser, Debug)]
+#[command(name = "astro", version, about)]
+struct Cli {
+    /// Compute backend: flex (CPU, default), ndarray (CPU) or wgpu (GPU); default from $ASTRO_DEVICE.
+    #[arg(long, global = true)]
+    device: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a model's parameters per module, the total, and its decoding-state size.
+    Info(info::InfoArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("ASTRO_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(args) => info::run(args, cli.device.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The device named by `--device` (or the default one).
+pub(crate) fn device(name: Option<&str>) -> anyhow::Result<burn::tensor::Device> {
+    use astro_model::device::BackendKind;
+    let kind = match name {
+        Some(n) => n.parse::<BackendKind>()?,
+        None => BackendKind::default_kind()?,
+    };
+    Ok(kind.device()?)
+}

@@ -1,0 +1,73 @@
+//! Typed errors of the model crate.
+
+use thiserror::Error;
+
+/// A model or attention configuration that cannot be built; names the offending field.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum ConfigError {
+    /// A field holds a value outside its valid range.
+    #[error("invalid `{field}` = {value}: {reason}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `attention.features`.
+        field: String,
+        /// The rejected value, as written.
+        value: String,
+        /// Why it is rejected and what would be accepted.
+        reason: String,
+    },
+    /// The configuration text itself could not be parsed (unknown key, wrong type, unknown variant).
+    #[error("cannot parse model config: {0}")]
+    Parse(String),
+}
+
+impl ConfigError {
+    /// Shorthand for [`ConfigError::Invalid`].
+    pub fn invalid(field: impl Into<String>, value: impl ToString, reason: impl Into<String>) -> Self {
+        Self::Invalid { field: field.into(), value: value.to_string(), reason: reason.into() }
+    }
+}
+
+/// Errors raised while building, loading or saving a model.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Saved weights belong to a model with another architecture or attention variant.
+    #[error(
+        "weights in {path} were saved from a model with {saved}, but the model being loaded has {expected}; \
+         load them with the config they were trained with"
+    )]
+    Mismatch {
+        /// File the weights came from.
+        path: String,
+        /// Summary of the saved model's architecture.
+        saved: String,
+        /// Summary of the requested model's architecture.
+        expected: String,
+    },
+    /// Reading or writing a weights file failed.
+    #[error("cannot {action} {path}: {reason}")]
+    Io {
+        /// `read` or `write`.
+        action: &'static str,
+        /// The file involved.
+        path: String,
+        /// The underlying error.
+        reason: String,
+    },
+    /// Decoding ran past the positions the model knows.
+    #[error(
+        "context of {requested} tokens exceeds the model's {max} learned positions; \
+         use rotary positions (model.positions = \"rotary\") or a larger block_size"
+    )]
+    ContextTooLong {
+        /// Tokens the call would reach.
+        requested: usize,
+        /// Positions available.
+        max: usize,
+    },
+    /// The requested compute backend is unknown or was not compiled in.
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
+}

@@ -1,0 +1,208 @@
+//! Pre-LayerNorm Transformer blocks and the embedding + blocks trunk shared by both models.
+
+use burn::module::{Initializer, Module, Param};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+    RotaryEncoding, RotaryEncodingConfig,
+};
+use burn::tensor::activation::gelu;
+use burn::tensor::{Device, Int, Tensor};
+
+use super::config::{Positions, TransformerConfig};
+use crate::attention::layer::{AttentionLayer, AttentionLayerConfig};
+use crate::attention::{AttentionMask, AttentionState};
+
+/// GPT-2 initialisation: weights N(0, 0.02).
+pub(crate) const INIT_STD: f64 = 0.02;
+
+/// Longest context rotary positions are precomputed for (generation may exceed `block_size`).
+const ROTARY_MAX_POSITIONS: usize = 16_384;
+
+/// A Linear layer with N(0, std) weights and zero bias (GPT-2 / nanoGPT init).
+pub(crate) fn gpt_linear(d_in: usize, d_out: usize, bias: bool, std: f64, device: &Device) -> Linear {
+    let mut linear = LinearConfig::new(d_in, d_out)
+        .with_bias(bias)
+        .with_initializer(Initializer::Normal { mean: 0.0, std })
+        .init(device);
+    linear.bias = linear.bias.map(|b| Param::from_tensor(b.val().zeros_like()));
+    linear
+}
+
+/// Position-wise feed-forward network: Linear → GELU → Linear → dropout.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// Expansion d → r·d.
+    pub fc: Linear,
+    /// Projection r·d → d.
+    pub proj: Linear,
+    /// Output dropout.
+    pub dropout: Dropout,
+}
+
+impl Mlp {
+    /// `[batch, seq, d]` → `[batch, seq, d]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.dropout.forward(self.proj.forward(gelu(self.fc.forward(x))))
+    }
+}
+
+/// Pre-LN block: x + drop(attn(ln₁ x)), then x + mlp(ln₂ x).
+#[derive(Module, Debug)]
+pub struct Block {
+    /// Norm before attention.
+    pub ln_1: LayerNorm,
+    /// Multi-head attention.
+    pub attn: AttentionLayer,
+    /// Dropout on the attention output.
+    pub attn_dropout: Dropout,
+    /// Norm before the MLP (absent with the MLP).
+    pub ln_2: Option<LayerNorm>,
+    /// Feed-forward network (`mlp_ratio = 0` removes it).
+    pub mlp: Option<Mlp>,
+}
+
+impl Block {
+    fn init(config: &TransformerConfig, layer: usize, device: &Device) -> Self {
+        let d = config.n_embd;
+        let out_std = INIT_STD / ((2 * config.n_layer) as f64).sqrt();
+        let norm = || LayerNormConfig::new(d).with_bias(config.bias).init(device);
+        let attn = AttentionLayerConfig {
+            d_model: d,
+            heads: config.n_head,
+            bias: config.bias,
+            init_std: INIT_STD,
+            out_init_std: out_std,
+            attention: config.attention.clone(),
+            layer,
+        }
+        .init(device);
+        let mlp = (config.mlp_ratio > 0).then(|| {
+            let hidden = config.mlp_ratio * d;
+            Mlp {
+                fc: gpt_linear(d, hidden, config.bias, INIT_STD, device),
+                proj: gpt_linear(hidden, d, config.bias, out_std, device),
+                dropout: DropoutConfig::new(config.dropout).init(),
+            }
+        });
+        Block {
+            ln_1: norm(),
+            attn,
+            attn_dropout: DropoutConfig::new(config.dropout).init(),
+            ln_2: mlp.as_ref().map(|_| norm()),
+            mlp,
+        }
+    }
+
+    fn feed_forward(&self, x: Tensor<3>) -> Tensor<3> {
+        match (&self.ln_2, &self.mlp) {
+            (Some(ln), Some(mlp)) => x.clone() + mlp.forward(ln.forward(x)),
+            _ => x,
+        }
+    }
+
+    /// `x`: `[batch, seq, d]` → `[batch, seq, d]`.
+    pub fn forward(&self, x: Tensor<3>, mask: &AttentionMask, rope: Option<&RotaryEncoding>) -> Tensor<3> {
+        let a = self.attn.forward(self.ln_1.forward(x.clone()), mask, rope);
+        self.feed_forward(x + self.attn_dropout.forward(a))
+    }
+
+    /// Causal step over new tokens `x` `[batch, seq_new, d]`.
+    pub fn forward_incremental(
+        &self,
+        x: Tensor<3>,
+        state: Option<AttentionState>,
+        rope: Option<&RotaryEncoding>,
+    ) -> (Tensor<3>, AttentionState) {
+        let (a, state) = self.attn.forward_incremental(self.ln_1.forward(x.clone()), state, rope);
+        (self.feed_forward(x + self.attn_dropout.forward(a)), state)
+    }
+}
+
+/// Token (+ position) embeddings, the blocks and the final norm.
+#[derive(Module, Debug)]
+pub struct Trunk {
+    /// Token embedding `[vocab, d]` (tied to the LM head).
+    pub wte: Embedding,
+    /// Learned position embedding `[block_size, d]`.
+    pub wpe: Option<Embedding>,
+    /// Rotary position encoding (constants; not saved).
+    pub rope: Option<RotaryEncoding>,
+    /// Embedding dropout.
+    pub drop: Dropout,
+    /// The blocks.
+    pub blocks: Vec<Block>,
+    /// Final LayerNorm.
+    pub ln_f: LayerNorm,
+}
+
+impl Trunk {
+    pub(crate) fn init(config: &TransformerConfig, vocab: usize, device: &Device) -> Self {
+        let d = config.n_embd;
+        let embedding = |n: usize| {
+            EmbeddingConfig::new(n, d).with_initializer(Initializer::Normal { mean: 0.0, std: INIT_STD }).init(device)
+        };
+        Trunk {
+            wte: embedding(vocab),
+            wpe: (config.positions == Positions::Learned).then(|| embedding(config.block_size)),
+            rope: (config.positions == Positions::Rotary).then(|| {
+                RotaryEncodingConfig::new(ROTARY_MAX_POSITIONS.max(config.block_size), config.head_dim()).init(device)
+            }),
+            drop: DropoutConfig::new(config.dropout).init(),
+            blocks: (0..config.n_layer).map(|layer| Block::init(config, layer, device)).collect(),
+            ln_f: LayerNormConfig::new(d).with_bias(config.bias).init(device),
+        }
+    }
+
+    /// Longest context the positions allow (`None`: unbounded).
+    pub fn max_positions(&self) -> Option<usize> {
+        match (&self.wpe, &self.rope) {
+            (Some(wpe), _) => Some(wpe.weight.shape().dims::<2>()[0]),
+            (None, Some(rope)) => Some(rope.freq_complex.dims()[0]),
+            (None, None) => None,
+        }
+    }
+
+    /// Embeddings of `tokens` `[batch, seq]` at positions start.. → `[batch, seq, d]`.
+    fn embed(&self, tokens: Tensor<2, Int>, start: usize) -> Tensor<3> {
+        let [b, t] = tokens.dims();
+        let x = self.wte.forward(tokens);
+        let x = match &self.wpe {
+            Some(wpe) => {
+                let pos = Tensor::<1, Int>::arange(start as i64..(start + t) as i64, &x.device())
+                    .unsqueeze_dim::<2>(0)
+                    .expand([b, t]);
+                x + wpe.forward(pos)
+            }
+            None => x,
+        };
+        self.drop.forward(x)
+    }
+
+    /// `tokens` `[batch, seq]` → final hidden states `[batch, seq, d]`.
+    pub fn forward(&self, tokens: Tensor<2, Int>, mask: &AttentionMask) -> Tensor<3> {
+        let mut x = self.embed(tokens, 0);
+        for block in &self.blocks {
+            x = block.forward(x, mask, self.rope.as_ref());
+        }
+        self.ln_f.forward(x)
+    }
+
+    /// Causal step: new `tokens` `[batch, seq_new]` after `start` tokens summarised in `states`
+    /// (one per block, empty for a fresh sequence) → hidden states `[batch, seq_new, d]`.
+    pub fn forward_incremental(
+        &self,
+        tokens: Tensor<2, Int>,
+        start: usize,
+        states: Vec<AttentionState>,
+    ) -> (Tensor<3>, Vec<AttentionState>) {
+        let mut x = self.embed(tokens, start);
+        let mut states = states.into_iter();
+        let mut next = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let (y, s) = block.forward_incremental(x, states.next(), self.rope.as_ref());
+            x = y;
+            next.push(s);
+        }
+        (self.ln_f.forward(x), next)
+    }
+}

@@ -1,0 +1,107 @@
+//! Decoder-only language model (GPT-2 / nanoGPT layout) with a pluggable attention variant.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor};
+
+use super::block::Trunk;
+use super::config::TransformerConfig;
+use super::weights::{self, SavedArchitecture};
+use crate::attention::{AttentionMask, AttentionState};
+use crate::error::ModelError;
+
+/// Decoding memory of a language model: one [`AttentionState`] per block and the position reached.
+#[derive(Debug, Clone, Default)]
+pub struct DecodeState {
+    /// Per-block attention state (empty before the first call).
+    pub layers: Vec<AttentionState>,
+    /// Tokens consumed so far.
+    pub position: usize,
+}
+
+impl DecodeState {
+    /// Floats held by all layers (for all batch rows).
+    pub fn num_floats(&self) -> usize {
+        self.layers.iter().map(|s| s.num_floats()).sum()
+    }
+}
+
+/// Token embedding → blocks → final norm → LM head tied to the token embedding.
+#[derive(Module, Debug)]
+pub struct LanguageModel {
+    /// Embeddings, blocks and final norm.
+    pub trunk: Trunk,
+    #[module(skip)]
+    config: TransformerConfig,
+}
+
+impl LanguageModel {
+    /// A freshly initialised model (GPT-2 init); `config.vocab_size` must be set.
+    pub fn new(config: &TransformerConfig, device: &Device) -> Result<Self, ModelError> {
+        config.validate()?;
+        let vocab = config.vocab()?;
+        Ok(Self { trunk: Trunk::init(config, vocab, device), config: config.clone() })
+    }
+
+    /// Builds the model stored in `path` (architecture from the file's metadata) with its weights.
+    pub fn load(path: &Path, device: &Device) -> Result<Self, ModelError> {
+        match weights::read_architecture(path)? {
+            SavedArchitecture::LanguageModel { config } => Self::new(&config, device)?.load_weights(path),
+            other => Err(ModelError::Mismatch {
+                path: path.display().to_string(),
+                saved: other.describe(),
+                expected: "a language model".to_string(),
+            }),
+        }
+    }
+
+    /// Replaces the weights with those in `path`; fails, naming both, if the file holds another
+    /// architecture or attention variant.
+    pub fn load_weights(self, path: &Path) -> Result<Self, ModelError> {
+        let arch = self.architecture();
+        weights::load(self, &arch, path)
+    }
+
+    /// Saves weights and architecture to `path` (burnpack, written atomically).
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        weights::save(self, &self.architecture(), path)
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &TransformerConfig {
+        &self.config
+    }
+
+    fn architecture(&self) -> SavedArchitecture {
+        SavedArchitecture::LanguageModel { config: self.config.clone() }
+    }
+
+    /// Hidden states → logits over the vocabulary with the tied embedding: `[B,T,d]` → `[B,T,V]`.
+    fn head(&self, x: Tensor<3>) -> Tensor<3> {
+        let w = self.trunk.wte.weight.val(); // [V, d]
+        x.matmul(w.transpose().unsqueeze_dim(0)) // [B,T,d] @ [1,d,V]
+    }
+
+    /// Logits `[batch, seq, vocab]` for `tokens` `[batch, seq]` (causal).
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.head(self.trunk.forward(tokens, &AttentionMask::causal()))
+    }
+
+    /// Logits for new `tokens` `[batch, seq_new]` continuing `state`; astrocytic and linear attention
+    /// carry a constant-size memory, softmax a KV cache. Errors if learned positions run out.
+    pub fn forward_incremental(
+        &self,
+        tokens: Tensor<2, Int>,
+        state: DecodeState,
+    ) -> Result<(Tensor<3>, DecodeState), ModelError> {
+        let t = tokens.dims()[1];
+        if let Some(max) = self.trunk.max_positions()
+            && state.position + t > max
+        {
+            return Err(ModelError::ContextTooLong { requested: state.position + t, max });
+        }
+        let (x, layers) = self.trunk.forward_incremental(tokens, state.position, state.layers);
+        Ok((self.head(x), DecodeState { layers, position: state.position + t }))
+    }
+}

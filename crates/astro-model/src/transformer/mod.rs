@@ -1,0 +1,14 @@
+//! The Transformers: a decoder-only language model and an encoder classifier, sharing one trunk of
+//! pre-LayerNorm blocks whose attention variant is set by the config.
+
+pub mod block;
+pub mod config;
+pub mod encoder;
+pub mod lm;
+mod weights;
+
+pub use block::{Block, Mlp, Trunk};
+pub use config::{ClassifierConfig, Pooling, Positions, TransformerConfig};
+pub use encoder::EncoderClassifier;
+pub use lm::{DecodeState, LanguageModel};
+pub use weights::{SavedArchitecture, read_architecture};

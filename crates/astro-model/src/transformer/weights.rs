@@ -1,0 +1,95 @@
+//! Weight files: burnpack (`.bpk`, written atomically by burn-store) with the architecture stored
+//! in the file's metadata, so that a file is self-describing and loading it into a model of
+//! another variant or size fails with an error naming both.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use serde::{Deserialize, Serialize};
+
+use super::config::{ClassifierConfig, TransformerConfig};
+use crate::error::ModelError;
+
+/// Metadata key holding the JSON [`SavedArchitecture`].
+const ARCH_KEY: &str = "astro.architecture";
+
+/// What a weight file was saved from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "model", rename_all = "snake_case")]
+pub enum SavedArchitecture {
+    /// A [`super::LanguageModel`].
+    LanguageModel {
+        /// Its architecture.
+        config: TransformerConfig,
+    },
+    /// An [`super::EncoderClassifier`].
+    EncoderClassifier {
+        /// Its trunk.
+        config: TransformerConfig,
+        /// Its head.
+        classifier: ClassifierConfig,
+    },
+}
+
+impl SavedArchitecture {
+    /// One-line summary for error messages.
+    pub fn describe(&self) -> String {
+        match self {
+            SavedArchitecture::LanguageModel { config } => format!("language model: {}", config.describe()),
+            SavedArchitecture::EncoderClassifier { config, classifier } => {
+                format!("encoder classifier ({} classes): {}", classifier.classes, config.describe())
+            }
+        }
+    }
+
+    /// Whether weights of `self` fit a model built as `other`: everything that shapes or defines the
+    /// tensors must agree; dropout may differ (fine-tuning with another dropout is legitimate).
+    fn compatible(&self, other: &SavedArchitecture) -> bool {
+        let strip = |a: &SavedArchitecture| {
+            let mut a = a.clone();
+            match &mut a {
+                SavedArchitecture::LanguageModel { config } | SavedArchitecture::EncoderClassifier { config, .. } => {
+                    config.dropout = 0.0;
+                }
+            }
+            a
+        };
+        strip(self) == strip(other)
+    }
+}
+
+fn io(action: &'static str, path: &Path, reason: impl ToString) -> ModelError {
+    ModelError::Io { action, path: path.display().to_string(), reason: reason.to_string() }
+}
+
+/// Reads the architecture stored in a weight file.
+pub fn read_architecture(path: &Path) -> Result<SavedArchitecture, ModelError> {
+    let reader = burn_pack::Reader::from_file_exact(path).map_err(|e| io("read", path, e))?;
+    let json = reader.metadata().get(ARCH_KEY).ok_or_else(|| {
+        io("read", path, "the file has no astro architecture metadata (was it written by astro?)")
+    })?;
+    serde_json::from_str(json).map_err(|e| io("read", path, format!("corrupt architecture metadata: {e}")))
+}
+
+/// Saves `module`'s parameters and its architecture to `path` (atomically; replaces the file).
+pub(crate) fn save<M: Module>(module: &M, arch: &SavedArchitecture, path: &Path) -> Result<(), ModelError> {
+    let json = serde_json::to_string(arch).map_err(|e| io("write", path, e))?;
+    let mut store = BurnpackStore::from_file(path).auto_extension(false).overwrite(true).metadata(ARCH_KEY, json);
+    module.save_into(&mut store).map_err(|e| io("write", path, e))
+}
+
+/// Loads parameters from `path` into `module`, built as `arch`; refuses files of another architecture.
+pub(crate) fn load<M: Module>(mut module: M, arch: &SavedArchitecture, path: &Path) -> Result<M, ModelError> {
+    let saved = read_architecture(path)?;
+    if !saved.compatible(arch) {
+        return Err(ModelError::Mismatch {
+            path: path.display().to_string(),
+            saved: saved.describe(),
+            expected: arch.describe(),
+        });
+    }
+    let mut store = BurnpackStore::from_file(path).auto_extension(false);
+    module.load_from(&mut store).map_err(|e| io("read", path, e))?;
+    Ok(module)
+}
