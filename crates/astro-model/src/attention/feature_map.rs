@@ -287,7 +287,7 @@ mod tests {
     #[test]
     fn orthogonal_blocks_are_orthogonal_with_chi_norms() {
         let (d, m) = (8, 20);
-        let data = sample_omega(1, m, d, true, 3).to_vec::<f32>().unwrap();
+        let data = sample_omega(1, m, d, true, 3).try_to_vec::<f32>().unwrap();
         let row = |i: usize| &data[i * d..(i + 1) * d];
         let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum::<f64>();
         // rows 0..8 form one block, 8..16 another, 16..20 a partial block
@@ -313,7 +313,7 @@ mod tests {
         let a = sample_omega(2, 16, 4, false, 7);
         let b = sample_omega(2, 16, 4, false, 7);
         let c = sample_omega(2, 16, 4, false, 8);
-        assert_eq!(a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
-        assert_ne!(a.to_vec::<f32>().unwrap(), c.to_vec::<f32>().unwrap());
+        assert_eq!(a.try_to_vec::<f32>().unwrap(), b.try_to_vec::<f32>().unwrap());
+        assert_ne!(a.try_to_vec::<f32>().unwrap(), c.try_to_vec::<f32>().unwrap());
     }
 }

@@ -69,7 +69,7 @@ pub(crate) fn safe_div(num: Tensor<4>, den: Tensor<4>) -> Tensor<4> {
 }
 
 /// A `[1, 1, rows, cols]` constant built on the host.
-fn host_matrix(values: Vec<f32>, rows: usize, cols: usize, like: &Tensor<4>) -> Tensor<4> {
+fn host_matrix(values: Vec<f64>, rows: usize, cols: usize, like: &Tensor<4>) -> Tensor<4> {
     Tensor::<2>::from_data(TensorData::new(values, [rows, cols]), (&like.device(), like.dtype()))
         .unsqueeze_dim::<3>(0)
         .unsqueeze_dim(0)
@@ -78,13 +78,13 @@ fn host_matrix(values: Vec<f32>, rows: usize, cols: usize, like: &Tensor<4>) -> 
 /// Which keys each query reads, with calcium decay: `[1, 1, T, T]`, entry (t, τ) =
 /// γ^{t−τ}·[τ ≤ t] (causal) or γ^{T−1−τ} (bidirectional: every key was written before any read).
 fn memory_matrix(t: usize, causal: bool, decay: f64, like: &Tensor<4>) -> Tensor<4> {
-    let mut w = vec![0f32; t * t];
+    let mut w = vec![0f64; t * t];
     for row in 0..t {
         for col in 0..t {
             w[row * t + col] = match (causal, col <= row) {
-                (true, true) => decay.powi((row - col) as i32) as f32,
+                (true, true) => decay.powi((row - col) as i32),
                 (true, false) => 0.0,
-                (false, _) => decay.powi((t - 1 - col) as i32) as f32,
+                (false, _) => decay.powi((t - 1 - col) as i32),
             };
         }
     }
@@ -137,7 +137,7 @@ pub(crate) fn parallel(input: KernelInput) -> Tensor<4> {
     // Decay: key τ has faded by γ^{T−1−τ} by the time the queries read (a log weight, so that the
     // stabiliser below sees it and long sequences do not underflow).
     let k = if decay < 1.0 {
-        let ages: Vec<f32> = (0..t).map(|tau| ((t - 1 - tau) as f64 * decay.ln()) as f32).collect();
+        let ages: Vec<f64> = (0..t).map(|tau| (t - 1 - tau) as f64 * decay.ln()).collect();
         k.add_log_weight(host_matrix(ages, t, 1, &v))
     } else {
         k
@@ -286,8 +286,8 @@ pub(crate) fn chunked(input: KernelInput, chunk: usize, state: Option<RecurrentS
 
     // What each chunk writes, decayed to the chunk's last token: U_j = Σ_κ γ^{c−1−κ} v_κ φ(k̃_κ)ᵀ.
     let (fk_w, fq_r) = if decay < 1.0 {
-        let to_end: Vec<f32> = (0..c).map(|i| decay.powi((c - 1 - i) as i32) as f32).collect();
-        let from_start: Vec<f32> = (0..c).map(|i| decay.powi((i + 1) as i32) as f32).collect();
+        let to_end: Vec<f64> = (0..c).map(|i| decay.powi((c - 1 - i) as i32)).collect();
+        let from_start: Vec<f64> = (0..c).map(|i| decay.powi((i + 1) as i32)).collect();
         (fk * host_matrix(to_end, c, 1, &v), fq * host_matrix(from_start, c, 1, &v))
     } else {
         (fk, fq)

@@ -1,0 +1,239 @@
+//! Every execution form of every attention variant computes the same function.
+//!
+//! Error measure: normwise relative error max|a − b| / max|b| against the reference (quadratic)
+//! path; ≤ 1e-5 in f32 and ≤ 1e-11 in f64.
+
+mod common;
+
+use astro_model::attention::{
+    AstrocyticConfig, AttentionMask, AttentionState, FeatureMap, InnerAttention, LinearConfig, SoftmaxConfig,
+};
+use burn::tensor::{DType, Tensor};
+use common::{device, normal4, padding, rel_err};
+
+const MAPS: [FeatureMap; 6] = [
+    FeatureMap::Positive,
+    FeatureMap::Cosine,
+    FeatureMap::Truncated,
+    FeatureMap::PositiveCosine,
+    FeatureMap::Linear,
+    FeatureMap::Elu,
+];
+
+struct Case {
+    map: FeatureMap,
+    batch: usize,
+    heads: usize,
+    seq: usize,
+    head_dim: usize,
+    features: usize,
+    decay: f64,
+    padded: bool,
+    dtype: DType,
+    seed: u64,
+}
+
+impl Case {
+    fn new(map: FeatureMap) -> Self {
+        Case { map, batch: 2, heads: 3, seq: 13, head_dim: 8, features: 32, decay: 1.0, padded: false, dtype: DType::F32, seed: 1 }
+    }
+
+    fn tolerance(&self) -> f64 {
+        if self.dtype == DType::F64 { 1e-11 } else { 1e-5 }
+    }
+
+    fn label(&self) -> String {
+        format!(
+            "{:?} b{} h{} t{} d{} m{} γ{} pad={} {:?}",
+            self.map, self.batch, self.heads, self.seq, self.head_dim, self.features, self.decay, self.padded, self.dtype
+        )
+    }
+
+    fn run(&self) {
+        let dev = device();
+        let config = AstrocyticConfig {
+            features: self.features,
+            feature_map: self.map,
+            decay: self.decay,
+            orthogonal: self.seed % 2 == 0,
+            seed: self.seed,
+            ..AstrocyticConfig::default()
+        };
+        let attn = config.init(self.heads, self.head_dim, 0, &dev);
+        let shape = [self.batch, self.heads, self.seq, self.head_dim];
+        let q = normal4(shape, 0.7, self.seed * 10 + 1, self.dtype, &dev);
+        let k = normal4(shape, 0.7, self.seed * 10 + 2, self.dtype, &dev);
+        let v = normal4(shape, 1.0, self.seed * 10 + 3, self.dtype, &dev);
+        let pad = self.padded.then(|| padding(self.batch, self.seq, 0.3, self.seed, &dev));
+        let with_pad = |m: AttentionMask| match &pad {
+            Some(p) => m.with_padding(p.clone()),
+            None => m,
+        };
+        let tol = self.tolerance();
+        let label = self.label();
+
+        // Causal.
+        let mask = with_pad(AttentionMask::causal());
+        let reference = attn.forward_reference(q.clone(), k.clone(), v.clone(), &mask);
+        let mech = attn.forward_mechanistic(q.clone(), k.clone(), v.clone(), &mask);
+        let e = rel_err(&mech, &reference);
+        assert!(e <= tol, "{label}: causal mechanistic vs reference {e:e}");
+        for chunk in [1, 3, 4, self.seq, self.seq + 5] {
+            let y = attn.forward_chunked(q.clone(), k.clone(), v.clone(), &mask, chunk);
+            let e = rel_err(&y, &reference);
+            assert!(e <= tol, "{label}: causal chunked({chunk}) vs reference {e:e}");
+        }
+        let fast = attn.forward(q.clone(), k.clone(), v.clone(), &mask);
+        assert!(rel_err(&fast, &reference) <= tol, "{label}: forward vs reference");
+
+        // Bidirectional.
+        let mask = with_pad(AttentionMask::bidirectional());
+        let reference = attn.forward_reference(q.clone(), k.clone(), v.clone(), &mask);
+        let par = attn.forward_parallel(q.clone(), k.clone(), v.clone(), &mask);
+        let e = rel_err(&par, &reference);
+        assert!(e <= tol, "{label}: bidirectional parallel vs reference {e:e}");
+        let mech = attn.forward_mechanistic(q.clone(), k.clone(), v.clone(), &mask);
+        let e = rel_err(&mech, &reference);
+        assert!(e <= tol, "{label}: bidirectional mechanistic vs reference {e:e}");
+
+        // Incremental decoding (no padding): a prompt, single tokens, then a block, carrying state.
+        if !self.padded {
+            let reference = attn.forward_reference(q.clone(), k.clone(), v.clone(), &AttentionMask::causal());
+            let y = incremental_in_pieces(&attn, &q, &k, &v, &[5, 1, 1, self.seq - 7]);
+            let e = rel_err(&y, &reference);
+            assert!(e <= tol, "{label}: incremental vs reference {e:e}");
+        }
+    }
+}
+
+/// Feeds the sequence in pieces of the given sizes through `forward_incremental`, carrying state.
+fn incremental_in_pieces<A: InnerAttention>(attn: &A, q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, pieces: &[usize]) -> Tensor<4> {
+    let mut state: Option<AttentionState> = None;
+    let mut start = 0;
+    let mut outputs = Vec::new();
+    for &len in pieces.iter().filter(|&&l| l > 0) {
+        let piece = |x: &Tensor<4>| x.clone().narrow(2, start, len);
+        let (y, s) = attn.forward_incremental(piece(q), piece(k), piece(v), state.take());
+        assert_eq!(s.tokens(), start + len, "state counts the tokens written");
+        outputs.push(y);
+        state = Some(s);
+        start += len;
+    }
+    Tensor::cat(outputs, 2)
+}
+
+#[test]
+fn every_map_agrees_across_forms_f32() {
+    for map in MAPS {
+        Case::new(map).run();
+    }
+}
+
+#[test]
+fn every_map_agrees_across_forms_f64() {
+    for map in MAPS {
+        Case { dtype: DType::F64, seed: 2, ..Case::new(map) }.run();
+    }
+}
+
+#[test]
+fn forms_agree_with_padding() {
+    for map in MAPS {
+        Case { padded: true, seed: 3, ..Case::new(map) }.run();
+    }
+}
+
+#[test]
+fn forms_agree_with_calcium_decay() {
+    for (i, map) in MAPS.into_iter().enumerate() {
+        Case { decay: 0.8, padded: i % 2 == 0, seed: 4, ..Case::new(map) }.run();
+    }
+    Case { decay: 0.5, dtype: DType::F64, seed: 6, ..Case::new(FeatureMap::Positive) }.run();
+}
+
+#[test]
+fn forms_agree_across_shapes() {
+    let shapes = [(1, 1, 7, 4, 8), (3, 2, 16, 16, 64), (2, 4, 33, 8, 17), (1, 2, 64, 32, 128)];
+    for (i, &(batch, heads, seq, head_dim, features)) in shapes.iter().enumerate() {
+        Case { batch, heads, seq, head_dim, features, seed: 10 + i as u64, ..Case::new(FeatureMap::Positive) }.run();
+    }
+}
+
+#[test]
+fn linear_attention_forms_agree() {
+    let dev = device();
+    let attn = LinearConfig { chunk_size: 4 }.init();
+    let shape = [2, 3, 11, 8];
+    let (q, k, v) = (normal4(shape, 1.0, 1, DType::F32, &dev), normal4(shape, 1.0, 2, DType::F32, &dev), normal4(shape, 1.0, 3, DType::F32, &dev));
+    for mask in [AttentionMask::causal(), AttentionMask::bidirectional(), AttentionMask::causal().with_padding(padding(2, 11, 0.3, 5, &dev))] {
+        let r = attn.forward_reference(q.clone(), k.clone(), v.clone(), &mask);
+        let y = attn.forward(q.clone(), k.clone(), v.clone(), &mask);
+        assert!(rel_err(&y, &r) <= 1e-5, "linear forward vs reference, causal={}", mask.causal);
+    }
+    let r = attn.forward_reference(q.clone(), k.clone(), v.clone(), &AttentionMask::causal());
+    let y = incremental_in_pieces(&attn, &q, &k, &v, &[4, 1, 6]);
+    assert!(rel_err(&y, &r) <= 1e-5, "linear incremental vs reference");
+}
+
+#[test]
+fn softmax_fast_path_equals_reference() {
+    let dev = device();
+    let attn = SoftmaxConfig::default().init();
+    let shape = [2, 3, 19, 8];
+    let (q, k, v) = (normal4(shape, 1.0, 1, DType::F32, &dev), normal4(shape, 1.0, 2, DType::F32, &dev), normal4(shape, 1.0, 3, DType::F32, &dev));
+    let pad = padding(2, 19, 0.3, 9, &dev);
+    for mask in [
+        AttentionMask::causal(),
+        AttentionMask::bidirectional(),
+        AttentionMask::causal().with_padding(pad.clone()),
+        AttentionMask::bidirectional().with_padding(pad),
+    ] {
+        let r = attn.forward_reference(q.clone(), k.clone(), v.clone(), &mask);
+        let y = attn.forward(q.clone(), k.clone(), v.clone(), &mask);
+        let e = rel_err(&y, &r);
+        assert!(e <= 1e-5, "softmax fused vs reference (causal={}): {e:e}", mask.causal);
+    }
+    let r = attn.forward_reference(q.clone(), k.clone(), v.clone(), &AttentionMask::causal());
+    let y = incremental_in_pieces(&attn, &q, &k, &v, &[6, 1, 1, 11]);
+    assert!(rel_err(&y, &r) <= 1e-5, "softmax KV-cache decoding vs reference");
+}
+
+#[test]
+fn padded_keys_contribute_nothing() {
+    // Appending padded tokens with arbitrary content must not change the outputs of the real ones.
+    let dev = device();
+    let attn = AstrocyticConfig { features: 64, ..AstrocyticConfig::default() }.init(2, 8, 0, &dev);
+    let (b, t, extra) = (2, 9, 5);
+    let shape = [b, 2, t + extra, 8];
+    let (q, k, v) = (normal4(shape, 0.7, 1, DType::F32, &dev), normal4(shape, 0.7, 2, DType::F32, &dev), normal4(shape, 1.0, 3, DType::F32, &dev));
+    let real = |x: &Tensor<4>| x.clone().narrow(2, 0, t);
+    let mut pad = vec![false; b * (t + extra)];
+    for row in 0..b {
+        for col in t..t + extra {
+            pad[row * (t + extra) + col] = true;
+        }
+    }
+    let pad = Tensor::<2, burn::tensor::Bool>::from_data(burn::tensor::TensorData::new(pad, [b, t + extra]), &dev);
+    let mask = AttentionMask::bidirectional().with_padding(pad);
+    let with_padding = attn.forward(q.clone(), k.clone(), v.clone(), &mask).narrow(2, 0, t);
+    let without = attn.forward(real(&q), real(&k), real(&v), &AttentionMask::bidirectional());
+    assert!(rel_err(&with_padding, &without) <= 1e-5);
+}
+
+#[test]
+fn attention_weights_are_causal_and_normalised() {
+    let dev = device();
+    let attn = AstrocyticConfig { features: 64, ..AstrocyticConfig::default() }.init(2, 8, 0, &dev);
+    let shape = [1, 2, 6, 8];
+    let (q, k) = (normal4(shape, 0.7, 1, DType::F32, &dev), normal4(shape, 0.7, 2, DType::F32, &dev));
+    let w = attn.attention_weights(q, k, &AttentionMask::causal());
+    let w = common::host(&w);
+    for head in 0..2 {
+        for row in 0..6 {
+            let r = &w[(head * 6 + row) * 6..(head * 6 + row + 1) * 6];
+            assert!((r.iter().sum::<f64>() - 1.0).abs() < 1e-5, "row sums to 1");
+            assert!(r[row + 1..].iter().all(|&x| x == 0.0), "no weight on future keys");
+            assert!(r.iter().all(|&x| x >= 0.0), "positive map gives non-negative weights");
+        }
+    }
+}
