@@ -20,22 +20,28 @@ pub struct InfoArgs {
     contexts: Vec<usize>,
 }
 
-/// Reads the `[model]` table of a run config.
+/// The part of a run config `astro info` reads; other tables are left to their own commands.
+#[derive(serde::Deserialize)]
+struct ModelSection {
+    model: Option<TransformerConfig>,
+}
+
+/// Reads and validates the `[model]` table of a run config (errors point into the file itself).
 pub fn read_model_config(path: &std::path::Path) -> anyhow::Result<TransformerConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-    let table: toml::Table = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
-    let Some(model) = table.get("model") else {
+    let section: ModelSection = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+    let Some(model) = section.model else {
         bail!("{} has no [model] table; see configs/shakespeare-char.toml for the layout", path.display());
     };
-    let model = toml::to_string(model)?;
-    TransformerConfig::from_toml(&model).with_context(|| format!("invalid [model] in {}", path.display()))
+    model.validate().with_context(|| format!("invalid [model] in {}", path.display()))?;
+    Ok(model)
 }
 
 fn group_digits(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -30,9 +30,7 @@ pub enum DeviceError {
     #[error("unknown device `{0}`; expected one of: flex, ndarray, wgpu")]
     Unknown(String),
     /// The backend exists but this build does not include it.
-    #[error(
-        "device `{0}` is not compiled into this build (compiled: {1}); rebuild with `--features {0}`"
-    )]
+    #[error("device `{0}` is not compiled into this build (compiled: {1}); rebuild with `--features {0}`")]
     NotCompiled(BackendKind, String),
     /// No backend feature was enabled at all.
     #[error("no compute backend is compiled in; build with `--features flex` (or ndarray, wgpu)")]

@@ -35,7 +35,18 @@ struct Case {
 
 impl Case {
     fn new(map: FeatureMap) -> Self {
-        Case { map, batch: 2, heads: 3, seq: 13, head_dim: 8, features: 32, decay: 1.0, padded: false, dtype: DType::F32, seed: 1 }
+        Case {
+            map,
+            batch: 2,
+            heads: 3,
+            seq: 13,
+            head_dim: 8,
+            features: 32,
+            decay: 1.0,
+            padded: false,
+            dtype: DType::F32,
+            seed: 1,
+        }
     }
 
     fn tolerance(&self) -> f64 {
@@ -45,7 +56,15 @@ impl Case {
     fn label(&self) -> String {
         format!(
             "{:?} b{} h{} t{} d{} m{} γ{} pad={} {:?}",
-            self.map, self.batch, self.heads, self.seq, self.head_dim, self.features, self.decay, self.padded, self.dtype
+            self.map,
+            self.batch,
+            self.heads,
+            self.seq,
+            self.head_dim,
+            self.features,
+            self.decay,
+            self.padded,
+            self.dtype
         )
     }
 
@@ -55,7 +74,7 @@ impl Case {
             features: self.features,
             feature_map: self.map,
             decay: self.decay,
-            orthogonal: self.seed % 2 == 0,
+            orthogonal: self.seed.is_multiple_of(2),
             seed: self.seed,
             ..AstrocyticConfig::default()
         };
@@ -107,7 +126,13 @@ impl Case {
 }
 
 /// Feeds the sequence in pieces of the given sizes through `forward_incremental`, carrying state.
-fn incremental_in_pieces<A: InnerAttention>(attn: &A, q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, pieces: &[usize]) -> Tensor<4> {
+fn incremental_in_pieces<A: InnerAttention>(
+    attn: &A,
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    pieces: &[usize],
+) -> Tensor<4> {
     let mut state: Option<AttentionState> = None;
     let mut start = 0;
     let mut outputs = Vec::new();
@@ -164,8 +189,16 @@ fn linear_attention_forms_agree() {
     let dev = device();
     let attn = LinearConfig { chunk_size: 4 }.init();
     let shape = [2, 3, 11, 8];
-    let (q, k, v) = (normal4(shape, 1.0, 1, DType::F32, &dev), normal4(shape, 1.0, 2, DType::F32, &dev), normal4(shape, 1.0, 3, DType::F32, &dev));
-    for mask in [AttentionMask::causal(), AttentionMask::bidirectional(), AttentionMask::causal().with_padding(padding(2, 11, 0.3, 5, &dev))] {
+    let (q, k, v) = (
+        normal4(shape, 1.0, 1, DType::F32, &dev),
+        normal4(shape, 1.0, 2, DType::F32, &dev),
+        normal4(shape, 1.0, 3, DType::F32, &dev),
+    );
+    for mask in [
+        AttentionMask::causal(),
+        AttentionMask::bidirectional(),
+        AttentionMask::causal().with_padding(padding(2, 11, 0.3, 5, &dev)),
+    ] {
         let r = attn.forward_reference(q.clone(), k.clone(), v.clone(), &mask);
         let y = attn.forward(q.clone(), k.clone(), v.clone(), &mask);
         assert!(rel_err(&y, &r) <= 1e-5, "linear forward vs reference, causal={}", mask.causal);
@@ -180,7 +213,11 @@ fn softmax_fast_path_equals_reference() {
     let dev = device();
     let attn = SoftmaxConfig::default().init();
     let shape = [2, 3, 19, 8];
-    let (q, k, v) = (normal4(shape, 1.0, 1, DType::F32, &dev), normal4(shape, 1.0, 2, DType::F32, &dev), normal4(shape, 1.0, 3, DType::F32, &dev));
+    let (q, k, v) = (
+        normal4(shape, 1.0, 1, DType::F32, &dev),
+        normal4(shape, 1.0, 2, DType::F32, &dev),
+        normal4(shape, 1.0, 3, DType::F32, &dev),
+    );
     let pad = padding(2, 19, 0.3, 9, &dev);
     for mask in [
         AttentionMask::causal(),
@@ -205,7 +242,11 @@ fn padded_keys_contribute_nothing() {
     let attn = AstrocyticConfig { features: 64, ..AstrocyticConfig::default() }.init(2, 8, 0, &dev);
     let (b, t, extra) = (2, 9, 5);
     let shape = [b, 2, t + extra, 8];
-    let (q, k, v) = (normal4(shape, 0.7, 1, DType::F32, &dev), normal4(shape, 0.7, 2, DType::F32, &dev), normal4(shape, 1.0, 3, DType::F32, &dev));
+    let (q, k, v) = (
+        normal4(shape, 0.7, 1, DType::F32, &dev),
+        normal4(shape, 0.7, 2, DType::F32, &dev),
+        normal4(shape, 1.0, 3, DType::F32, &dev),
+    );
     let real = |x: &Tensor<4>| x.clone().narrow(2, 0, t);
     let mut pad = vec![false; b * (t + extra)];
     for row in 0..b {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use astro_model::attention::{Attention, AstrocyticConfig, AttentionConfig, FeatureMap, LinearConfig, SoftmaxConfig};
+use astro_model::attention::{AstrocyticConfig, Attention, AttentionConfig, FeatureMap, LinearConfig, SoftmaxConfig};
 use astro_model::transformer::{ClassifierConfig, DecodeState, Pooling, Positions};
 use astro_model::{ConfigError, EncoderClassifier, LanguageModel, ModelError, TransformerConfig};
 use burn::module::Param;
@@ -12,7 +12,14 @@ use common::{device, host, rel_err};
 fn variants() -> Vec<(&'static str, AttentionConfig)> {
     vec![
         ("softmax", AttentionConfig::Softmax(SoftmaxConfig::default())),
-        ("astrocytic", AttentionConfig::Astrocytic(AstrocyticConfig { features: 32, chunk_size: 4, ..AstrocyticConfig::default() })),
+        (
+            "astrocytic",
+            AttentionConfig::Astrocytic(AstrocyticConfig {
+                features: 32,
+                chunk_size: 4,
+                ..AstrocyticConfig::default()
+            }),
+        ),
         (
             "astrocytic-cosine-decay",
             AttentionConfig::Astrocytic(AstrocyticConfig {

@@ -67,7 +67,8 @@ fn orthogonal_features_lower_the_error() {
     let mean_err = |orthogonal: bool| {
         (0..8)
             .map(|seed| {
-                let attn = AstrocyticConfig { features: 64, orthogonal, seed, ..AstrocyticConfig::default() }.init(4, 16, 0, &dev);
+                let attn = AstrocyticConfig { features: 64, orthogonal, seed, ..AstrocyticConfig::default() }
+                    .init(4, 16, 0, &dev);
                 frobenius_rel(&attn.forward(q.clone(), k.clone(), v.clone(), &mask), &exact)
             })
             .sum::<f64>()
@@ -89,7 +90,8 @@ fn phi_naive(map: FeatureMap, x: &[f64], omega: &[f64], phase: &[f64], m: usize)
                 FeatureMap::Truncated => u.exp().clamp(0.0, 150.0) * (-sq / 2.0).exp() / (m as f64).sqrt(),
                 FeatureMap::Cosine => (2.0 / m as f64).sqrt() * (u + phase[mu]).cos() * (sq / 2.0).exp(),
                 FeatureMap::PositiveCosine => {
-                    ((2.0 / (std::f64::consts::PI * m as f64)).sqrt() * (u + phase[mu]).cos() * (sq / 2.0).exp()).max(0.0)
+                    ((2.0 / (std::f64::consts::PI * m as f64)).sqrt() * (u + phase[mu]).cos() * (sq / 2.0).exp())
+                        .max(0.0)
                 }
                 FeatureMap::Linear => 1.0 + (u - sq / 2.0 - 0.5 * (m as f64).ln()),
                 FeatureMap::Elu => {
@@ -109,8 +111,16 @@ fn astrocyte_response_equals_naive_sum() {
     // a_t = Σ_{τ≤t} φ(q̃_t)·φ(k̃_τ), with the literal formulas, for every map.
     let dev = device();
     let (h, t, d, m) = (2, 7, 8, 16);
-    for map in [FeatureMap::Positive, FeatureMap::Truncated, FeatureMap::Cosine, FeatureMap::PositiveCosine, FeatureMap::Linear, FeatureMap::Elu] {
-        let attn = AstrocyticConfig { features: m, feature_map: map, seed: 5, ..AstrocyticConfig::default() }.init(h, d, 0, &dev);
+    for map in [
+        FeatureMap::Positive,
+        FeatureMap::Truncated,
+        FeatureMap::Cosine,
+        FeatureMap::PositiveCosine,
+        FeatureMap::Linear,
+        FeatureMap::Elu,
+    ] {
+        let attn = AstrocyticConfig { features: m, feature_map: map, seed: 5, ..AstrocyticConfig::default() }
+            .init(h, d, 0, &dev);
         let q = normal4([1, h, t, d], 0.8, 11, DType::F32, &dev);
         let k = normal4([1, h, t, d], 0.8, 12, DType::F32, &dev);
         let trace = attn.normalisers(q.clone(), k.clone(), &AttentionMask::causal());
@@ -120,7 +130,9 @@ fn astrocyte_response_equals_naive_sum() {
         let (qh, kh) = (host(&q), host(&k));
         let scale = (d as f64).powf(-0.25);
         for head in 0..h {
-            let tok = |x: &[f64], i: usize| -> Vec<f64> { x[(head * t + i) * d..(head * t + i + 1) * d].iter().map(|v| v * scale).collect() };
+            let tok = |x: &[f64], i: usize| -> Vec<f64> {
+                x[(head * t + i) * d..(head * t + i + 1) * d].iter().map(|v| v * scale).collect()
+            };
             let om = &omega[head * m * d..(head + 1) * m * d];
             let ph = &phase[head * m..(head + 1) * m];
             for i in 0..t {
@@ -153,9 +165,23 @@ fn no_nan_or_inf_at_large_norms() {
         // Mix large- and small-norm keys: the stabilisers must cope with both in one sequence.
         let k = Tensor::cat(vec![with_norm([2, 2, 20, 32], norm, 2, &dev), with_norm([2, 2, 20, 32], 0.5, 3, &dev)], 2);
         let v = normal4(shape, 1.0, 4, DType::F32, &dev);
-        for map in [FeatureMap::Positive, FeatureMap::Truncated, FeatureMap::Cosine, FeatureMap::PositiveCosine, FeatureMap::Linear, FeatureMap::Elu] {
+        for map in [
+            FeatureMap::Positive,
+            FeatureMap::Truncated,
+            FeatureMap::Cosine,
+            FeatureMap::PositiveCosine,
+            FeatureMap::Linear,
+            FeatureMap::Elu,
+        ] {
             for decay in [1.0, 0.9] {
-                let attn = AstrocyticConfig { features: 128, feature_map: map, decay, chunk_size: 16, ..AstrocyticConfig::default() }.init(2, 32, 0, &dev);
+                let attn = AstrocyticConfig {
+                    features: 128,
+                    feature_map: map,
+                    decay,
+                    chunk_size: 16,
+                    ..AstrocyticConfig::default()
+                }
+                .init(2, 32, 0, &dev);
                 for mask in [AttentionMask::causal(), AttentionMask::bidirectional()] {
                     let y = attn.forward(q.clone(), k.clone(), v.clone(), &mask);
                     assert!(all_finite(&y), "{map:?} norm {norm} γ {decay} causal={}: non-finite output", mask.causal);
@@ -176,7 +202,14 @@ fn gradients_are_finite_at_large_norms() {
     let dev = device().autodiff();
     let shape = [1, 2, 24, 16];
     for map in [FeatureMap::Positive, FeatureMap::Truncated, FeatureMap::Cosine, FeatureMap::Linear] {
-        let attn = AstrocyticConfig { features: 64, feature_map: map, chunk_size: 8, learnable_omega: true, ..AstrocyticConfig::default() }.init(2, 16, 0, &dev);
+        let attn = AstrocyticConfig {
+            features: 64,
+            feature_map: map,
+            chunk_size: 8,
+            learnable_omega: true,
+            ..AstrocyticConfig::default()
+        }
+        .init(2, 16, 0, &dev);
         for norm in [1.0, 30.0] {
             let q = with_norm(shape, norm, 1, &dev).require_grad();
             let k = with_norm(shape, norm, 2, &dev).require_grad();
@@ -186,7 +219,11 @@ fn gradients_are_finite_at_large_norms() {
                 let grads = y.sum().backward();
                 for (name, g) in [("q", q.grad(&grads)), ("k", k.grad(&grads)), ("v", v.grad(&grads))] {
                     let g = g.unwrap_or_else(|| panic!("{map:?}: no gradient for {name}"));
-                    assert!(all_finite(&g), "{map:?} norm {norm} causal={}: non-finite gradient of {name}", mask.causal);
+                    assert!(
+                        all_finite(&g),
+                        "{map:?} norm {norm} causal={}: non-finite gradient of {name}",
+                        mask.causal
+                    );
                 }
                 let g_omega = attn.omega.val().grad(&grads).expect("learnable Ω receives a gradient");
                 assert!(all_finite(&g_omega), "{map:?} norm {norm}: non-finite gradient of Ω");
@@ -200,11 +237,17 @@ fn chunked_causal_gradient_matches_finite_differences() {
     // f64, several chunks with carried state and decay: analytic vs central differences.
     let dev = device().autodiff();
     let shape = [1, 2, 9, 4];
-    let attn = AstrocyticConfig { features: 16, decay: 0.9, chunk_size: 3, ..AstrocyticConfig::default() }.init(2, 4, 0, &dev);
-    let base = [normal4(shape, 0.7, 1, DType::F64, &dev), normal4(shape, 0.7, 2, DType::F64, &dev), normal4(shape, 1.0, 3, DType::F64, &dev)];
+    let attn =
+        AstrocyticConfig { features: 16, decay: 0.9, chunk_size: 3, ..AstrocyticConfig::default() }.init(2, 4, 0, &dev);
+    let base = [
+        normal4(shape, 0.7, 1, DType::F64, &dev),
+        normal4(shape, 0.7, 2, DType::F64, &dev),
+        normal4(shape, 1.0, 3, DType::F64, &dev),
+    ];
     let weights = normal4(shape, 1.0, 4, DType::F64, &dev);
     let loss = |inputs: &[Tensor<4>; 3]| -> Tensor<1> {
-        let y = attn.forward_chunked(inputs[0].clone(), inputs[1].clone(), inputs[2].clone(), &AttentionMask::causal(), 3);
+        let y =
+            attn.forward_chunked(inputs[0].clone(), inputs[1].clone(), inputs[2].clone(), &AttentionMask::causal(), 3);
         (y * weights.clone()).sum()
     };
     let leaves: [Tensor<4>; 3] = base.clone().map(|x| x.require_grad());
@@ -214,7 +257,7 @@ fn chunked_causal_gradient_matches_finite_differences() {
         let analytic = host(&leaf.grad(&grads).expect("gradient"));
         let values = host(&base[which]);
         for idx in [0, 5, 17, 30, 47, 71] {
-            let mut bump = |delta: f64| {
+            let bump = |delta: f64| {
                 let mut v = values.clone();
                 v[idx] += delta;
                 let mut inputs = base.clone();

@@ -13,9 +13,9 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::feature_map::{sample_omega, sample_phase, FeatureMap, Features};
-use super::kernel::{self, KernelInput};
+use super::feature_map::{FeatureMap, Features, sample_omega, sample_phase};
 pub use super::kernel::ExecutionForm;
+use super::kernel::{self, KernelInput};
 use super::{AttentionMask, AttentionState, InnerAttention, NormaliserTrace};
 use crate::error::ConfigError;
 
@@ -78,13 +78,21 @@ impl AstrocyticConfig {
     /// Checks every field; the error names the field (`attention.features`, …).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.features == 0 {
-            return Err(ConfigError::invalid("attention.features", 0, "the number of hidden neurons m must be at least 1"));
+            return Err(ConfigError::invalid(
+                "attention.features",
+                0,
+                "the number of hidden neurons m must be at least 1",
+            ));
         }
         if self.chunk_size == 0 {
             return Err(ConfigError::invalid("attention.chunk_size", 0, "chunks must hold at least 1 token"));
         }
         if !(self.decay > 0.0 && self.decay <= 1.0) {
-            return Err(ConfigError::invalid("attention.decay", self.decay, "calcium decay γ must lie in (0, 1]; 1 is the paper's"));
+            return Err(ConfigError::invalid(
+                "attention.decay",
+                self.decay,
+                "calcium decay γ must lie in (0, 1]; 1 is the paper's",
+            ));
         }
         Ok(())
     }
@@ -146,7 +154,14 @@ impl AstrocyticAttention {
     }
 
     /// Causal chunked form with chunks of `chunk` tokens, ignoring `mask.causal`.
-    pub fn forward_chunked(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask, chunk: usize) -> Tensor<4> {
+    pub fn forward_chunked(
+        &self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        mask: &AttentionMask,
+        chunk: usize,
+    ) -> Tensor<4> {
         kernel::chunked(self.input(q, k, v, mask), chunk, None).0
     }
 }

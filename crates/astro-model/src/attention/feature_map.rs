@@ -83,9 +83,7 @@ impl FeatureMap {
         };
         match self {
             FeatureMap::Positive => Features::Log((u - half_sq).sub_scalar(0.5 * ln_m)),
-            FeatureMap::Truncated => {
-                Features::Log((u.clamp_max(TRUNCATION.ln()) - half_sq).sub_scalar(0.5 * ln_m))
-            }
+            FeatureMap::Truncated => Features::Log((u.clamp_max(TRUNCATION.ln()) - half_sq).sub_scalar(0.5 * ln_m)),
             FeatureMap::Cosine => Features::Scaled {
                 g: with_phase(u).cos().mul_scalar((2.0 / m as f64).sqrt()),
                 log_scale: Some(half_sq),
@@ -101,6 +99,8 @@ impl FeatureMap {
 }
 
 /// φ for a set of tokens, `[batch, heads, seq, m]`, in a form that never overflows.
+// Tensors are handles of equal size; the difference is one Option.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub(crate) enum Features {
     /// log φ (positive exponential maps).
@@ -201,10 +201,9 @@ impl Features {
         };
         match self {
             Features::Log(l) => Features::Log(silent(l, NEG)),
-            Features::Scaled { g, log_scale } => Features::Scaled {
-                g: silent(g, 0.0),
-                log_scale: log_scale.map(|s| silent(s, NEG)),
-            },
+            Features::Scaled { g, log_scale } => {
+                Features::Scaled { g: silent(g, 0.0), log_scale: log_scale.map(|s| silent(s, NEG)) }
+            }
         }
     }
 

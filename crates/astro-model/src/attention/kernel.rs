@@ -204,7 +204,11 @@ impl RecurrentState {
 
 /// The explicit network. Causal: for each token, write (k_t, v_t) then read q_t. Bidirectional:
 /// write all tokens, then read all queries. Continues from `state` when given.
-pub(crate) fn mechanistic(input: KernelInput, causal: bool, state: Option<RecurrentState>) -> (Tensor<4>, RecurrentState) {
+pub(crate) fn mechanistic(
+    input: KernelInput,
+    causal: bool,
+    state: Option<RecurrentState>,
+) -> (Tensor<4>, RecurrentState) {
     let KernelInput { q, k, v, pad, decay } = input;
     let t = v.dims()[2];
     let (fq, _) = q.query_side(); //                                    [B,H,T,m]
@@ -372,16 +376,19 @@ pub(crate) fn incremental(
         Some(super::AttentionState::Recurrent(s)) => Some(s),
         Some(super::AttentionState::KvCache(_)) => panic!("kernelised attention was given a KV cache"),
     };
-    let (output, state) = if input.v.dims()[2] == 1 {
-        mechanistic(input, true, state)
-    } else {
-        chunked(input, chunk, state)
-    };
+    let (output, state) =
+        if input.v.dims()[2] == 1 { mechanistic(input, true, state) } else { chunked(input, chunk, state) };
     (output, super::AttentionState::Recurrent(state))
 }
 
 /// Attention weights `[B,H,T,T]` of the reference form (values are not needed).
-pub(crate) fn weights(q: Features, k: Features, like: &Tensor<4>, mask: &super::AttentionMask, decay: f64) -> Tensor<4> {
+pub(crate) fn weights(
+    q: Features,
+    k: Features,
+    like: &Tensor<4>,
+    mask: &super::AttentionMask,
+    decay: f64,
+) -> Tensor<4> {
     let [b, h, t, _] = like.dims();
     let v = Tensor::<4>::zeros([b, h, t, 1], (&like.device(), like.dtype()));
     quadratic(KernelInput::new(q, k, v, mask.key_padding_column(), decay), mask.causal).weights

@@ -59,6 +59,8 @@ impl AttentionMask {
 }
 
 /// Memory a layer carries between incremental decoding calls.
+// Tensors are handles; boxing the larger variant would only add an allocation per decoding step.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum AttentionState {
     /// Constant-size (H, p) memory of astrocytic and linear attention.
@@ -80,7 +82,9 @@ impl AttentionState {
     pub fn num_floats(&self) -> usize {
         match self {
             AttentionState::Recurrent(s) => {
-                s.synapses.shape().num_elements() + s.processes.shape().num_elements() + s.log_scale.shape().num_elements()
+                s.synapses.shape().num_elements()
+                    + s.processes.shape().num_elements()
+                    + s.log_scale.shape().num_elements()
             }
             AttentionState::KvCache(c) => c.keys.shape().num_elements() + c.values.shape().num_elements(),
         }

@@ -46,10 +46,8 @@ pub(crate) fn blocked(q: &Tensor<4>, k: &Tensor<4>, mask: &AttentionMask) -> Opt
             .unsqueeze_dim::<4>(0)
             .expand([b, h, tq, tk])
     });
-    let padding = mask
-        .key_padding
-        .clone()
-        .map(|p| p.unsqueeze_dim::<3>(1).unsqueeze_dim::<4>(1).expand([b, h, tq, tk]));
+    let padding =
+        mask.key_padding.clone().map(|p| p.unsqueeze_dim::<3>(1).unsqueeze_dim::<4>(1).expand([b, h, tq, tk]));
     match (causal, padding) {
         (Some(c), Some(p)) => Some(c.bool_or(p)),
         (c, p) => c.or(p),
@@ -122,7 +120,7 @@ impl InnerAttention for SoftmaxAttention {
         let cache = match state {
             None => KvCache { keys: k, values: v },
             Some(AttentionState::KvCache(c)) => KvCache {
-                keys: Tensor::cat(vec![c.keys, k], 2),   // [B,H,T+Tn,D]
+                keys: Tensor::cat(vec![c.keys, k], 2),     // [B,H,T+Tn,D]
                 values: Tensor::cat(vec![c.values, v], 2), // [B,H,T+Tn,Dv]
             },
             Some(AttentionState::Recurrent(_)) => panic!("softmax attention was given a recurrent state"),

@@ -128,7 +128,11 @@ impl TransformerConfig {
     /// The vocabulary size, or an error saying how to set it.
     pub fn vocab(&self) -> Result<usize, ConfigError> {
         self.vocab_size.ok_or_else(|| {
-            ConfigError::invalid("model.vocab_size", "unset", "set it in the config (it is filled in from the tokenizer when training)")
+            ConfigError::invalid(
+                "model.vocab_size",
+                "unset",
+                "set it in the config (it is filled in from the tokenizer when training)",
+            )
         })
     }
 
@@ -146,14 +150,14 @@ impl TransformerConfig {
         if self.n_head == 0 {
             return Err(ConfigError::invalid("model.n_head", 0, "at least one head is needed"));
         }
-        if self.n_embd == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_embd == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return Err(ConfigError::invalid(
                 "model.n_head",
                 self.n_head,
                 format!("the number of heads must divide the width n_embd = {}", self.n_embd),
             ));
         }
-        if self.positions == Positions::Rotary && self.head_dim() % 2 != 0 {
+        if self.positions == Positions::Rotary && !self.head_dim().is_multiple_of(2) {
             return Err(ConfigError::invalid(
                 "model.positions",
                 "rotary",
@@ -184,7 +188,11 @@ impl ClassifierConfig {
     /// Checks every field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.classes < 2 {
-            return Err(ConfigError::invalid("classifier.classes", self.classes, "a classifier needs at least 2 classes"));
+            return Err(ConfigError::invalid(
+                "classifier.classes",
+                self.classes,
+                "a classifier needs at least 2 classes",
+            ));
         }
         Ok(())
     }

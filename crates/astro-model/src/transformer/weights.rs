@@ -66,9 +66,10 @@ fn io(action: &'static str, path: &Path, reason: impl ToString) -> ModelError {
 /// Reads the architecture stored in a weight file.
 pub fn read_architecture(path: &Path) -> Result<SavedArchitecture, ModelError> {
     let reader = burn_pack::Reader::from_file_exact(path).map_err(|e| io("read", path, e))?;
-    let json = reader.metadata().get(ARCH_KEY).ok_or_else(|| {
-        io("read", path, "the file has no astro architecture metadata (was it written by astro?)")
-    })?;
+    let json = reader
+        .metadata()
+        .get(ARCH_KEY)
+        .ok_or_else(|| io("read", path, "the file has no astro architecture metadata (was it written by astro?)"))?;
     serde_json::from_str(json).map_err(|e| io("read", path, format!("corrupt architecture metadata: {e}")))
 }
 

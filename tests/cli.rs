@@ -1,0 +1,81 @@
+//! End-to-end tests of the `astro` binary.
+
+use std::path::PathBuf;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn astro() -> Command {
+    let mut cmd = Command::cargo_bin("astro").expect("binary built");
+    cmd.current_dir(repo());
+    cmd
+}
+
+#[test]
+fn info_prints_parameters_and_state_size() {
+    astro()
+        .args(["info", "--config", "configs/shakespeare-char.toml"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("trunk.blocks.3.attn.q_proj"))
+        // nanoGPT reports 0.80M parameters for this recipe; Ω adds 4 × 4 × 256 × 32 frozen ones.
+        .stdout(predicate::str::contains("804,096"))
+        .stdout(predicate::str::contains("131,072"))
+        .stdout(predicate::str::contains("context   2048"));
+}
+
+#[test]
+fn info_for_each_variant() {
+    let dir = tempfile::tempdir().unwrap();
+    for (attention, state_2048) in [
+        (r#"{ kind = "softmax" }"#, "2,097,152"),
+        (r#"{ kind = "linear" }"#, "16,912"),
+        (r#"{ kind = "astrocytic", features = 64, orthogonal = true }"#, "33,808"),
+    ] {
+        let path = dir.path().join("c.toml");
+        let text = format!("[model]\nvocab_size = 65\nblock_size = 64\nattention = {attention}\n");
+        std::fs::write(&path, text).unwrap();
+        astro()
+            .args(["info", "--config"])
+            .arg(&path)
+            .args(["--contexts", "2048"])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(state_2048));
+    }
+}
+
+#[test]
+fn bad_config_gets_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[model]\nvocab_size = 65\nn_head = 3\n").unwrap();
+    astro()
+        .args(["info", "--config"])
+        .arg(&path)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("model.n_head"))
+        .stderr(predicate::str::contains("divide"));
+    std::fs::write(&path, "[model]\nvocab_size = 65\nattention = { kind = \"astrocytic\", feature_map = \"tanh\" }\n")
+        .unwrap();
+    astro().args(["info", "--config"]).arg(&path).assert().failure().stderr(predicate::str::contains("tanh"));
+    astro()
+        .args(["info", "--config", "does/not/exist.toml"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("does/not/exist.toml"));
+}
+
+#[test]
+fn unknown_or_missing_device_is_explained() {
+    astro()
+        .args(["info", "--config", "configs/shakespeare-char.toml", "--device", "tpu"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("unknown device `tpu`"));
+}
