@@ -263,3 +263,20 @@ fn encoder_classifier_ignores_padding() {
         }
     }
 }
+
+#[test]
+fn normaliser_traces_per_layer() {
+    let dev = device();
+    let x = tokens(&sequence(10, 2), 1, &dev);
+    let astro = LanguageModel::new(&small(variants()[1].1.clone(), Positions::Learned), &dev).unwrap();
+    let traces = astro.normalisers(x.clone());
+    assert_eq!(traces.len(), 2);
+    for t in &traces {
+        assert_eq!(t.softmax_log.dims(), [1, 2, 10]);
+        assert_eq!(t.astrocyte_log.as_ref().expect("astrocyte present").dims(), [1, 2, 10]);
+    }
+    // The first query reads one key: softmax's normaliser is exp(q·k/√D) exactly, positive and finite.
+    assert!(common::all_finite(&traces[0].softmax_log));
+    let softmax = LanguageModel::new(&small(variants()[0].1.clone(), Positions::Learned), &dev).unwrap();
+    assert!(softmax.normalisers(x).iter().all(|t| t.astrocyte_log.is_none()));
+}

@@ -10,7 +10,7 @@ use burn::tensor::{Device, Int, Tensor};
 
 use super::config::{Positions, TransformerConfig};
 use crate::attention::layer::{AttentionLayer, AttentionLayerConfig};
-use crate::attention::{AttentionMask, AttentionState};
+use crate::attention::{AttentionMask, AttentionState, NormaliserTrace};
 
 /// GPT-2 initialisation: weights N(0, 0.02).
 pub(crate) const INIT_STD: f64 = 0.02;
@@ -185,6 +185,18 @@ impl Trunk {
             x = block.forward(x, mask, self.rope.as_ref());
         }
         self.ln_f.forward(x)
+    }
+
+    /// Per-block normaliser traces (softmax normaliser and astrocyte response of every head and
+    /// query) for `tokens` `[batch, seq]`, one per block, without changing the forward pass.
+    pub fn normalisers(&self, tokens: Tensor<2, Int>, mask: &AttentionMask) -> Vec<NormaliserTrace> {
+        let mut x = self.embed(tokens, 0);
+        let mut traces = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            traces.push(block.attn.normalisers(block.ln_1.forward(x.clone()), mask, self.rope.as_ref()));
+            x = block.forward(x, mask, self.rope.as_ref());
+        }
+        traces
     }
 
     /// Causal step: new `tokens` `[batch, seq_new]` after `start` tokens summarised in `states`

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Int, Tensor};
 use super::block::Trunk;
 use super::config::TransformerConfig;
 use super::weights::{self, SavedArchitecture};
-use crate::attention::{AttentionMask, AttentionState};
+use crate::attention::{AttentionMask, AttentionState, NormaliserTrace};
 use crate::error::ModelError;
 
 /// Decoding memory of a language model: one [`AttentionState`] per block and the position reached.
@@ -86,6 +86,12 @@ impl LanguageModel {
     /// Logits `[batch, seq, vocab]` for `tokens` `[batch, seq]` (causal).
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         self.head(self.trunk.forward(tokens, &AttentionMask::causal()))
+    }
+
+    /// Per-block traces of the astrocyte response and softmax normaliser for every head and query
+    /// of `tokens` `[batch, seq]` (causal), for comparing the astrocyte with softmax.
+    pub fn normalisers(&self, tokens: Tensor<2, Int>) -> Vec<NormaliserTrace> {
+        self.trunk.normalisers(tokens, &AttentionMask::causal())
     }
 
     /// Logits for new `tokens` `[batch, seq_new]` continuing `state`; astrocytic and linear attention
