@@ -296,37 +296,37 @@ pub(crate) fn chunked(input: KernelInput, chunk: usize, state: Option<RecurrentS
     } else {
         (fk, fq)
     };
-    let writes_h = v.swap_dims(2, 3).matmul(fk_w.clone()).reshape([b, h, n, dv * m]); // U_j
-    let writes_p = fk_w.sum_dim(2).reshape([b, h, n, m]); //                           z_j
-    let chunk_scale_bh = chunk_scale.clone().reshape([b, h, n, 1]);
+    let writes_h = v.swap_dims(2, 3).matmul(fk_w.clone()).reshape([b, h, n, dv * m]); // U_l (÷ e^{c_l})
+    let writes_p = fk_w.sum_dim(2).reshape([b, h, n, m]); //                           z_l (÷ e^{c_l})
 
-    // Across chunks: carry (H, p) with a running log-scale r; record the state each chunk reads.
-    let RecurrentState { mut synapses, mut processes, mut log_scale, tokens } = state;
-    let (mut read_h, mut read_p, mut read_r) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    for j in 0..n {
-        read_h.push(synapses.clone());
-        read_p.push(processes.clone());
-        read_r.push(log_scale.clone());
-        let cj = chunk_scale_bh.clone().narrow(2, j, 1).reshape([b, h, 1, 1]);
-        let decayed = log_scale.add_scalar(c as f64 * log_decay);
-        let next = decayed.clone().max_pair(cj.clone());
-        let keep = (decayed - next.clone()).exp(); //                    old memory, faded
-        let add = (cj - next.clone()).exp(); //                           this chunk's writes
-        let u = writes_h.clone().narrow(2, j, 1).reshape([b, h, dv, m]);
-        let z = writes_p.clone().narrow(2, j, 1).reshape([b, h, 1, m]);
-        synapses = synapses * keep.clone() + u * add.clone();
-        processes = processes * keep + z * add;
-        log_scale = next;
-    }
-    let stack = |xs: Vec<Tensor<4>>| {
-        let [_, _, r, w] = xs[0].dims();
-        Tensor::stack::<5>(xs, 2).reshape([b, h * n, r, w])
-    };
-    let read_h = stack(read_h); //                                       [B,Hn,Dv,m]
-    let read_p = stack(read_p); //                                       [B,Hn,1,m]
-    let read_r = stack(read_r); //                                       [B,Hn,1,1]
-    let inter_num = fq_r.clone().matmul(read_h.swap_dims(2, 3)); //    [B,Hn,c,Dv]
-    let inter_den = (fq_r * read_p).sum_dim(3); //                      [B,Hn,c,1]
+    // Across chunks: the memory before chunk j (j = 0..n; row n is the final state) is
+    //   H_j = γ^{jc} H_init + Σ_{l<j} γ^{(j−1−l)c} e^{c_l} U_l,
+    // stored relative to e^{r_j}, r_j the largest of its terms' log-scales. All rows at once as one
+    // product with the [n+1, n] matrix κ_jl = e^{c_l + (j−1−l)c·ln γ − r_j} (≤ 1, 0 for l ≥ j): no
+    // loop over chunks, and no per-chunk slices whose backward would cost O(n) each.
+    let RecurrentState { synapses, processes, log_scale: r0, tokens } = state;
+    let step = c as f64 * log_decay;
+    let ages: Vec<f64> =
+        (0..=n).flat_map(|j| (0..n).map(move |l| if l < j { (j - 1 - l) as f64 * step } else { NEG })).collect();
+    let scales = chunk_scale.clone().reshape([b, h, 1, n]) + host_matrix(ages, n + 1, n, &chunk_scale); // [B,H,n+1,n]
+    let init = r0 + host_matrix((0..=n).map(|j| j as f64 * step).collect(), n + 1, 1, &chunk_scale); //   [B,H,n+1,1]
+    let r = scales.clone().max_dim(3).max_pair(init.clone()); //                                [B,H,n+1,1]
+    let kappa = (scales - r.clone()).exp(); //                                                  [B,H,n+1,n]
+    let kappa0 = (init - r.clone()).exp(); //                                                   [B,H,n+1,1]
+    let states_h = kappa.clone().matmul(writes_h) + kappa0.clone() * synapses.reshape([b, h, 1, dv * m]);
+    let states_p = kappa.matmul(writes_p) + kappa0 * processes.reshape([b, h, 1, m]);
+
+    // What each chunk reads (rows 0..n), decayed further to each query inside the chunk.
+    let read_h = states_h.clone().narrow(2, 0, n).reshape([b, h * n, dv, m]); //   [B,Hn,Dv,m]
+    let read_p = states_p.clone().narrow(2, 0, n).reshape([b, h * n, 1, m]); //    [B,Hn,1,m]
+    let read_r = r.clone().narrow(2, 0, n).reshape([b, h * n, 1, 1]); //           [B,Hn,1,1]
+    let inter_num = fq_r.clone().matmul(read_h.swap_dims(2, 3)); //              [B,Hn,c,Dv]
+    let inter_den = (fq_r * read_p).sum_dim(3); //                                [B,Hn,c,1]
+
+    // The memory after the last chunk (row n).
+    let synapses = states_h.narrow(2, n, 1).reshape([b, h, dv, m]);
+    let processes = states_p.narrow(2, n, 1).reshape([b, h, 1, m]);
+    let log_scale = r.narrow(2, n, 1);
 
     // Bring both parts to the larger of the two scales before adding.
     let common = read_r.clone().max_pair(chunk_scale.clone());
