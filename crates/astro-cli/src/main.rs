@@ -1,6 +1,7 @@
 //! `astro`: train, evaluate and inspect astrocytic-attention Transformers.
 
 mod info;
+mod train;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train a language model (default: shakespeare-char with astrocytic attention).
+    Train(train::TrainArgs),
     /// Print a model's parameters per module, the total, and its decoding-state size.
     Info(info::InfoArgs),
 }
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => train::run(args, cli.device.as_deref()),
         Command::Info(args) => info::run(args, cli.device.as_deref()),
     };
     match result {

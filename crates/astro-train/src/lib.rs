@@ -1,4 +1,16 @@
 //! # astro-train
 //!
-//! The training loop (config, optimiser, checkpoints, resume). A placeholder until the training
-//! issue lands: it compiles so the workspace layout is fixed.
+//! Trains astro-transformers on text: the run configuration ([`config`]), the loop
+//! ([`trainer`]), learning-rate schedule, checkpoints with exact resume, metrics and progress.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod progress;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::RunConfig;
+pub use error::TrainError;
+pub use trainer::{TrainOptions, TrainSummary, train};

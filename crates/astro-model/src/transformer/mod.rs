@@ -4,11 +4,13 @@
 pub mod block;
 pub mod config;
 pub mod encoder;
+pub mod generate;
 pub mod lm;
 mod weights;
 
 pub use block::{Block, Mlp, Trunk};
 pub use config::{ClassifierConfig, Pooling, Positions, TransformerConfig};
 pub use encoder::EncoderClassifier;
+pub use generate::{SamplingConfig, generate};
 pub use lm::{DecodeState, LanguageModel};
 pub use weights::{SavedArchitecture, read_architecture};

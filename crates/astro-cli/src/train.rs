@@ -1,0 +1,77 @@
+//! `astro train`: train a language model from a run config (default: shakespeare-char).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use astro_train::{RunConfig, TrainOptions};
+
+/// The config `astro train` runs when given none.
+const DEFAULT_CONFIG: &str = include_str!("../../../configs/shakespeare-char.toml");
+
+/// Arguments of `astro train`.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Run config (TOML); default: configs/shakespeare-char.toml (built in).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. `--set model.attention.kind=softmax --set optim.lr=3e-4`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Continue the run in this directory from its newest valid checkpoint.
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+    /// Train on this text file or directory of .txt files (sets data.path).
+    #[arg(long, value_name = "PATH")]
+    data: Option<PathBuf>,
+    /// Run name (the run directory is runs/<name>).
+    #[arg(long)]
+    name: Option<String>,
+    /// Print one JSON summary line at the end (and the sample on stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: TrainArgs, device: Option<&str>) -> anyhow::Result<()> {
+    let mut config = match (&args.config, &args.resume) {
+        (Some(path), _) => RunConfig::load(path)?,
+        // Resuming without --config continues with the run's own resolved config.
+        (None, Some(run)) => RunConfig::load(&run.join("config.toml"))
+            .with_context(|| format!("{} does not look like a run directory", run.display()))?,
+        (None, None) => RunConfig::from_toml(DEFAULT_CONFIG, "configs/shakespeare-char.toml")?,
+    };
+    let mut sets = args.sets.clone();
+    if let Some(data) = &args.data {
+        config.data.path = Some(data.clone());
+        if config.data.dataset.is_some() && args.config.is_none() {
+            // `--data` on the default config replaces the named corpus.
+            config.data.dataset = None;
+        }
+    }
+    if let Some(name) = &args.name {
+        sets.push(format!("run.name={name:?}"));
+    }
+    let config = config.with_overrides(&sets)?;
+    let options = TrainOptions {
+        resume: args.resume.clone(),
+        device: device.map(str::to_string),
+        sample_to_stderr: args.json,
+        stop_after: std::env::var("ASTRO_STOP_AFTER").ok().and_then(|v| v.parse().ok()),
+    };
+    let summary = astro_train::train(config, options).context("training failed")?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        let val = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.4}"));
+        println!(
+            "done: {} steps | train loss {:.4} | val loss {} (best {}) | {:.0} tokens/s | {:.1} s\nrun directory: {}",
+            summary.steps,
+            summary.final_train_loss,
+            val(summary.final_val_loss),
+            val(summary.best_val_loss),
+            summary.tokens_per_sec,
+            summary.wall_seconds,
+            summary.run_dir.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! Corpora: a text file, a directory of `.txt` files, or a named dataset from the manifest
+//! (`datasets/manifest.toml`), resolved offline first and downloaded only as a last resort.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::DataError;
+use crate::fsutil::{cache_dir, tempfile_in};
+use crate::tokenizer::digest;
+
+/// The manifest of named datasets, compiled in.
+const MANIFEST: &str = include_str!("../../../datasets/manifest.toml");
+
+/// One named dataset.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetEntry {
+    /// File name under `$ASTRO_DATA_DIR` and the cache.
+    pub file: String,
+    /// Download URL.
+    pub url: String,
+    /// Member to extract when `url` is a zip archive.
+    #[serde(default)]
+    pub member: Option<String>,
+    /// sha256 of the file itself.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// License of the text.
+    pub license: String,
+    /// What it is.
+    pub description: String,
+}
+
+/// All named datasets.
+pub fn manifest() -> BTreeMap<String, DatasetEntry> {
+    toml::from_str(MANIFEST).expect("datasets/manifest.toml is valid (checked by a test)")
+}
+
+/// Where a corpus comes from, as written under `[data]`: `dataset = "tinyshakespeare"` and/or
+/// `path = "file.txt" | "dir/"`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorpusSpec {
+    /// A named dataset from the manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    /// A text file or a directory of `.txt` files (for a named dataset: its explicit location).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+/// A corpus read into memory.
+#[derive(Debug, Clone)]
+pub struct Corpus {
+    /// Human description (dataset name or path).
+    pub name: String,
+    /// The text (invalid UTF-8 replaced by U+FFFD, see [`Corpus::replaced`]).
+    pub text: String,
+    /// sha256 of the raw bytes.
+    pub sha256: String,
+    /// Number of invalid UTF-8 sequences replaced by U+FFFD.
+    pub replaced: usize,
+}
+
+impl CorpusSpec {
+    /// Finds and reads the corpus; named datasets are downloaded if nowhere else.
+    pub fn load(&self) -> Result<Corpus, DataError> {
+        match (&self.dataset, &self.path) {
+            (None, None) => Err(DataError::Config {
+                field: "data.dataset".into(),
+                reason: "set `dataset` (a named corpus) or `path` (a text file or directory)".into(),
+            }),
+            (None, Some(path)) => read_path(path, &path.display().to_string()),
+            (Some(name), explicit) => {
+                let entry = manifest().remove(name).ok_or_else(|| DataError::UnknownDataset {
+                    name: name.clone(),
+                    known: manifest().keys().cloned().collect::<Vec<_>>().join(", "),
+                })?;
+                let path = match explicit {
+                    Some(p) => p.clone(),
+                    None => resolve(name, &entry)?,
+                };
+                read_path(&path, name)
+            }
+        }
+    }
+
+    /// One-line description.
+    pub fn describe(&self) -> String {
+        match (&self.dataset, &self.path) {
+            (Some(name), _) => name.clone(),
+            (None, Some(p)) => p.display().to_string(),
+            (None, None) => "unset".into(),
+        }
+    }
+}
+
+/// Finds a named dataset offline ($ASTRO_DATA_DIR, then the cache) or downloads it into the cache.
+pub fn resolve(name: &str, entry: &DatasetEntry) -> Result<PathBuf, DataError> {
+    if let Some(dir) = std::env::var_os("ASTRO_DATA_DIR").filter(|d| !d.is_empty()) {
+        let path = PathBuf::from(dir).join(&entry.file);
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    let cached = cache_dir().join("datasets").join(&entry.file);
+    if cached.is_file() {
+        return Ok(cached);
+    }
+    download(name, entry, &cached).map_err(|reason| DataError::NotAvailable {
+        name: name.into(),
+        file: entry.file.clone(),
+        reason,
+        data_dir: std::env::var("ASTRO_DATA_DIR").unwrap_or_else(|_| "unset".into()),
+        cache: cached.parent().map(Path::to_path_buf).unwrap_or_default(),
+    })?;
+    Ok(cached)
+}
+
+/// Downloads `entry` to `dest` with a progress bar, extracting the archive member if any, and
+/// checks the sha256 before moving the file into place.
+fn download(name: &str, entry: &DatasetEntry, dest: &Path) -> Result<(), String> {
+    if std::env::var_os("ASTRO_OFFLINE").is_some_and(|v| !v.is_empty() && v != "0") {
+        return Err("downloads are disabled ($ASTRO_OFFLINE is set)".into());
+    }
+    let dir = dest.parent().ok_or("bad cache path")?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    eprintln!("downloading {name} from {}", entry.url);
+    let mut response = ureq::get(&entry.url).call().map_err(|e| e.to_string())?;
+    let total = response.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let bar = indicatif::ProgressBar::new(total.unwrap_or(entry.bytes));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} {bar:40} {bytes_per_sec} eta {eta}")
+            .expect("valid template"),
+    );
+    let mut body = Vec::new();
+    bar.wrap_read(response.body_mut().as_reader()).read_to_end(&mut body).map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    let bytes = match &entry.member {
+        None => body,
+        Some(member) => {
+            let mut archive = zip::ZipArchive::new(std::io::Cursor::new(body)).map_err(|e| e.to_string())?;
+            let mut file = archive.by_name(member).map_err(|e| format!("{member} not in archive: {e}"))?;
+            let mut out = Vec::new();
+            file.read_to_end(&mut out).map_err(|e| e.to_string())?;
+            out
+        }
+    };
+    let actual = digest(&bytes);
+    if actual != entry.sha256 {
+        return Err(format!("downloaded file has sha256 {actual}, expected {}", entry.sha256));
+    }
+    let (tmp, mut file) = tempfile_in(dir, dest).map_err(|e| e.to_string())?;
+    file.write_all(&bytes).and_then(|_| file.sync_all()).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, dest).map_err(|e| e.to_string())
+}
+
+/// Reads a text file, or every `.txt` file of a directory (sorted by name, concatenated).
+fn read_path(path: &Path, name: &str) -> Result<Corpus, DataError> {
+    let meta = std::fs::metadata(path).map_err(|e| DataError::read(path, e))?;
+    let bytes = if meta.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| DataError::read(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "txt"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(DataError::Empty { path: path.into(), detail: " (no .txt files in the directory)".into() });
+        }
+        let mut all = Vec::new();
+        for f in files {
+            all.extend(std::fs::read(&f).map_err(|e| DataError::read(&f, e))?);
+        }
+        all
+    } else {
+        std::fs::read(path).map_err(|e| DataError::read(path, e))?
+    };
+    if bytes.is_empty() {
+        return Err(DataError::Empty { path: path.into(), detail: String::new() });
+    }
+    let sha256 = {
+        let h = Sha256::digest(&bytes);
+        h.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let (text, replaced) = decode_lossy(bytes);
+    if replaced > 0 {
+        tracing::warn!(
+            "{}: {replaced} invalid UTF-8 sequence(s) replaced by U+FFFD (character-level vocabularies gain one symbol; \
+             byte-level BPE encodes it as its three bytes)",
+            path.display()
+        );
+    }
+    Ok(Corpus { name: name.to_string(), text, sha256, replaced })
+}
+
+/// UTF-8 text of `bytes`, replacing each invalid sequence by U+FFFD; returns the count replaced.
+fn decode_lossy(bytes: Vec<u8>) -> (String, usize) {
+    match String::from_utf8(bytes) {
+        Ok(s) => (s, 0),
+        Err(e) => {
+            let bytes = e.into_bytes();
+            let mut replaced = 0;
+            let mut out = String::with_capacity(bytes.len());
+            for chunk in bytes.utf8_chunks() {
+                out.push_str(chunk.valid());
+                if !chunk.invalid().is_empty() {
+                    out.push(char::REPLACEMENT_CHARACTER);
+                    replaced += 1;
+                }
+            }
+            (out, replaced)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_parses_and_names_the_shared_files() {
+        let m = manifest();
+        assert_eq!(m["tinyshakespeare"].bytes, 1_115_394);
+        assert!(m.contains_key("wikitext2-valid"));
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_and_counted() {
+        let (text, n) = decode_lossy(b"ab\xffcd\xfe\xfe".to_vec());
+        assert_eq!(text, "ab\u{FFFD}cd\u{FFFD}\u{FFFD}");
+        assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn directories_concatenate_txt_files_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.txt"), "world").unwrap();
+        std::fs::write(dir.path().join("a.txt"), "hello ").unwrap();
+        std::fs::write(dir.path().join("c.md"), "ignored").unwrap();
+        let c = CorpusSpec { dataset: None, path: Some(dir.path().into()) }.load().unwrap();
+        assert_eq!(c.text, "hello world");
+        let empty = tempfile::tempdir().unwrap();
+        let err = CorpusSpec { dataset: None, path: Some(empty.path().into()) }.load().unwrap_err().to_string();
+        assert!(err.contains("no .txt files"), "{err}");
+    }
+}

@@ -1,0 +1,307 @@
+//! Tokenizers: character-level (nanoGPT's `shakespeare_char`), byte-level BPE trained offline with
+//! Hugging Face's `tokenizers`, and any existing `tokenizer.json`.
+//!
+//! Every tokenizer saves to one `tokenizer.json`: Hugging Face's format for BPE and loaded files,
+//! and a small astro format (`{"astro_char_tokenizer": …}`) for the character vocabulary;
+//! [`load_tokenizer`] tells them apart.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+use tokenizers::models::{ModelWrapper, TrainerWrapper};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+
+use crate::error::DataError;
+
+/// Which tokenizer to use, as written under `[data]`: `tokenizer = { kind = "char" }`,
+/// `{ kind = "bpe", vocab_size = 2048 }` or `{ kind = "file", path = "tokenizer.json" }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TokenizerSpec {
+    /// One token per character; the vocabulary is the corpus's sorted character set.
+    Char,
+    /// Byte-level BPE trained on the training corpus.
+    Bpe {
+        /// Vocabulary size (at least 256 + 1: the byte alphabet and one merge).
+        vocab_size: usize,
+    },
+    /// An existing Hugging Face `tokenizer.json`.
+    File {
+        /// Its path.
+        path: std::path::PathBuf,
+    },
+}
+
+impl Default for TokenizerSpec {
+    fn default() -> Self {
+        TokenizerSpec::Char
+    }
+}
+
+/// Text ↔ token ids.
+pub trait Tokenizer: Send + Sync {
+    /// Number of distinct token ids.
+    fn vocab_size(&self) -> usize;
+    /// Token ids of `text`; errors name the first character that cannot be encoded.
+    fn encode(&self, text: &str) -> Result<Vec<u32>, DataError>;
+    /// Text of `ids` (ids outside the vocabulary are an error).
+    fn decode(&self, ids: &[u32]) -> Result<String, DataError>;
+    /// Writes the tokenizer to `path` (a `tokenizer.json`).
+    fn save(&self, path: &Path) -> Result<(), DataError>;
+    /// One-line description, e.g. `char (65 symbols)`.
+    fn describe(&self) -> String;
+    /// A digest of the vocabulary: equal digests encode equally (keys the token cache and checks
+    /// that a checkpoint and a tokenizer belong together).
+    fn fingerprint(&self) -> String;
+}
+
+/// Character-level tokenizer: ids are the ranks of the characters in sorted order (nanoGPT).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CharTokenizer {
+    chars: Vec<char>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CharFile {
+    astro_char_tokenizer: CharBody,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CharBody {
+    chars: String,
+}
+
+impl CharTokenizer {
+    /// The sorted set of characters of `text`.
+    pub fn from_text(text: &str) -> Self {
+        let set: BTreeSet<char> = text.chars().collect();
+        Self { chars: set.into_iter().collect() }
+    }
+
+    /// The vocabulary in id order.
+    pub fn chars(&self) -> &[char] {
+        &self.chars
+    }
+}
+
+impl Tokenizer for CharTokenizer {
+    fn vocab_size(&self) -> usize {
+        self.chars.len()
+    }
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
+        text.chars()
+            .enumerate()
+            .map(|(position, ch)| {
+                self.chars.binary_search(&ch).map(|i| i as u32).map_err(|_| DataError::UnknownCharacter {
+                    ch,
+                    code: ch as u32,
+                    position,
+                    hint: "; the character-level vocabulary is the training corpus's character set".to_string(),
+                })
+            })
+            .collect()
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
+        ids.iter()
+            .map(|&id| self.chars.get(id as usize).copied().ok_or(DataError::BadToken { id, vocab: self.chars.len() }))
+            .collect()
+    }
+
+    fn save(&self, path: &Path) -> Result<(), DataError> {
+        let file = CharFile { astro_char_tokenizer: CharBody { chars: self.chars.iter().collect() } };
+        let json = serde_json::to_string_pretty(&file).map_err(|e| DataError::write(path, e))?;
+        crate::fsutil::write_atomic(path, json.as_bytes())
+    }
+
+    fn describe(&self) -> String {
+        format!("char ({} symbols)", self.chars.len())
+    }
+
+    fn fingerprint(&self) -> String {
+        digest(self.chars.iter().collect::<String>().as_bytes())
+    }
+}
+
+/// A Hugging Face tokenizer (byte-level BPE trained here, or any loaded `tokenizer.json`).
+pub struct HfTokenizer {
+    inner: tokenizers::Tokenizer,
+    json: String,
+}
+
+impl std::fmt::Debug for HfTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HfTokenizer({})", self.describe())
+    }
+}
+
+impl HfTokenizer {
+    /// Trains a byte-level BPE with `vocab_size` tokens on `text` (any bytes: the byte alphabet
+    /// is always in the vocabulary, so every input can be encoded).
+    pub fn train_bpe(text: &str, vocab_size: usize) -> Result<Self, DataError> {
+        let alphabet = ByteLevel::alphabet();
+        if vocab_size <= alphabet.len() {
+            return Err(DataError::Config {
+                field: "data.tokenizer.vocab_size".into(),
+                reason: format!(
+                    "a byte-level BPE needs more than the {} byte symbols, got {vocab_size}",
+                    alphabet.len()
+                ),
+            });
+        }
+        let mut tokenizer = tokenizers::Tokenizer::new(ModelWrapper::BPE(BPE::default()));
+        tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        tokenizer.with_decoder(Some(ByteLevel::default()));
+        let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .show_progress(false)
+            .initial_alphabet(alphabet.into_iter().collect())
+            .build()
+            .into();
+        tokenizer.train(&mut trainer, text.lines()).map_err(|e| DataError::Tokenize(e.to_string()))?;
+        Self::from_tokenizer(tokenizer)
+    }
+
+    fn from_tokenizer(inner: tokenizers::Tokenizer) -> Result<Self, DataError> {
+        let json = inner.to_string(false).map_err(|e| DataError::Tokenize(e.to_string()))?;
+        Ok(Self { inner, json })
+    }
+
+    /// Loads a `tokenizer.json`.
+    pub fn from_file(path: &Path) -> Result<Self, DataError> {
+        let text = std::fs::read_to_string(path).map_err(|e| DataError::read(path, e))?;
+        Self::from_json(&text).map_err(|reason| DataError::Tokenizer { path: path.into(), reason })
+    }
+
+    fn from_json(text: &str) -> Result<Self, String> {
+        let inner: tokenizers::Tokenizer = text.parse().map_err(|e: tokenizers::Error| e.to_string())?;
+        Self::from_tokenizer(inner).map_err(|e| e.to_string())
+    }
+}
+
+impl Tokenizer for HfTokenizer {
+    fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
+        let encoding = self.inner.encode(text, false).map_err(|e| DataError::Tokenize(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
+        let vocab = self.vocab_size();
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(DataError::BadToken { id, vocab });
+        }
+        self.inner.decode(ids, false).map_err(|e| DataError::Tokenize(e.to_string()))
+    }
+
+    fn save(&self, path: &Path) -> Result<(), DataError> {
+        crate::fsutil::write_atomic(path, self.json.as_bytes())
+    }
+
+    fn describe(&self) -> String {
+        let model = match self.inner.get_model() {
+            ModelWrapper::BPE(_) => "BPE",
+            ModelWrapper::WordPiece(_) => "WordPiece",
+            ModelWrapper::WordLevel(_) => "WordLevel",
+            ModelWrapper::Unigram(_) => "Unigram",
+        };
+        format!("{model} ({} tokens)", self.vocab_size())
+    }
+
+    fn fingerprint(&self) -> String {
+        digest(self.json.as_bytes())
+    }
+}
+
+/// Loads a `tokenizer.json` written by astro (character or Hugging Face format).
+pub fn load_tokenizer(path: &Path) -> Result<Box<dyn Tokenizer>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::read(path, e))?;
+    if let Ok(file) = serde_json::from_str::<CharFile>(&text) {
+        let chars: Vec<char> = file.astro_char_tokenizer.chars.chars().collect();
+        if chars.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(DataError::Tokenizer {
+                path: path.into(),
+                reason: "character vocabulary is not sorted and unique".into(),
+            });
+        }
+        return Ok(Box::new(CharTokenizer { chars }));
+    }
+    HfTokenizer::from_json(&text)
+        .map(|t| Box::new(t) as Box<dyn Tokenizer>)
+        .map_err(|reason| DataError::Tokenizer { path: path.into(), reason })
+}
+
+/// Builds the tokenizer `spec` describes; char and BPE vocabularies come from `text`.
+pub fn build_tokenizer(spec: &TokenizerSpec, text: &str) -> Result<Box<dyn Tokenizer>, DataError> {
+    Ok(match spec {
+        TokenizerSpec::Char => Box::new(CharTokenizer::from_text(text)),
+        TokenizerSpec::Bpe { vocab_size } => Box::new(HfTokenizer::train_bpe(text, *vocab_size)?),
+        TokenizerSpec::File { path } => load_tokenizer(path)?,
+    })
+}
+
+/// Hex sha256 of `bytes`.
+pub(crate) fn digest(bytes: &[u8]) -> String {
+    let hash = Sha256::digest(bytes);
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn char_ids_follow_sorted_characters() {
+        let t = CharTokenizer::from_text("hello world");
+        assert_eq!(t.chars(), &[' ', 'd', 'e', 'h', 'l', 'o', 'r', 'w']);
+        assert_eq!(t.encode("hold").unwrap(), vec![3, 5, 4, 1]);
+        assert_eq!(t.decode(&[3, 5, 4, 1]).unwrap(), "hold");
+        let err = t.encode("hex").unwrap_err().to_string();
+        assert!(err.contains("'x'") && err.contains("position 2"), "{err}");
+        assert!(t.decode(&[8]).is_err());
+    }
+
+    #[test]
+    fn tokenizers_round_trip_through_their_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "the cat sat on the mat. the cat ate the rat. ".repeat(40);
+        let char_tok = CharTokenizer::from_text(&text);
+        let bpe = HfTokenizer::train_bpe(&text, 300).unwrap();
+        for tok in [&char_tok as &dyn Tokenizer, &bpe] {
+            let path = dir.path().join("tokenizer.json");
+            tok.save(&path).unwrap();
+            let back = load_tokenizer(&path).unwrap();
+            assert_eq!(back.fingerprint(), tok.fingerprint());
+            assert_eq!(back.vocab_size(), tok.vocab_size());
+            let ids = back.encode("the rat sat").unwrap();
+            assert_eq!(back.decode(&ids).unwrap(), "the rat sat");
+        }
+        assert!(bpe.encode("the cat").unwrap().len() < 7, "BPE merges frequent pairs");
+    }
+
+    #[test]
+    fn bpe_takes_any_text_and_rejects_tiny_vocabularies() {
+        let bpe = HfTokenizer::train_bpe("abc abc abd", 260).unwrap();
+        let odd = "ünïcødé \u{FFFD} 🙂";
+        assert_eq!(bpe.decode(&bpe.encode(odd).unwrap()).unwrap(), odd);
+        let err = HfTokenizer::train_bpe("abc", 100).unwrap_err().to_string();
+        assert!(err.contains("vocab_size"), "{err}");
+    }
+
+    #[test]
+    fn malformed_tokenizer_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, "{\"model\": 42}").unwrap();
+        let err = load_tokenizer(&path).err().expect("malformed file rejected").to_string();
+        assert!(err.contains("tokenizer.json"), "{err}");
+    }
+}

@@ -1,0 +1,395 @@
+//! The run configuration: one TOML file holding every hyper-parameter, `--set key=value`
+//! overrides, validation that names the offending key, and the resolved copy written to the run.
+
+use std::path::{Path, PathBuf};
+
+use astro_data::{Sampling, TokenizerSpec};
+use astro_model::TransformerConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+
+/// The whole run configuration (`configs/*.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Naming, seed and device.
+    #[serde(default)]
+    pub run: RunSection,
+    /// Corpus, tokenizer, split and sampling.
+    #[serde(default)]
+    pub data: DataSection,
+    /// The model architecture and attention variant.
+    #[serde(default)]
+    pub model: TransformerConfig,
+    /// Optimiser and learning-rate schedule.
+    #[serde(default)]
+    pub optim: OptimSection,
+    /// Loop lengths, evaluation, logging, checkpoints, sampling.
+    #[serde(default)]
+    pub train: TrainSection,
+}
+
+/// `[run]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// Run name: the run directory is `<out_dir>/<name>` (a suffix is added if it exists).
+    #[serde(default = "defaults::name")]
+    pub name: String,
+    /// Parent directory of runs.
+    #[serde(default = "defaults::out_dir")]
+    pub out_dir: PathBuf,
+    /// Seed of initialisation, data order and dropout.
+    #[serde(default = "defaults::seed")]
+    pub seed: u64,
+    /// Compute backend (`flex`, `ndarray`, `wgpu`); default: the first compiled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// A named dataset (see `datasets/manifest.toml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    /// A text file or directory of `.txt` files (or the named dataset's explicit location).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Tokenizer: `{ kind = "char" }`, `{ kind = "bpe", vocab_size = N }`, `{ kind = "file", path = … }`.
+    #[serde(default)]
+    pub tokenizer: TokenizerSpec,
+    /// Fraction of tokens (at the end) held out for validation.
+    #[serde(default = "defaults::val_fraction")]
+    pub val_fraction: f64,
+    /// Window sampling: `random` (with replacement, nanoGPT) or `epoch` (without replacement).
+    #[serde(default)]
+    pub sampling: Sampling,
+}
+
+/// `[optim]`: AdamW with linear warmup and cosine decay (nanoGPT's `get_lr`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimSection {
+    /// Peak learning rate.
+    #[serde(default = "defaults::lr")]
+    pub lr: f64,
+    /// Learning rate at the end of the cosine decay.
+    #[serde(default = "defaults::min_lr")]
+    pub min_lr: f64,
+    /// Steps of linear warmup.
+    #[serde(default = "defaults::warmup")]
+    pub warmup_iters: usize,
+    /// Step at which the cosine reaches `min_lr` (default: `train.max_iters`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_decay_iters: Option<usize>,
+    /// Decoupled weight decay, applied to matrices and embeddings only (not biases or norms).
+    #[serde(default = "defaults::weight_decay")]
+    pub weight_decay: f64,
+    /// Adam β₁.
+    #[serde(default = "defaults::beta1")]
+    pub beta1: f64,
+    /// Adam β₂.
+    #[serde(default = "defaults::beta2")]
+    pub beta2: f64,
+    /// Adam ε.
+    #[serde(default = "defaults::eps")]
+    pub eps: f64,
+    /// Clip the global gradient norm to this value (0 disables).
+    #[serde(default = "defaults::grad_clip")]
+    pub grad_clip: f64,
+    /// Sequences per micro-batch.
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: usize,
+    /// Micro-batches accumulated per optimiser step.
+    #[serde(default = "defaults::grad_accum")]
+    pub grad_accum: usize,
+}
+
+/// `[train]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Optimiser steps.
+    #[serde(default = "defaults::max_iters")]
+    pub max_iters: usize,
+    /// Evaluate every this many steps (and at the end).
+    #[serde(default = "defaults::eval_interval")]
+    pub eval_interval: usize,
+    /// Batches per evaluation (each split).
+    #[serde(default = "defaults::eval_iters")]
+    pub eval_iters: usize,
+    /// Write a metrics row every this many steps.
+    #[serde(default = "defaults::log_interval")]
+    pub log_interval: usize,
+    /// Checkpoint every this many steps (and at the end).
+    #[serde(default = "defaults::checkpoint_interval")]
+    pub checkpoint_interval: usize,
+    /// Checkpoints kept (the newest).
+    #[serde(default = "defaults::keep_checkpoints")]
+    pub keep_checkpoints: usize,
+    /// Tokens sampled from the model at the end (0: none).
+    #[serde(default = "defaults::sample_tokens")]
+    pub sample_tokens: usize,
+}
+
+mod defaults {
+    use std::path::PathBuf;
+    pub fn name() -> String {
+        "run".into()
+    }
+    pub fn out_dir() -> PathBuf {
+        "runs".into()
+    }
+    pub fn seed() -> u64 {
+        1337
+    }
+    pub fn val_fraction() -> f64 {
+        0.1
+    }
+    pub fn lr() -> f64 {
+        1e-3
+    }
+    pub fn min_lr() -> f64 {
+        1e-4
+    }
+    pub fn warmup() -> usize {
+        100
+    }
+    pub fn weight_decay() -> f64 {
+        0.1
+    }
+    pub fn beta1() -> f64 {
+        0.9
+    }
+    pub fn beta2() -> f64 {
+        0.99
+    }
+    pub fn eps() -> f64 {
+        1e-8
+    }
+    pub fn grad_clip() -> f64 {
+        1.0
+    }
+    pub fn batch_size() -> usize {
+        12
+    }
+    pub fn grad_accum() -> usize {
+        1
+    }
+    pub fn max_iters() -> usize {
+        2000
+    }
+    pub fn eval_interval() -> usize {
+        250
+    }
+    pub fn eval_iters() -> usize {
+        100
+    }
+    pub fn log_interval() -> usize {
+        10
+    }
+    pub fn checkpoint_interval() -> usize {
+        250
+    }
+    pub fn keep_checkpoints() -> usize {
+        3
+    }
+    pub fn sample_tokens() -> usize {
+        200
+    }
+}
+
+macro_rules! default_from_serde {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                toml::from_str("").expect("every field has a default")
+            }
+        }
+    )*};
+}
+default_from_serde!(RunSection, DataSection, OptimSection, TrainSection);
+
+fn invalid(field: &str, reason: impl std::fmt::Display) -> TrainError {
+    TrainError::Config(format!("`{field}`: {reason}"))
+}
+
+impl RunConfig {
+    /// Parses a config file's text; unknown keys and wrong types are errors naming the key.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, TrainError> {
+        toml::from_str(text).map_err(|e| TrainError::Config(format!("{origin}: {e}")))
+    }
+
+    /// Reads a config file.
+    pub fn load(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io("read config", path, e))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Applies `key=value` overrides (dotted keys; values in TOML syntax, bare words as strings).
+    /// Setting a variant's `kind` (e.g. `model.attention.kind=softmax`) resets that table's other keys.
+    pub fn with_overrides(self, sets: &[String]) -> Result<Self, TrainError> {
+        if sets.is_empty() {
+            return Ok(self);
+        }
+        let mut table = toml::Table::try_from(&self).map_err(|e| TrainError::Config(e.to_string()))?;
+        for set in sets {
+            let (key, raw) = set
+                .split_once('=')
+                .ok_or_else(|| TrainError::Config(format!("--set {set:?}: expected key=value, e.g. optim.lr=3e-4")))?;
+            let key = key.trim();
+            let value = parse_value(raw.trim());
+            set_dotted(&mut table, key, value).map_err(|reason| invalid(key, reason))?;
+        }
+        let text = toml::to_string(&table).map_err(|e| TrainError::Config(e.to_string()))?;
+        Self::from_toml(&text, "--set overrides")
+    }
+
+    /// Checks every value; errors name the key.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        self.model.validate().map_err(|e| TrainError::Config(e.to_string()))?;
+        let o = &self.optim;
+        if !(o.lr > 0.0 && o.lr.is_finite()) {
+            return Err(invalid("optim.lr", format!("{} must be a positive number", o.lr)));
+        }
+        if !(o.min_lr >= 0.0 && o.min_lr <= o.lr) {
+            return Err(invalid("optim.min_lr", format!("{} must lie in [0, optim.lr = {}]", o.min_lr, o.lr)));
+        }
+        for (field, beta) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(invalid(field, format!("{beta} must lie in [0, 1)")));
+            }
+        }
+        if !(o.eps > 0.0) {
+            return Err(invalid("optim.eps", "must be positive"));
+        }
+        if !(o.weight_decay >= 0.0) {
+            return Err(invalid("optim.weight_decay", "must be ≥ 0"));
+        }
+        if !(o.grad_clip >= 0.0) {
+            return Err(invalid("optim.grad_clip", "must be ≥ 0 (0 disables clipping)"));
+        }
+        if o.batch_size == 0 {
+            return Err(invalid("optim.batch_size", "must be at least 1"));
+        }
+        if o.grad_accum == 0 {
+            return Err(invalid("optim.grad_accum", "must be at least 1"));
+        }
+        let t = &self.train;
+        for (field, v) in [
+            ("train.max_iters", t.max_iters),
+            ("train.eval_interval", t.eval_interval),
+            ("train.eval_iters", t.eval_iters),
+            ("train.log_interval", t.log_interval),
+            ("train.checkpoint_interval", t.checkpoint_interval),
+            ("train.keep_checkpoints", t.keep_checkpoints),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
+        }
+        if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
+            return Err(invalid("data.val_fraction", format!("{} must lie in (0, 1)", self.data.val_fraction)));
+        }
+        if self.data.dataset.is_none() && self.data.path.is_none() {
+            return Err(invalid("data.dataset", "set a named dataset or data.path (a text file or directory)"));
+        }
+        if self.run.name.is_empty() || self.run.name.contains(['/', '\\']) || self.run.name == ".." {
+            return Err(invalid("run.name", format!("{:?} must be a plain directory name", self.run.name)));
+        }
+        Ok(())
+    }
+
+    /// The step at which the cosine decay ends.
+    pub fn lr_decay_iters(&self) -> usize {
+        self.optim.lr_decay_iters.unwrap_or(self.train.max_iters)
+    }
+
+    /// TOML text of the resolved configuration (what the run directory stores).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("config serialises")
+    }
+}
+
+/// A TOML value from `--set` text: TOML syntax if it parses (numbers, booleans, inline tables,
+/// quoted strings), else the bare text as a string.
+fn parse_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err("empty key segment".into());
+    }
+    let mut cur = table;
+    for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
+        let entry = cur.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        cur = entry.as_table_mut().ok_or_else(|| format!("`{}` is not a table", parts[..=i].join(".")))?;
+    }
+    let last = parts[parts.len() - 1];
+    if last == "kind" && cur.get("kind") != Some(&value) {
+        cur.clear();
+    }
+    cur.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> RunConfig {
+        RunConfig::from_toml("[data]\ndataset = \"tinyshakespeare\"\n", "test").unwrap()
+    }
+
+    #[test]
+    fn defaults_are_nanogpt_shakespeare_char_optimiser() {
+        let c = base();
+        assert_eq!((c.optim.lr, c.optim.min_lr, c.optim.beta2, c.optim.weight_decay), (1e-3, 1e-4, 0.99, 0.1));
+        assert_eq!((c.optim.batch_size, c.optim.warmup_iters, c.train.max_iters), (12, 100, 2000));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn overrides_set_nested_keys_and_reject_unknown_ones() {
+        let c = base()
+            .with_overrides(&["optim.lr=3e-4".into(), "model.attention.kind=softmax".into(), "run.name=x".into()])
+            .unwrap();
+        assert_eq!(c.optim.lr, 3e-4);
+        assert_eq!(c.model.attention.kind(), "softmax");
+        assert_eq!(c.run.name, "x");
+        let c = c.with_overrides(&["model.attention={ kind = \"astrocytic\", features = 64 }".into()]).unwrap();
+        assert!(matches!(&c.model.attention, astro_model::AttentionConfig::Astrocytic(a) if a.features == 64));
+        let err = base().with_overrides(&["optim.learning_rate=1".into()]).unwrap_err().to_string();
+        assert!(err.contains("learning_rate"), "{err}");
+        let err = base().with_overrides(&["optim.batch_size=big".into()]).unwrap_err().to_string();
+        assert!(err.contains("batch_size"), "{err}");
+        let err = base().with_overrides(&["noequals".into()]).unwrap_err().to_string();
+        assert!(err.contains("key=value"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let bad = |set: &str| base().with_overrides(&[set.into()]).unwrap().validate().unwrap_err().to_string();
+        assert!(bad("optim.lr=0").contains("optim.lr"));
+        assert!(bad("optim.beta2=1.0").contains("optim.beta2"));
+        assert!(bad("train.eval_iters=0").contains("train.eval_iters"));
+        assert!(bad("data.val_fraction=0").contains("data.val_fraction"));
+        assert!(bad("model.n_head=3").contains("model.n_head"));
+        assert!(bad("run.name=a/b").contains("run.name"));
+    }
+
+    #[test]
+    fn config_write_then_parse_is_identity() {
+        let c =
+            base().with_overrides(&["model.attention.kind=linear".into(), "optim.lr_decay_iters=500".into()]).unwrap();
+        assert_eq!(RunConfig::from_toml(&c.to_toml(), "roundtrip").unwrap(), c);
+    }
+}

@@ -1,0 +1,56 @@
+//! Typed errors of the training crate.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Why a training run could not start or had to stop.
+#[derive(Debug, Error)]
+pub enum TrainError {
+    /// The run configuration is invalid (names the key).
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// Corpus, tokenizer or sampling problem.
+    #[error(transparent)]
+    Data(#[from] astro_data::DataError),
+    /// Model construction, weights or device problem.
+    #[error(transparent)]
+    Model(#[from] astro_model::ModelError),
+    /// A file or directory could not be read or written.
+    #[error("cannot {action} {path}: {reason}")]
+    Io {
+        /// What was attempted.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The OS error.
+        reason: String,
+    },
+    /// The loss became NaN or infinite.
+    #[error(
+        "the loss became non-finite ({loss}) at step {step}; the run stopped. {checkpoint}\
+         Lower optim.lr, raise optim.warmup_iters or enable optim.grad_clip."
+    )]
+    NonFinite {
+        /// The step that went bad.
+        step: usize,
+        /// The loss value.
+        loss: f64,
+        /// Where the last good checkpoint is (a sentence).
+        checkpoint: String,
+    },
+    /// `--resume` cannot continue this run.
+    #[error("cannot resume {run}: {reason}")]
+    Resume {
+        /// The run directory.
+        run: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl TrainError {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, e: impl ToString) -> Self {
+        TrainError::Io { action, path: path.into(), reason: e.to_string() }
+    }
+}

@@ -1,0 +1,330 @@
+//! End-to-end tests of `astro train`: runs, exact resume, offline datasets, bad input.
+//!
+//! Every test runs the binary in its own process with its own cache and data directories.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The offline corpora: $ASTRO_DATA_DIR, or `../shared/datasets` beside the repository.
+fn shared_datasets() -> PathBuf {
+    let dir =
+        std::env::var_os("ASTRO_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared/datasets"));
+    assert!(
+        dir.join("tinyshakespeare.txt").is_file(),
+        "offline corpora not found in {}; set ASTRO_DATA_DIR",
+        dir.display()
+    );
+    dir
+}
+
+/// `astro` with hermetic cache/data directories under `root`.
+fn astro(root: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("astro").expect("binary built");
+    cmd.current_dir(root)
+        .env("ASTRO_CACHE_DIR", root.join("cache"))
+        .env("ASTRO_DATA_DIR", root.join("no-data"))
+        .env("ASTRO_OFFLINE", "1")
+        .env_remove("ASTRO_STOP_AFTER");
+    cmd
+}
+
+/// A deterministic pseudo-text corpus of about `bytes` bytes.
+fn corpus(path: &Path, bytes: usize) {
+    let words = ["the", "astrocyte", "neuron", "synapse", "calcium", "wave", "and", "of", "glia", "fires", "rests"];
+    let mut state = 12345u64;
+    let mut text = String::new();
+    while text.len() < bytes {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        text.push_str(words[(state >> 33) as usize % words.len()]);
+        text.push(if (state >> 20) % 7 == 0 { '\n' } else { ' ' });
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// A tiny run config on `data`.
+fn tiny_config(root: &Path, data: &Path, extra: &str) -> PathBuf {
+    let path = root.join("tiny.toml");
+    let text = format!(
+        r#"[run]
+name = "tiny"
+out_dir = "{out}"
+seed = 7
+
+[data]
+path = "{data}"
+tokenizer = {{ kind = "char" }}
+
+[model]
+block_size = 16
+n_layer = 2
+n_head = 2
+n_embd = 16
+dropout = 0.1
+attention = {{ kind = "astrocytic", features = 16, chunk_size = 4 }}
+
+[optim]
+batch_size = 4
+warmup_iters = 3
+
+[train]
+max_iters = 12
+eval_interval = 4
+eval_iters = 2
+log_interval = 1
+checkpoint_interval = 4
+keep_checkpoints = 5
+sample_tokens = 10
+{extra}"#,
+        out = root.join("runs").display(),
+        data = data.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn metrics(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            // timing differs between runs; everything else must not
+            let o = v.as_object_mut().unwrap();
+            o.remove("tokens_per_sec");
+            o.remove("elapsed");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn resume_continues_exactly_like_an_uninterrupted_run() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    corpus(&root.join("corpus.txt"), 20_000);
+    let config = tiny_config(root, &root.join("corpus.txt"), "");
+
+    // A: uninterrupted.
+    astro(root).args(["train", "--json", "--config"]).arg(&config).args(["--name", "a"]).assert().success();
+    // B: stopped after 6 steps (checkpoints at 4 and 6), the step-6 checkpoint lost as in a crash,
+    // so the resume restarts from step 4 with metrics rows 5–6 already written.
+    astro(root)
+        .args(["train", "--config"])
+        .arg(&config)
+        .args(["--name", "b"])
+        .env("ASTRO_STOP_AFTER", "6")
+        .assert()
+        .success();
+    let b = root.join("runs/b");
+    std::fs::remove_dir_all(b.join("checkpoints/step-00000006")).unwrap();
+    astro(root)
+        .args(["train", "--json", "--resume"])
+        .arg(&b)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("resuming"));
+
+    let (ma, mb) = (metrics(&root.join("runs/a")), metrics(&b));
+    assert_eq!(ma.len(), 12);
+    assert_eq!(ma, mb, "metrics after resume differ from the uninterrupted run");
+    // and the final model predicts identically (its files differ only in parameter ids)
+    let summary = |run: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+    };
+    let (sa, sb) = (summary(&root.join("runs/a")), summary(&b));
+    assert_eq!(sa["final_val_loss"], sb["final_val_loss"]);
+    assert_eq!(sa["sample"], sb["sample"], "same weights and seed give the same sample");
+}
+
+#[test]
+fn run_directory_holds_everything() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    corpus(&root.join("corpus.txt"), 10_000);
+    let config = tiny_config(root, &root.join("corpus.txt"), "");
+    let out =
+        astro(root).args(["train", "--json", "--config"]).arg(&config).assert().success().get_output().stdout.clone();
+    let summary: Value = serde_json::from_slice(&out).expect("one JSON line");
+    assert_eq!(summary["steps"], 12);
+    assert!(summary["final_val_loss"].as_f64().unwrap().is_finite());
+    let run = root.join("runs/tiny");
+    for f in ["config.toml", "tokenizer.json", "metrics.jsonl", "model.bpk", "summary.json"] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    // keep_checkpoints = 5 of 4, 8, 12 → all three; each verified by checksum
+    let ckpts: Vec<_> = std::fs::read_dir(run.join("checkpoints")).unwrap().collect();
+    assert_eq!(ckpts.len(), 3);
+    // A second run with the same name never overwrites the first.
+    astro(root).args(["train", "--json", "--config"]).arg(&config).assert().success();
+    assert!(root.join("runs/tiny-2/model.bpk").is_file());
+    // The resolved config records the vocabulary taken from the tokenizer.
+    let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(resolved.contains("vocab_size"), "{resolved}");
+}
+
+#[test]
+fn named_dataset_resolves_offline_with_nanogpt_split() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let out = astro(root)
+        .env("ASTRO_DATA_DIR", shared_datasets())
+        .args(["train", "--json"])
+        .args(["--set", "train.max_iters=2", "--set", "train.eval_iters=1", "--set", "train.sample_tokens=0"])
+        .args(["--set", "model.n_layer=1", "--set", "model.n_embd=16", "--set", "model.n_head=2"])
+        .args(["--set", &format!("run.out_dir={:?}", root.join("runs").display().to_string())])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let summary: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(summary["steps"], 2);
+    let tokenizer = std::fs::read_to_string(root.join("runs/shakespeare-char/tokenizer.json")).unwrap();
+    let parsed: Value = serde_json::from_str(&tokenizer).unwrap();
+    assert_eq!(parsed["astro_char_tokenizer"]["chars"].as_str().unwrap().chars().count(), 65);
+}
+
+#[test]
+fn bpe_config_trains_on_wikitext() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    astro(root)
+        .env("ASTRO_DATA_DIR", shared_datasets())
+        .args(["train", "--json", "--config"])
+        .arg(repo().join("configs/wikitext2-bpe.toml"))
+        .args(["--set", "train.max_iters=2", "--set", "train.eval_iters=1", "--set", "train.sample_tokens=5"])
+        .args(["--set", "model.n_layer=1", "--set", "data.tokenizer.vocab_size=300"])
+        .args(["--set", &format!("run.out_dir={:?}", root.join("runs").display().to_string())])
+        .assert()
+        .success();
+    let tok = std::fs::read_to_string(root.join("runs/wikitext2-bpe/tokenizer.json")).unwrap();
+    assert!(tok.contains("\"BPE\""), "a Hugging Face BPE tokenizer.json");
+}
+
+#[test]
+fn missing_dataset_names_three_ways_to_provide_it() {
+    let root = tempfile::tempdir().unwrap();
+    astro(root.path())
+        .args(["train"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("tinyshakespeare"))
+        .stderr(predicate::str::contains("--data"))
+        .stderr(predicate::str::contains("ASTRO_DATA_DIR"))
+        .stderr(predicate::str::contains("cache directory"));
+}
+
+#[test]
+fn bad_corpora_get_clear_errors() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    std::fs::write(root.join("empty.txt"), "").unwrap();
+    let config = tiny_config(root, &root.join("empty.txt"), "");
+    astro(root).args(["train", "--config"]).arg(&config).assert().failure().stderr(predicate::str::contains("empty"));
+    std::fs::write(root.join("short.txt"), "just a few words, not enough").unwrap();
+    let config = tiny_config(root, &root.join("short.txt"), "");
+    astro(root)
+        .args(["train", "--config"])
+        .arg(&config)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("fewer than one window"));
+    let config = tiny_config(root, &root.join("nope.txt"), "");
+    astro(root)
+        .args(["train", "--config"])
+        .arg(&config)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("nope.txt"));
+    // Invalid UTF-8 is replaced (char-level) and training proceeds.
+    let mut bytes = std::fs::read(root.join("short.txt")).unwrap();
+    bytes.extend([0xff, 0xfe]);
+    for _ in 0..200 {
+        bytes.extend(b" more words to make the corpus long enough");
+    }
+    std::fs::write(root.join("bytes.txt"), bytes).unwrap();
+    let config = tiny_config(root, &root.join("bytes.txt"), "");
+    astro(root).args(["train", "--config"]).arg(&config).args(["--set", "train.max_iters=1"]).assert().success();
+}
+
+#[test]
+fn config_mistakes_are_named() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    corpus(&root.join("corpus.txt"), 5_000);
+    let config = tiny_config(root, &root.join("corpus.txt"), "");
+    astro(root)
+        .args(["train", "--config"])
+        .arg(&config)
+        .args(["--set", "optim.learning_rate=0.1"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("learning_rate"));
+    astro(root)
+        .args(["train", "--config"])
+        .arg(&config)
+        .args(["--set", "model.vocab_size=100"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("vocab_size"));
+    let config = tiny_config(root, &root.join("corpus.txt"), "bogus = 1\n");
+    astro(root).args(["train", "--config"]).arg(&config).assert().failure().stderr(predicate::str::contains("bogus"));
+}
+
+#[test]
+fn resume_with_another_model_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    corpus(&root.join("corpus.txt"), 10_000);
+    let config = tiny_config(root, &root.join("corpus.txt"), "");
+    astro(root).args(["train", "--config"]).arg(&config).env("ASTRO_STOP_AFTER", "4").assert().success();
+    astro(root)
+        .args(["train", "--config"])
+        .arg(&config)
+        .args(["--set", "model.attention.kind=softmax", "--resume"])
+        .arg(root.join("runs/tiny"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("softmax"))
+        .stderr(predicate::str::contains("astrocytic"));
+}
+
+#[test]
+fn unwritable_run_directory_is_reported() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    corpus(&root.join("corpus.txt"), 10_000);
+    std::fs::write(root.join("blocker"), "a file where the runs directory should be").unwrap();
+    let config = tiny_config(root, &root.join("corpus.txt"), "");
+    astro(root)
+        .args(["train", "--config"])
+        .arg(&config)
+        .args(["--set", &format!("run.out_dir={:?}", root.join("blocker/runs").display().to_string())])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("blocker"));
+}
+
+#[test]
+fn diverging_loss_stops_cleanly_keeping_the_last_checkpoint() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    corpus(&root.join("corpus.txt"), 10_000);
+    let config = tiny_config(root, &root.join("corpus.txt"), "");
+    astro(root)
+        .args(["train", "--config"])
+        .arg(&config)
+        .args(["--set", "optim.lr=1e30", "--set", "optim.min_lr=0", "--set", "optim.warmup_iters=0"])
+        .args(["--set", "optim.grad_clip=0", "--set", "train.checkpoint_interval=1"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("non-finite"))
+        .stderr(predicate::str::contains("at step"));
+}
