@@ -9,9 +9,25 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The offline corpora: $ASTRO_DATA_DIR, or `../shared/datasets` beside the repository.
+fn shared_datasets() -> PathBuf {
+    let dir =
+        std::env::var_os("ASTRO_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared/datasets"));
+    assert!(
+        dir.join("tinyshakespeare.txt").is_file(),
+        "offline corpora not found in {}; set ASTRO_DATA_DIR",
+        dir.display()
+    );
+    dir
+}
+
 fn astro() -> Command {
     let mut cmd = Command::cargo_bin("astro").expect("binary built");
-    cmd.current_dir(repo());
+    let cache = std::env::temp_dir().join(format!("astro-cli-test-cache-{}", std::process::id()));
+    cmd.current_dir(repo())
+        .env("ASTRO_DATA_DIR", shared_datasets())
+        .env("ASTRO_CACHE_DIR", cache)
+        .env("ASTRO_OFFLINE", "1");
     cmd
 }
 
@@ -37,7 +53,8 @@ fn info_for_each_variant() {
         (r#"{ kind = "astrocytic", features = 64, orthogonal = true }"#, "33,808"),
     ] {
         let path = dir.path().join("c.toml");
-        let text = format!("[model]\nvocab_size = 65\nblock_size = 64\nattention = {attention}\n");
+        let text =
+            format!("[data]\ndataset = \"tinyshakespeare\"\n[model]\nblock_size = 64\nattention = {attention}\n");
         std::fs::write(&path, text).unwrap();
         astro()
             .args(["info", "--config"])
@@ -53,7 +70,7 @@ fn info_for_each_variant() {
 fn bad_config_gets_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[model]\nvocab_size = 65\nn_head = 3\n").unwrap();
+    std::fs::write(&path, "[data]\ndataset = \"tinyshakespeare\"\n[model]\nvocab_size = 65\nn_head = 3\n").unwrap();
     astro()
         .args(["info", "--config"])
         .arg(&path)

@@ -43,7 +43,7 @@ fn corpus(path: &Path, bytes: usize) {
     while text.len() < bytes {
         state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         text.push_str(words[(state >> 33) as usize % words.len()]);
-        text.push(if (state >> 20) % 7 == 0 { '\n' } else { ' ' });
+        text.push(if (state >> 20).is_multiple_of(7) { '\n' } else { ' ' });
     }
     std::fs::write(path, text).unwrap();
 }
@@ -327,4 +327,53 @@ fn diverging_loss_stops_cleanly_keeping_the_last_checkpoint() {
         .failure()
         .stderr(predicate::str::contains("non-finite"))
         .stderr(predicate::str::contains("at step"));
+}
+
+/// Serves `body` for every request on 127.0.0.1 (a bounded number of requests), returning the base URL.
+fn serve(body: Vec<u8>, requests: usize) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(requests) {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn named_dataset_downloads_into_the_cache_with_checksum() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let original = std::fs::read(shared_datasets().join("tinyshakespeare.txt")).unwrap();
+    let base = |r: &Path| {
+        let mut cmd = astro(r);
+        cmd.env_remove("ASTRO_OFFLINE")
+            .args(["train", "--json", "--set", "train.max_iters=1", "--set", "train.eval_iters=1"])
+            .args(["--set", "train.sample_tokens=0", "--set", "model.n_layer=1", "--set", "model.n_embd=16"])
+            .args([
+                "--set",
+                "model.n_head=2",
+                "--set",
+                &format!("run.out_dir={:?}", r.join("runs").display().to_string()),
+            ]);
+        cmd
+    };
+    // A corrupt mirror: the checksum check refuses the file and nothing lands in the cache.
+    base(root)
+        .env("ASTRO_DATASETS_MIRROR", serve(b"not shakespeare".to_vec(), 1))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("sha256"));
+    assert!(!root.join("cache/datasets/tinyshakespeare.txt").exists());
+    // A good mirror: downloaded, verified, cached, trained on; the next run needs no network.
+    base(root).env("ASTRO_DATASETS_MIRROR", serve(original.clone(), 1)).assert().success();
+    assert_eq!(std::fs::read(root.join("cache/datasets/tinyshakespeare.txt")).unwrap(), original);
+    base(root).env("ASTRO_OFFLINE", "1").assert().success();
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use astro_model::info::report;
 use astro_model::{LanguageModel, TransformerConfig};
 
@@ -12,7 +12,7 @@ pub struct InfoArgs {
     /// Run config (TOML) whose `[model]` table describes the model.
     #[arg(long, short)]
     config: PathBuf,
-    /// Vocabulary size, when the config leaves it to the tokenizer.
+    /// Vocabulary size (default: the config's, else that of the tokenizer its [data] table builds).
     #[arg(long)]
     vocab_size: Option<usize>,
     /// Context lengths at which to report the decoding state.
@@ -20,20 +20,24 @@ pub struct InfoArgs {
     contexts: Vec<usize>,
 }
 
-/// The part of a run config `astro info` reads; other tables are left to their own commands.
-#[derive(serde::Deserialize)]
-struct ModelSection {
-    model: Option<TransformerConfig>,
-}
-
-/// Reads and validates the `[model]` table of a run config (errors point into the file itself).
-pub fn read_model_config(path: &std::path::Path) -> anyhow::Result<TransformerConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-    let section: ModelSection = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
-    let Some(model) = section.model else {
-        bail!("{} has no [model] table; see configs/shakespeare-char.toml for the layout", path.display());
-    };
+/// The model config of a run config, with the vocabulary size taken from the tokenizer its `[data]`
+/// table describes when the `[model]` table leaves it unset.
+pub fn resolve_model_config(path: &std::path::Path, vocab_size: Option<usize>) -> anyhow::Result<TransformerConfig> {
+    let config = astro_train::RunConfig::load(path)?;
+    let mut model = config.model.clone();
     model.validate().with_context(|| format!("invalid [model] in {}", path.display()))?;
+    if vocab_size.is_some() {
+        model.vocab_size = vocab_size;
+    }
+    if model.vocab_size.is_none() {
+        let corpus = astro_data::CorpusSpec { dataset: config.data.dataset.clone(), path: config.data.path.clone() }
+            .load()
+            .context(
+                "model.vocab_size is unset, so the tokenizer is built from [data] to find it (or pass --vocab-size N)",
+            )?;
+        let tokenizer = astro_data::build_tokenizer(&config.data.tokenizer, &corpus.text)?;
+        model.vocab_size = Some(tokenizer.vocab_size());
+    }
     Ok(model)
 }
 
@@ -58,14 +62,8 @@ fn human_bytes(bytes: usize) -> String {
 }
 
 pub fn run(args: InfoArgs, device: Option<&str>) -> anyhow::Result<()> {
-    let mut config = read_model_config(&args.config)?;
-    if args.vocab_size.is_some() {
-        config.vocab_size = args.vocab_size;
-    }
-    if config.vocab_size.is_none() {
-        bail!("[model] vocab_size is unset in {}; pass --vocab-size N", args.config.display());
-    }
     let device = crate::device(device)?.autodiff();
+    let config = resolve_model_config(&args.config, args.vocab_size)?;
     let model = LanguageModel::new(&config, &device)?;
     let r = report(&model, &args.contexts);
 

@@ -130,8 +130,16 @@ fn download(name: &str, entry: &DatasetEntry, dest: &Path) -> Result<(), String>
     }
     let dir = dest.parent().ok_or("bad cache path")?;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    eprintln!("downloading {name} from {}", entry.url);
-    let mut response = ureq::get(&entry.url).call().map_err(|e| e.to_string())?;
+    let url = download_url(entry);
+    eprintln!("downloading {name} from {url}");
+    fetch(&url, entry, dest)
+}
+
+/// Fetches `url` into `dest` (extracting `entry.member` from a zip archive), verifying the sha256
+/// before an atomic move into place.
+fn fetch(url: &str, entry: &DatasetEntry, dest: &Path) -> Result<(), String> {
+    let dir = dest.parent().ok_or("bad cache path")?;
+    let mut response = ureq::get(url).call().map_err(|e| format!("{url}: {e}"))?;
     let total = response.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let bar = indicatif::ProgressBar::new(total.unwrap_or(entry.bytes));
     bar.set_style(
@@ -158,6 +166,18 @@ fn download(name: &str, entry: &DatasetEntry, dest: &Path) -> Result<(), String>
     let (tmp, mut file) = tempfile_in(dir, dest).map_err(|e| e.to_string())?;
     file.write_all(&bytes).and_then(|_| file.sync_all()).map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, dest).map_err(|e| e.to_string())
+}
+
+/// The URL to fetch: the manifest's, or the same file name under `$ASTRO_DATASETS_MIRROR`
+/// (a local or institutional mirror holding the files under their original names).
+fn download_url(entry: &DatasetEntry) -> String {
+    match std::env::var("ASTRO_DATASETS_MIRROR").ok().filter(|m| !m.is_empty()) {
+        Some(mirror) => {
+            let file = entry.url.rsplit('/').next().unwrap_or(&entry.file);
+            format!("{}/{file}", mirror.trim_end_matches('/'))
+        }
+        None => entry.url.clone(),
+    }
 }
 
 /// Reads a text file, or every `.txt` file of a directory (sorted by name, concatenated).
@@ -222,12 +242,59 @@ fn decode_lossy(bytes: Vec<u8>) -> (String, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn manifest_parses_and_names_the_shared_files() {
         let m = manifest();
         assert_eq!(m["tinyshakespeare"].bytes, 1_115_394);
         assert!(m.contains_key("wikitext2-valid"));
+    }
+
+    /// Serves `body` once on 127.0.0.1.
+    fn serve_once(body: Vec<u8>) -> String {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            if let Ok((mut stream, _)) = listener.accept() {
+                let mut buf = [0u8; 4096];
+                let _ = std::io::Read::read(&mut stream, &mut buf);
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body);
+            }
+        });
+        format!("http://{addr}/archive.zip")
+    }
+
+    #[test]
+    fn archive_member_is_extracted_and_checked() {
+        let member = b"a small corpus inside an archive\n".repeat(10);
+        let mut zipped = std::io::Cursor::new(Vec::new());
+        {
+            let mut w = zip::ZipWriter::new(&mut zipped);
+            let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+            w.start_file("corpus/wiki.valid.tokens", opts).unwrap();
+            w.write_all(&member).unwrap();
+            w.finish().unwrap();
+        }
+        let entry = DatasetEntry {
+            file: "x.txt".into(),
+            url: "unused".into(),
+            member: Some("corpus/wiki.valid.tokens".into()),
+            sha256: digest(&member),
+            bytes: member.len() as u64,
+            license: "test".into(),
+            description: "test".into(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("x.txt");
+        fetch(&serve_once(zipped.get_ref().clone()), &entry, &dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), member);
+        let wrong = DatasetEntry { sha256: "0".repeat(64), ..entry };
+        let err = fetch(&serve_once(zipped.into_inner()), &wrong, &dir.path().join("y.txt")).unwrap_err();
+        assert!(err.contains("sha256") && !dir.path().join("y.txt").exists(), "{err}");
     }
 
     #[test]

@@ -18,10 +18,11 @@ use crate::error::DataError;
 
 /// Which tokenizer to use, as written under `[data]`: `tokenizer = { kind = "char" }`,
 /// `{ kind = "bpe", vocab_size = 2048 }` or `{ kind = "file", path = "tokenizer.json" }`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum TokenizerSpec {
     /// One token per character; the vocabulary is the corpus's sorted character set.
+    #[default]
     Char,
     /// Byte-level BPE trained on the training corpus.
     Bpe {
@@ -33,12 +34,6 @@ pub enum TokenizerSpec {
         /// Its path.
         path: std::path::PathBuf,
     },
-}
-
-impl Default for TokenizerSpec {
-    fn default() -> Self {
-        TokenizerSpec::Char
-    }
 }
 
 /// Text ↔ token ids.

@@ -263,13 +263,13 @@ impl RunConfig {
                 return Err(invalid(field, format!("{beta} must lie in [0, 1)")));
             }
         }
-        if !(o.eps > 0.0) {
+        if o.eps.is_nan() || o.eps <= 0.0 {
             return Err(invalid("optim.eps", "must be positive"));
         }
-        if !(o.weight_decay >= 0.0) {
+        if o.weight_decay.is_nan() || o.weight_decay < 0.0 {
             return Err(invalid("optim.weight_decay", "must be ≥ 0"));
         }
-        if !(o.grad_clip >= 0.0) {
+        if o.grad_clip.is_nan() || o.grad_clip < 0.0 {
             return Err(invalid("optim.grad_clip", "must be ≥ 0 (0 disables clipping)"));
         }
         if o.batch_size == 0 {
