@@ -4,25 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
+#[path = "common/mod.rs"]
+mod common;
+
 use assert_cmd::Command;
+use common::{repo, shared_datasets};
 use predicates::prelude::*;
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The offline corpora: $ASTRO_DATA_DIR, or `../shared/datasets` beside the repository.
-fn shared_datasets() -> PathBuf {
-    let dir =
-        std::env::var_os("ASTRO_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared/datasets"));
-    assert!(
-        dir.join("tinyshakespeare.txt").is_file(),
-        "offline corpora not found in {}; set ASTRO_DATA_DIR",
-        dir.display()
-    );
-    dir
-}
 
 /// `astro` with hermetic cache/data directories under `root`.
 fn astro(root: &Path) -> Command {

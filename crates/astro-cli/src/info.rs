@@ -30,11 +30,9 @@ pub fn resolve_model_config(path: &std::path::Path, vocab_size: Option<usize>) -
         model.vocab_size = vocab_size;
     }
     if model.vocab_size.is_none() {
-        let corpus = astro_data::CorpusSpec { dataset: config.data.dataset.clone(), path: config.data.path.clone() }
-            .load()
-            .context(
-                "model.vocab_size is unset, so the tokenizer is built from [data] to find it (or pass --vocab-size N)",
-            )?;
+        let corpus = config.corpus().load().context(
+            "model.vocab_size is unset, so the tokenizer is built from [data] to find it (or pass --vocab-size N)",
+        )?;
         let tokenizer = astro_data::build_tokenizer(&config.data.tokenizer, &corpus.text)?;
         model.vocab_size = Some(tokenizer.vocab_size());
     }

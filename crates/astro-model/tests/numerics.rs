@@ -17,17 +17,29 @@ fn loglog_slope(points: &[(f64, f64)]) -> f64 {
     cov / var
 }
 
+/// Small-norm queries and keys (‖q̃‖ ≈ 0.6; 2 × 4 heads, T = 32, D = 16), values, and the exact
+/// bidirectional softmax output.
+fn small_norm_problem(dev: &burn::tensor::Device) -> ([Tensor<4>; 3], Tensor<4>) {
+    let shape = [2, 4, 32, 16];
+    let q = normal4(shape, 0.3, 1, DType::F32, dev);
+    let k = normal4(shape, 0.3, 2, DType::F32, dev);
+    let v = normal4(shape, 1.0, 3, DType::F32, dev);
+    let exact = SoftmaxConfig::default().init().forward_reference(
+        q.clone(),
+        k.clone(),
+        v.clone(),
+        &AttentionMask::bidirectional(),
+    );
+    ([q, k, v], exact)
+}
+
 #[test]
 fn converges_to_softmax_as_hidden_neurons_grow() {
-    // Small-norm q, k (‖q̃‖ ≈ 0.6): error of the output relative to exact softmax, averaged over
-    // four draws of Ω per m, must fall like m^{-1/2} and be below 0.05 at m = 4096.
+    // Error of the output relative to exact softmax, averaged over four draws of Ω per m, must fall
+    // like m^{-1/2} and be below 0.05 at m = 4096.
     let dev = device();
-    let shape = [2, 4, 32, 16];
-    let q = normal4(shape, 0.3, 1, DType::F32, &dev);
-    let k = normal4(shape, 0.3, 2, DType::F32, &dev);
-    let v = normal4(shape, 1.0, 3, DType::F32, &dev);
+    let ([q, k, v], exact) = small_norm_problem(&dev);
     let mask = AttentionMask::bidirectional();
-    let exact = SoftmaxConfig::default().init().forward_reference(q.clone(), k.clone(), v.clone(), &mask);
     let mut points = Vec::new();
     for m in [64, 128, 256, 512, 1024, 2048, 4096] {
         let err: f64 = (0..4)
@@ -58,12 +70,8 @@ fn frobenius_rel<const D: usize>(a: &Tensor<D>, b: &Tensor<D>) -> f64 {
 #[test]
 fn orthogonal_features_lower_the_error() {
     let dev = device();
-    let shape = [2, 4, 32, 16];
-    let q = normal4(shape, 0.3, 1, DType::F32, &dev);
-    let k = normal4(shape, 0.3, 2, DType::F32, &dev);
-    let v = normal4(shape, 1.0, 3, DType::F32, &dev);
+    let ([q, k, v], exact) = small_norm_problem(&dev);
     let mask = AttentionMask::bidirectional();
-    let exact = SoftmaxConfig::default().init().forward_reference(q.clone(), k.clone(), v.clone(), &mask);
     let mean_err = |orthogonal: bool| {
         (0..8)
             .map(|seed| {

@@ -303,6 +303,11 @@ impl RunConfig {
         Ok(())
     }
 
+    /// Where the corpus comes from.
+    pub fn corpus(&self) -> astro_data::CorpusSpec {
+        astro_data::CorpusSpec { dataset: self.data.dataset.clone(), path: self.data.path.clone() }
+    }
+
     /// The step at which the cosine decay ends.
     pub fn lr_decay_iters(&self) -> usize {
         self.optim.lr_decay_iters.unwrap_or(self.train.max_iters)

@@ -1,0 +1,21 @@
+//! Helpers shared by the end-to-end tests of the `astro` binary.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The offline corpora: $ASTRO_DATA_DIR, or `../shared/datasets` beside the repository.
+pub fn shared_datasets() -> PathBuf {
+    let dir =
+        std::env::var_os("ASTRO_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared/datasets"));
+    assert!(
+        dir.join("tinyshakespeare.txt").is_file(),
+        "offline corpora not found in {}; set ASTRO_DATA_DIR",
+        dir.display()
+    );
+    dir
+}
