@@ -1,6 +1,5 @@
 //! End-to-end tests of the `astro` binary.
 
-
 #[path = "common/mod.rs"]
 mod common;
 

@@ -30,6 +30,9 @@ use crate::metrics::{MetricsLog, MetricsRow};
 use crate::progress::Progress;
 use crate::schedule::learning_rate;
 
+/// The model with the best validation loss so far, in the run directory.
+pub const BEST_FILE: &str = "best.bpk";
+
 /// How to run (things that are not hyper-parameters).
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
@@ -118,18 +121,22 @@ fn prepare(config: RunConfig, options: &TrainOptions) -> Result<Setup, TrainErro
             let tokenizer = load_tokenizer(&dir.join("tokenizer.json"))?;
             let ckpt = checkpoint::latest_valid(&dir.join("checkpoints"))
                 .ok_or_else(|| TrainError::Resume { run: dir.clone(), reason: "it has no valid checkpoint".into() })?;
-            (given, dir.clone(), tokenizer, Some(ckpt))
+            (given, dir.clone(), Some(tokenizer), Some(ckpt))
         }
         None => {
             config.validate()?;
             let run_dir = fresh_run_dir(&config.run.out_dir, &config.run.name);
-            (config, run_dir, Box::new(astro_data::tokenizer::CharTokenizer::from_text("")) as Box<dyn Tokenizer>, None)
+            (config, run_dir, None, None)
         }
     };
     let corpus =
         astro_data::CorpusSpec { dataset: config.data.dataset.clone(), path: config.data.path.clone() }.load()?;
     let mut config = config;
-    let tokenizer = if resume.is_some() { tokenizer } else { build_tokenizer(&config.data.tokenizer, &corpus.text)? };
+    // A resumed run keeps the tokenizer it was trained with; a new one builds it from the corpus.
+    let tokenizer = match tokenizer {
+        Some(t) => t,
+        None => build_tokenizer(&config.data.tokenizer, &corpus.text)?,
+    };
     match config.model.vocab_size {
         None => config.model.vocab_size = Some(tokenizer.vocab_size()),
         Some(v) if v != tokenizer.vocab_size() => {
@@ -389,6 +396,9 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
         let eval_now = step % config.train.eval_interval == 0 || step == max_iters;
         let (val_loss, eval_train_loss) = if eval_now {
             let (v, t) = eval(&model, step);
+            if best_val.is_none_or(|b| v < b) {
+                model.save(&run_dir.join(BEST_FILE))?;
+            }
             best_val = Some(best_val.map_or(v, |b: f64| b.min(v)));
             last_val = Some(v);
             (Some(v), Some(t))
