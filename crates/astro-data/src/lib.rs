@@ -6,11 +6,13 @@
 //! - [`corpus`]: files, directories and named datasets (manifest, offline resolution, download).
 //! - [`tokens`]: the tokenised corpus cached as a memory-mapped binary file; the 90/10 split.
 //! - [`sampler`]: seeded, resumable batch sampling.
+//! - [`tasks`]: synthetic sequence tasks (MQAR, copy, induction heads, ListOps).
 
 pub mod corpus;
 pub mod error;
 pub mod fsutil;
 pub mod sampler;
+pub mod tasks;
 pub mod tokenizer;
 pub mod tokens;
 
