@@ -370,3 +370,60 @@ fn named_dataset_downloads_into_the_cache_with_checksum() {
     assert_eq!(std::fs::read(root.join("cache/datasets/tinyshakespeare.txt")).unwrap(), original);
     base(root).env("ASTRO_OFFLINE", "1").assert().success();
 }
+
+#[test]
+fn tasks_train_evaluate_and_resume_exactly() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let base = |r: &Path, name: &str| {
+        let mut cmd = astro(r);
+        cmd.args(["train", "--task", "mqar", "--name", name])
+            .args(["--set", "task.vocab_size=64", "--set", "task.seq_len=32", "--set", "train.max_iters=8"])
+            .args([
+                "--set",
+                "train.eval_interval=4",
+                "--set",
+                "train.checkpoint_interval=2",
+                "--set",
+                "train.test_examples=32",
+            ])
+            .args([
+                "--set",
+                "model.n_layer=1",
+                "--set",
+                "model.n_embd=32",
+                "--set",
+                "model.n_head=2",
+                "--set",
+                "model.dropout=0.1",
+            ])
+            .args(["--set", "model.attention={kind=\"astrocytic\",features=16}", "--set", "optim.batch_size=8"])
+            .args(["--set", &format!("run.out_dir={:?}", r.join("runs").display().to_string())]);
+        cmd
+    };
+    let out = base(root, "a").arg("--json").assert().success().get_output().stdout.clone();
+    let summary: Value = serde_json::from_slice(&out).unwrap();
+    let acc = summary["final_val_accuracy"].as_f64().expect("accuracy reported");
+    assert!((0.0..=1.0).contains(&acc));
+    base(root, "b").env("ASTRO_STOP_AFTER", "5").assert().success();
+    let b = root.join("runs/b");
+    std::fs::remove_dir_all(b.join("checkpoints/step-00000005")).unwrap();
+    astro(root).args(["train", "--resume"]).arg(&b).assert().success();
+    assert_eq!(metrics(&root.join("runs/a")), metrics(&b), "task metrics after resume differ");
+    // ListOps trains the encoder classifier.
+    astro(root)
+        .args(["train", "--task", "listops", "--json"])
+        .args(["--set", "task.min_length=10", "--set", "task.max_length=60", "--set", "model.block_size=60"])
+        .args(["--set", "train.max_iters=2", "--set", "train.test_examples=8", "--set", "model.n_layer=1"])
+        .args(["--set", &format!("run.out_dir={:?}", root.join("runs").display().to_string())])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("final_val_accuracy"));
+    // Unknown task and task parameters are named.
+    astro(root).args(["train", "--task", "sorting"]).assert().failure().stderr(predicate::str::contains("sorting"));
+    astro(root)
+        .args(["train", "--task", "copy", "--set", "task.length=5"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("length"));
+}

@@ -23,6 +23,10 @@ pub struct TrainArgs {
     /// Train on this text file or directory of .txt files (sets data.path).
     #[arg(long, value_name = "PATH")]
     data: Option<PathBuf>,
+    /// Train on a synthetic task (mqar, copy, induction, listops) with its default parameters;
+    /// set them with `--set task.<key>=…`.
+    #[arg(long, value_name = "NAME", conflicts_with = "data")]
+    task: Option<String>,
     /// Run name (the run directory is runs/<name>).
     #[arg(long)]
     name: Option<String>,
@@ -37,8 +41,17 @@ pub fn run(args: TrainArgs, device: Option<&str>) -> anyhow::Result<()> {
         // Resuming without --config continues with the run's own resolved config.
         (None, Some(run)) => RunConfig::load(&run.join("config.toml"))
             .with_context(|| format!("{} does not look like a run directory", run.display()))?,
-        (None, None) => RunConfig::from_toml(DEFAULT_CONFIG, "configs/shakespeare-char.toml")?,
+        (None, None) => match &args.task {
+            Some(name) => RunConfig::for_task(astro_data::tasks::TaskConfig::by_name(name)?),
+            None => RunConfig::from_toml(DEFAULT_CONFIG, "configs/shakespeare-char.toml")?,
+        },
     };
+    if let (Some(name), Some(_)) = (&args.task, &args.config) {
+        // `--task` with a config file replaces the config's data or task with this task.
+        config.task = Some(astro_data::tasks::TaskConfig::by_name(name)?);
+        config.data.dataset = None;
+        config.data.path = None;
+    }
     let mut sets = args.sets.clone();
     if let Some(data) = &args.data {
         config.data.path = Some(data.clone());
@@ -62,8 +75,9 @@ pub fn run(args: TrainArgs, device: Option<&str>) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         let val = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.4}"));
+        let acc = summary.final_val_accuracy.map_or(String::new(), |a| format!(" | accuracy {a:.4}"));
         println!(
-            "done: {} steps | train loss {:.4} | val loss {} (best {}) | {:.0} tokens/s | {:.1} s\nrun directory: {}",
+            "done: {} steps | train loss {:.4} | val loss {} (best {}){acc} | {:.0} tokens/s | {:.1} s\nrun directory: {}",
             summary.steps,
             summary.final_train_loss,
             val(summary.final_val_loss),

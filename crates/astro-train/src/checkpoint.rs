@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use astro_data::BatchSampler;
+use crate::source::DataState;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -19,12 +19,15 @@ pub struct CheckpointState {
     pub step: usize,
     /// Training tokens consumed.
     pub tokens: u64,
-    /// The training batch sampler (RNG state, epoch position).
-    pub sampler: BatchSampler,
+    /// Position of the training stream (sampler or task RNG state).
+    pub data: DataState,
     /// Best validation loss so far.
     pub best_val: Option<f64>,
     /// Most recent validation loss.
     pub last_val: Option<f64>,
+    /// Most recent task accuracy.
+    #[serde(default)]
+    pub last_accuracy: Option<f64>,
     /// Training wall time so far (seconds).
     pub elapsed: f64,
     /// sha256 of each file of the checkpoint.

@@ -3,8 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use astro_data::tasks::TaskConfig;
 use astro_data::{Sampling, TokenizerSpec};
 use astro_model::TransformerConfig;
+use astro_model::transformer::Pooling;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
@@ -16,9 +18,15 @@ pub struct RunConfig {
     /// Naming, seed and device.
     #[serde(default)]
     pub run: RunSection,
-    /// Corpus, tokenizer, split and sampling.
+    /// Corpus, tokenizer, split and sampling (text runs).
     #[serde(default)]
     pub data: DataSection,
+    /// A synthetic sequence task instead of a corpus (`kind = "mqar" | "copy" | "induction" | "listops"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskConfig>,
+    /// The classification head (classification tasks such as ListOps).
+    #[serde(default)]
+    pub classifier: ClassifierSection,
     /// The model architecture and attention variant.
     #[serde(default)]
     pub model: TransformerConfig,
@@ -46,6 +54,15 @@ pub struct RunSection {
     /// Compute backend (`flex`, `ndarray`, `wgpu`); default: the first compiled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+}
+
+/// `[classifier]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierSection {
+    /// How token states are pooled: `mean` (over non-padding tokens) or `cls` (the first token).
+    #[serde(default)]
+    pub pooling: Pooling,
 }
 
 /// `[data]`.
@@ -130,9 +147,12 @@ pub struct TrainSection {
     /// Checkpoints kept (the newest).
     #[serde(default = "defaults::keep_checkpoints")]
     pub keep_checkpoints: usize,
-    /// Tokens sampled from the model at the end (0: none).
+    /// Tokens sampled from the model at the end (0: none; text runs only).
     #[serde(default = "defaults::sample_tokens")]
     pub sample_tokens: usize,
+    /// Size of the fixed test set of a task (drawn from a seed disjoint from training's).
+    #[serde(default = "defaults::test_examples")]
+    pub test_examples: usize,
 }
 
 mod defaults {
@@ -199,6 +219,9 @@ mod defaults {
     }
     pub fn sample_tokens() -> usize {
         200
+    }
+    pub fn test_examples() -> usize {
+        1000
     }
 }
 
@@ -294,13 +317,55 @@ impl RunConfig {
         if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
             return Err(invalid("data.val_fraction", format!("{} must lie in (0, 1)", self.data.val_fraction)));
         }
-        if self.data.dataset.is_none() && self.data.path.is_none() {
-            return Err(invalid("data.dataset", "set a named dataset or data.path (a text file or directory)"));
+        match &self.task {
+            None if self.data.dataset.is_none() && self.data.path.is_none() => {
+                return Err(invalid(
+                    "data.dataset",
+                    "set a named dataset, data.path (a text file or directory), or a [task]",
+                ));
+            }
+            None => {}
+            Some(task) => {
+                task.validate().map_err(|e| TrainError::Config(e.to_string()))?;
+                if self.data.dataset.is_some() || self.data.path.is_some() {
+                    return Err(invalid("task", "a run trains on a [task] or on a corpus ([data]), not both"));
+                }
+                if self.model.positions == astro_model::transformer::Positions::Learned
+                    && self.model.block_size < task.max_len()
+                {
+                    return Err(invalid(
+                        "model.block_size",
+                        format!(
+                            "{} is shorter than the task's sequences ({} tokens)",
+                            self.model.block_size,
+                            task.max_len()
+                        ),
+                    ));
+                }
+                if let Some(v) = self.model.vocab_size.filter(|&v| v != task.vocab_size()) {
+                    return Err(invalid(
+                        "model.vocab_size",
+                        format!("{v}, but the task uses {} token ids", task.vocab_size()),
+                    ));
+                }
+                if self.train.test_examples == 0 {
+                    return Err(invalid("train.test_examples", "must be at least 1"));
+                }
+            }
         }
         if self.run.name.is_empty() || self.run.name.contains(['/', '\\']) || self.run.name == ".." {
             return Err(invalid("run.name", format!("{:?} must be a plain directory name", self.run.name)));
         }
         Ok(())
+    }
+
+    /// A run config for `task` with default architecture and optimiser, the context sized to the task.
+    pub fn for_task(task: TaskConfig) -> Self {
+        let mut config = RunConfig::default();
+        config.run.name = task.name().to_string();
+        config.model.block_size = task.max_len();
+        config.task = Some(task);
+        config
     }
 
     /// Where the corpus comes from.

@@ -7,10 +7,14 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod net;
+pub mod optim;
 pub mod progress;
 pub mod schedule;
+pub mod source;
 pub mod trainer;
 
 pub use config::RunConfig;
 pub use error::TrainError;
+pub use net::Net;
 pub use trainer::{TrainOptions, TrainSummary, train};

@@ -22,6 +22,9 @@ pub struct MetricsRow {
     /// Training-split loss estimated in eval mode, on evaluation steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_train_loss: Option<f64>,
+    /// Task accuracy, on evaluation steps of task runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_accuracy: Option<f64>,
     /// Learning rate of this step.
     pub lr: f64,
     /// Training throughput since the previous row (tokens per second).

@@ -37,8 +37,9 @@ impl Progress {
     }
 
     /// Reports step `step` with its loss, the last validation loss, throughput and learning rate.
-    pub fn update(&mut self, step: usize, loss: f64, val: Option<f64>, tokens_per_sec: f64, lr: f64) {
-        let msg = format!("loss {loss:.4} | val {} | {:.0} tok/s | lr {lr:.2e}", format_val(val), tokens_per_sec);
+    pub fn update(&mut self, step: usize, loss: f64, val: Option<f64>, acc: Option<f64>, tokens_per_sec: f64, lr: f64) {
+        let acc = acc.map_or(String::new(), |a| format!(" | acc {:.3}", a));
+        let msg = format!("loss {loss:.4} | val {}{acc} | {:.0} tok/s | lr {lr:.2e}", format_val(val), tokens_per_sec);
         match &self.bar {
             Some(bar) => {
                 bar.set_position(step as u64);

@@ -12,23 +12,22 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use astro_data::{
-    BatchSampler, Sampling, TokenFile, Tokenizer, build_tokenizer, load_tokenizer, split, tokenize_cached,
-};
+use astro_data::{TokenFile, Tokenizer, build_tokenizer, load_tokenizer, split, tokenize_cached};
 use astro_model::LanguageModel;
 use astro_model::transformer::{SamplingConfig, generate};
-use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointState, MODEL_FILE, OPTIM_FILE};
 use crate::config::RunConfig;
 use crate::error::TrainError;
 use crate::metrics::{MetricsLog, MetricsRow};
+use crate::net::Net;
+use crate::optim::{clip_global_norm, optimizer};
 use crate::progress::Progress;
 use crate::schedule::learning_rate;
+use crate::source::{DataState, Source, score};
 
 /// The model with the best validation loss so far, in the run directory.
 pub const BEST_FILE: &str = "best.bpk";
@@ -59,6 +58,8 @@ pub struct TrainSummary {
     pub final_val_loss: Option<f64>,
     /// Best validation loss seen.
     pub best_val_loss: Option<f64>,
+    /// Test accuracy at the end (task runs).
+    pub final_val_accuracy: Option<f64>,
     /// Mean training throughput (tokens per second, excluding evaluation).
     pub tokens_per_sec: f64,
     /// Wall-clock seconds of this invocation.
@@ -71,10 +72,7 @@ pub struct TrainSummary {
 struct Setup {
     config: RunConfig,
     run_dir: PathBuf,
-    tokenizer: Box<dyn Tokenizer>,
-    tokens: TokenFile,
-    train: std::ops::Range<usize>,
-    val: std::ops::Range<usize>,
+    source: Source,
     resume: Option<(PathBuf, CheckpointState)>,
 }
 
@@ -91,50 +89,65 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     astro_data::fsutil::write_atomic(path, bytes).map_err(|e| TrainError::io("write", path, e))
 }
 
+/// Checks a resumed run's config against the one given: architecture, data and task must match.
+fn check_resume(dir: &Path, mut given: RunConfig) -> Result<RunConfig, TrainError> {
+    let saved = RunConfig::load(&dir.join("config.toml"))
+        .map_err(|e| TrainError::Resume { run: dir.to_path_buf(), reason: e.to_string() })?;
+    if given.model.vocab_size.is_none() {
+        given.model.vocab_size = saved.model.vocab_size;
+    }
+    let refuse = |reason: String| TrainError::Resume { run: dir.to_path_buf(), reason };
+    if given.model != saved.model {
+        return Err(refuse(format!(
+            "it was made with model [{}], but the given config has [{}]; resume without --config, or start a new run",
+            saved.model.describe(),
+            given.model.describe()
+        )));
+    }
+    if given.data != saved.data || given.task != saved.task || given.classifier != saved.classifier {
+        return Err(refuse("the given [data]/[task] differs from the run's; resume without --config".into()));
+    }
+    // Optimiser and loop settings may change on resume (e.g. more steps); the rest is the run's.
+    given.validate()?;
+    Ok(given)
+}
+
 fn prepare(config: RunConfig, options: &TrainOptions) -> Result<Setup, TrainError> {
-    let (config, run_dir, tokenizer, resume) = match &options.resume {
+    let (mut config, run_dir, resume) = match &options.resume {
         Some(dir) => {
-            let saved = RunConfig::load(&dir.join("config.toml"))
-                .map_err(|e| TrainError::Resume { run: dir.clone(), reason: e.to_string() })?;
-            let mut given = config.clone();
-            if given.model.vocab_size.is_none() {
-                given.model.vocab_size = saved.model.vocab_size;
-            }
-            if given.model != saved.model {
-                return Err(TrainError::Resume {
-                    run: dir.clone(),
-                    reason: format!(
-                        "it was made with model [{}], but the given config has [{}]; resume without --config, or start a new run",
-                        saved.model.describe(),
-                        given.model.describe()
-                    ),
-                });
-            }
-            if given.data != saved.data {
-                return Err(TrainError::Resume {
-                    run: dir.clone(),
-                    reason: "the given [data] section differs from the run's; resume without --config".into(),
-                });
-            }
-            // Optimiser and loop settings may change on resume (e.g. more steps); the rest is the run's.
-            given.validate()?;
-            let tokenizer = load_tokenizer(&dir.join("tokenizer.json"))?;
+            let config = check_resume(dir, config)?;
             let ckpt = checkpoint::latest_valid(&dir.join("checkpoints"))
                 .ok_or_else(|| TrainError::Resume { run: dir.clone(), reason: "it has no valid checkpoint".into() })?;
-            (given, dir.clone(), Some(tokenizer), Some(ckpt))
+            (config, dir.clone(), Some(ckpt))
         }
         None => {
             config.validate()?;
             let run_dir = fresh_run_dir(&config.run.out_dir, &config.run.name);
-            (config, run_dir, None, None)
+            (config, run_dir, None)
         }
     };
-    let corpus =
-        astro_data::CorpusSpec { dataset: config.data.dataset.clone(), path: config.data.path.clone() }.load()?;
-    let mut config = config;
-    // A resumed run keeps the tokenizer it was trained with; a new one builds it from the corpus.
-    let tokenizer = match tokenizer {
-        Some(t) => t,
+    let source = match config.task.clone() {
+        Some(task) => {
+            config.model.vocab_size = Some(task.vocab_size());
+            Source::task(&task, &config)
+        }
+        None => corpus_source(&mut config, resume.as_ref().map(|_| run_dir.as_path()))?,
+    };
+    if resume.is_none() {
+        std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::io("create run directory", &run_dir, e))?;
+        if let Source::Corpus { tokenizer, .. } = &source {
+            tokenizer.save(&run_dir.join("tokenizer.json"))?;
+        }
+        write_file(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
+    }
+    Ok(Setup { config, run_dir, source, resume })
+}
+
+/// Loads and tokenises the corpus; a resumed run (`resumed_from`) keeps its saved tokenizer.
+fn corpus_source(config: &mut RunConfig, resumed_from: Option<&Path>) -> Result<Source, TrainError> {
+    let corpus = config.corpus().load()?;
+    let tokenizer = match resumed_from {
+        Some(dir) => load_tokenizer(&dir.join("tokenizer.json"))?,
         None => build_tokenizer(&config.data.tokenizer, &corpus.text)?,
     };
     match config.model.vocab_size {
@@ -163,127 +176,13 @@ fn prepare(config: RunConfig, options: &TrainOptions) -> Result<Setup, TrainErro
             .into());
         }
     }
-    if resume.is_none() {
-        std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::io("create run directory", &run_dir, e))?;
-        tokenizer.save(&run_dir.join("tokenizer.json"))?;
-        write_file(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
-    }
-    Ok(Setup { config, run_dir, tokenizer, tokens, train, val, resume })
+    Ok(Source::Corpus { tokenizer, tokens, train, val })
 }
 
-/// Ids of parameters with fewer than two dimensions (biases, norms): no weight decay (nanoGPT).
-#[derive(Default)]
-struct NoDecay(Vec<ParamId>);
-
-impl ModuleVisitor for NoDecay {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if D < 2 {
-            self.0.push(param.id);
-        }
-    }
-}
-
-/// Σ‖g‖² over all gradients (one device scalar).
-struct GradNormSq<'a> {
-    grads: &'a GradientsParams,
-    sum: Option<Tensor<1>>,
-}
-
-impl ModuleVisitor for GradNormSq<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(g) = self.grads.get::<D>(param.id) {
-            let s = g.square().sum();
-            self.sum = Some(match self.sum.take() {
-                Some(acc) => acc + s,
-                None => s,
-            });
-        }
-    }
-}
-
-/// Multiplies every gradient by `scale`.
-struct GradScale<'a> {
-    grads: &'a mut GradientsParams,
-    scale: f64,
-}
-
-impl ModuleVisitor for GradScale<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(g) = self.grads.remove::<D>(param.id) {
-            self.grads.register(param.id, g.mul_scalar(self.scale));
-        }
-    }
-}
-
-/// Clips the global gradient norm to `max_norm` like `torch.nn.utils.clip_grad_norm_`; returns the norm.
-fn clip_global_norm(model: &LanguageModel, grads: &mut GradientsParams, max_norm: f64) -> f64 {
-    let mut norm = GradNormSq { grads, sum: None };
-    model.visit(&mut norm);
-    let total = norm.sum.map_or(0.0, |s| s.into_scalar::<f64>().sqrt());
-    let scale = max_norm / (total + 1e-6);
-    if max_norm > 0.0 && scale < 1.0 {
-        model.visit(&mut GradScale { grads, scale });
-    }
-    total
-}
-
-fn optimizer(config: &RunConfig, model: &LanguageModel) -> ModuleOptimizer {
-    let o = &config.optim;
-    let adamw = |wd: f64| {
-        AdamWConfig::new()
-            .with_beta_1(o.beta1 as f32)
-            .with_beta_2(o.beta2 as f32)
-            .with_epsilon(o.eps as f32)
-            .with_weight_decay(wd as f32)
-    };
-    let mut no_decay = NoDecay::default();
-    model.visit(&mut no_decay);
-    let optim = adamw(o.weight_decay).init();
-    if no_decay.0.is_empty() {
-        optim
-    } else {
-        optim.with_group(ParamGroup::from_ids(no_decay.0), adamw(0.0).build(), None)
-    }
-}
-
-/// `[batch, block]` inputs and flattened targets on `device`.
-fn batch_tensors(batch: &astro_data::Batch, device: &Device) -> (Tensor<2, Int>, Tensor<1, Int>) {
-    let x = Tensor::<2, Int>::from_data(TensorData::new(batch.inputs.clone(), [batch.batch, batch.block]), device);
-    let y = Tensor::<1, Int>::from_data(TensorData::new(batch.targets.clone(), [batch.batch * batch.block]), device);
-    (x, y)
-}
-
-/// Mean cross-entropy of next-token prediction: logits `[B,T,V]`, targets `[B·T]`.
-fn lm_loss(model: &LanguageModel, x: Tensor<2, Int>, y: Tensor<1, Int>) -> Tensor<1> {
-    let logits = model.forward(x);
-    let [b, t, v] = logits.dims();
-    CrossEntropyLossConfig::new().init(&logits.device()).forward(logits.reshape([b * t, v]), y)
-}
-
-/// Mean loss over `iters` fixed batches of `range` (eval mode, no autodiff).
-fn estimate_loss(
-    model: &LanguageModel,
-    tokens: &TokenFile,
-    range: std::ops::Range<usize>,
-    config: &RunConfig,
-    seed: u64,
-) -> f64 {
-    let mut sampler =
-        BatchSampler::new(range, config.model.block_size, config.optim.batch_size, Sampling::Random, seed);
-    let device = model.trunk.wte.weight.val().device();
-    let mut total = 0.0;
-    for _ in 0..config.train.eval_iters {
-        let (x, y) = batch_tensors(&sampler.next_batch(tokens), &device);
-        total += lm_loss(model, x, y).into_scalar::<f64>();
-    }
-    total / config.train.eval_iters as f64
-}
-
-/// Trains (or resumes) a language model as `config` says.
+/// Trains (or resumes) the network `config` describes on its corpus or task.
 pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, TrainError> {
     let wall = Instant::now();
-    let setup = prepare(config, &options)?;
-    let Setup { config, run_dir, tokenizer, tokens, train, val, resume } = setup;
+    let Setup { config, run_dir, source, resume } = prepare(config, &options)?;
     let device_name = options.device.clone().or_else(|| config.run.device.clone());
     let device = match device_name {
         Some(name) => name.parse::<astro_model::device::BackendKind>().map_err(astro_model::ModelError::from)?.device(),
@@ -293,63 +192,46 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
     let ad = device.clone().autodiff();
     ad.seed(config.run.seed);
 
-    let mut model = LanguageModel::new(&config.model, &ad)?;
+    let mut net = Net::new(&config, &ad)?;
     let ckpt_root = run_dir.join("checkpoints");
     let seed = config.run.seed;
     let mut optim;
-    let (mut step, mut tokens_seen, mut sampler, mut best_val, mut last_val, elapsed_before) = match &resume {
+    let (mut step, mut tokens_seen, mut data, mut best_val, mut last_val, mut last_acc, elapsed_before) = match &resume
+    {
         Some((dir, state)) => {
             // Weights first: they bring back the parameter ids the optimiser state and groups are keyed by.
-            model = model.load_weights(&dir.join(MODEL_FILE))?;
-            optim = optimizer(&config, &model)
+            net = net.load_weights(&dir.join(MODEL_FILE))?;
+            optim = optimizer(&config, &net)
                 .load(dir.join(OPTIM_FILE))
                 .map_err(|e| TrainError::io("load optimiser state", dir.join(OPTIM_FILE), e))?;
             eprintln!("resuming {} from step {} ({})", run_dir.display(), state.step, dir.display());
-            (state.step, state.tokens, state.sampler.clone().restored(), state.best_val, state.last_val, state.elapsed)
+            let data = match state.data.clone() {
+                DataState::Corpus { sampler } => DataState::Corpus { sampler: sampler.restored() },
+                other => other,
+            };
+            (state.step, state.tokens, data, state.best_val, state.last_val, state.last_accuracy, state.elapsed)
         }
         None => {
-            optim = optimizer(&config, &model);
-            let sampler = BatchSampler::new(
-                train.clone(),
-                config.model.block_size,
-                config.optim.batch_size,
-                config.data.sampling,
-                seed,
-            );
-            (0, 0, sampler, None, None, 0.0)
+            optim = optimizer(&config, &net);
+            (0, 0, source.initial_state(&config), None, None, None, 0.0)
         }
     };
     let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), step)?;
     let mut last_checkpoint = resume.as_ref().map(|(d, _)| d.clone());
     let max_iters = config.train.max_iters;
-    let tokens_per_step = (config.optim.batch_size * config.optim.grad_accum * config.model.block_size) as u64;
 
     let mut progress = Progress::new(max_iters, step, std::io::stderr().is_terminal());
-    progress.note(&format!(
-        "training {} on {} with {} → {}",
-        config.model.describe(),
-        config.data.dataset.clone().unwrap_or_else(|| config
-            .data
-            .path
-            .clone()
-            .unwrap_or_default()
-            .display()
-            .to_string()),
-        tokenizer.describe(),
-        run_dir.display()
-    ));
+    let what = match &source {
+        Source::Corpus { tokenizer, .. } => format!("{} with {}", config.corpus().describe(), tokenizer.describe()),
+        Source::Task { task, test } => format!("task {} ({} test examples)", task.name(), test.len()),
+    };
+    progress.note(&format!("training {} on {what} → {}", config.model.describe(), run_dir.display()));
 
     let mut train_time = elapsed_before;
     let mut window_tokens = 0u64;
     let mut window_time = 0.0;
     let mut last_loss = f64::NAN;
     let stop_at = options.stop_after.map_or(max_iters, |n| (step + n).min(max_iters));
-    let eval = |model: &LanguageModel, step: usize| {
-        let valid = model.valid();
-        let v = estimate_loss(&valid, &tokens, val.clone(), &config, seed ^ 0x5eed_0001);
-        let t = estimate_loss(&valid, &tokens, train.clone(), &config, seed ^ 0x5eed_0002 ^ step as u64);
-        (v, t)
-    };
 
     while step < stop_at {
         let t0 = Instant::now();
@@ -362,15 +244,17 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
         );
         // Dropout masks are a function of (seed, step): identical after a resume.
         ad.seed(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64);
-        let mut accum = GradientsAccumulator::<LanguageModel>::new();
+        let mut accum = GradientsAccumulator::<Net>::new();
         let mut loss_sum = 0.0;
+        let mut step_tokens = 0u64;
         for _ in 0..config.optim.grad_accum {
-            let (x, y) = batch_tensors(&sampler.next_batch(&tokens), &ad);
-            let loss = lm_loss(&model, x, y);
+            let batch = source.next_batch(&mut data, &ad);
+            step_tokens += batch.tokens() as u64;
+            let loss = score(&net, batch, false).loss;
             loss_sum += loss.clone().into_scalar::<f64>();
             let loss = loss.div_scalar(config.optim.grad_accum as f64);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            accum.accumulate(&model, grads);
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            accum.accumulate(&net, grads);
         }
         let loss = loss_sum / config.optim.grad_accum as f64;
         if !loss.is_finite() {
@@ -382,42 +266,41 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
         }
         let mut grads = accum.grads();
         if config.optim.grad_clip > 0.0 {
-            clip_global_norm(&model, &mut grads, config.optim.grad_clip);
+            clip_global_norm(&net, &mut grads, config.optim.grad_clip);
         }
-        model = optim.step(lr, model, grads);
+        net = optim.step(lr, net, grads);
         step += 1;
-        tokens_seen += tokens_per_step;
+        tokens_seen += step_tokens;
         last_loss = loss;
         let dt = t0.elapsed().as_secs_f64();
         train_time += dt;
         window_time += dt;
-        window_tokens += tokens_per_step;
+        window_tokens += step_tokens;
 
         let eval_now = step % config.train.eval_interval == 0 || step == max_iters;
-        let (val_loss, eval_train_loss) = if eval_now {
-            let (v, t) = eval(&model, step);
-            if best_val.is_none_or(|b| v < b) {
-                model.save(&run_dir.join(BEST_FILE))?;
+        let evaluation = eval_now.then(|| source.evaluate(&net.valid(), &config, step));
+        if let Some(e) = &evaluation {
+            if best_val.is_none_or(|b| e.loss < b) {
+                net.save(&run_dir.join(BEST_FILE))?;
             }
-            best_val = Some(best_val.map_or(v, |b: f64| b.min(v)));
-            last_val = Some(v);
-            (Some(v), Some(t))
-        } else {
-            (None, None)
-        };
+            best_val = Some(best_val.map_or(e.loss, |b: f64| b.min(e.loss)));
+            last_val = Some(e.loss);
+            last_acc = e.accuracy.or(last_acc);
+        }
         let tps = if window_time > 0.0 { window_tokens as f64 / window_time } else { 0.0 };
         if step % config.train.log_interval == 0 || eval_now || step == stop_at {
             metrics.append(&MetricsRow {
                 step,
                 tokens: tokens_seen,
                 train_loss: loss,
-                val_loss,
-                eval_train_loss,
+                val_loss: evaluation.map(|e| e.loss),
+                eval_train_loss: evaluation.and_then(|e| e.train_loss),
+                val_accuracy: evaluation.and_then(|e| e.accuracy),
                 lr,
                 tokens_per_sec: tps,
                 elapsed: train_time,
             })?;
-            progress.update(step, loss, last_val, tps, lr);
+            progress.update(step, loss, last_val, last_acc, tps, lr);
             window_tokens = 0;
             window_time = 0.0;
         }
@@ -425,14 +308,15 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
             let state = CheckpointState {
                 step,
                 tokens: tokens_seen,
-                sampler: sampler.clone(),
+                data: data.clone(),
                 best_val,
                 last_val,
+                last_accuracy: last_acc,
                 elapsed: train_time,
                 files: Default::default(),
             };
             let dir = checkpoint::write(&ckpt_root, state, config.train.keep_checkpoints, |dir| {
-                model.save(&dir.join(MODEL_FILE))?;
+                net.save(&dir.join(MODEL_FILE))?;
                 optim
                     .save(dir.join(OPTIM_FILE))
                     .map_err(|e| TrainError::io("write optimiser state", dir.join(OPTIM_FILE), e))
@@ -444,12 +328,14 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
 
     let finished = step >= max_iters;
     if finished {
-        model.save(&run_dir.join(MODEL_FILE))?;
+        net.save(&run_dir.join(MODEL_FILE))?;
     }
-    let sample = if finished && config.train.sample_tokens > 0 {
-        Some(sample_text(&model.valid(), tokenizer.as_ref(), &tokens, val.start, &config, options.sample_to_stderr)?)
-    } else {
-        None
+    let valid = net.valid();
+    let sample = match (&source, valid.lm()) {
+        (Source::Corpus { tokenizer, tokens, val, .. }, Some(lm)) if finished && config.train.sample_tokens > 0 => {
+            Some(sample_text(lm, tokenizer.as_ref(), tokens, val.start, &config, options.sample_to_stderr)?)
+        }
+        _ => None,
     };
     let summary = TrainSummary {
         run_dir: run_dir.clone(),
@@ -457,6 +343,7 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
         final_train_loss: last_loss,
         final_val_loss: last_val,
         best_val_loss: best_val,
+        final_val_accuracy: last_acc,
         tokens_per_sec: if train_time > 0.0 { tokens_seen as f64 / train_time } else { 0.0 },
         wall_seconds: wall.elapsed().as_secs_f64(),
         sample,

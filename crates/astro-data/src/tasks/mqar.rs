@@ -60,7 +60,7 @@ mod defaults {
 impl MqarConfig {
     /// Zoology's assertions, as errors naming the key.
     pub fn validate(&self) -> Result<(), DataError> {
-        if self.seq_len % 2 != 0 {
+        if !self.seq_len.is_multiple_of(2) {
             return Err(invalid("seq_len", format!("{} must be even", self.seq_len)));
         }
         if self.vocab_size <= self.seq_len {

@@ -83,9 +83,19 @@ impl LanguageModel {
         x.matmul(w.transpose().unsqueeze_dim(0)) // [B,T,d] @ [1,d,V]
     }
 
+    /// Logits of selected hidden states: `[N, d]` → `[N, V]` (tasks that score a few positions).
+    pub fn project(&self, hidden: Tensor<2>) -> Tensor<2> {
+        hidden.matmul(self.trunk.wte.weight.val().transpose()) // [N,d] @ [d,V]
+    }
+
+    /// Final hidden states `[batch, seq, d]` for `tokens` `[batch, seq]` (causal).
+    pub fn hidden(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.trunk.forward(tokens, &AttentionMask::causal())
+    }
+
     /// Logits `[batch, seq, vocab]` for `tokens` `[batch, seq]` (causal).
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        self.head(self.trunk.forward(tokens, &AttentionMask::causal()))
+        self.head(self.hidden(tokens))
     }
 
     /// Per-block traces of the astrocyte response and softmax normaliser for every head and query
