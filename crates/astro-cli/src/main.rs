@@ -1,5 +1,7 @@
 //! `astro`: train, evaluate and inspect astrocytic-attention Transformers.
 
+mod ablate;
+mod eval;
 mod info;
 mod train;
 
@@ -22,6 +24,12 @@ struct Cli {
 enum Command {
     /// Train a language model (default: shakespeare-char with astrocytic attention).
     Train(train::TrainArgs),
+    /// Evaluate a run: loss, perplexity, bits per character/byte, or task accuracy.
+    Eval(eval::EvalArgs),
+    /// Generate text from a run, streaming tokens as they are produced.
+    Generate(eval::GenerateArgs),
+    /// Train a grid of runs over config keys, then tabulate and plot them (resumable).
+    Ablate(ablate::AblateArgs),
     /// Print a model's parameters per module, the total, and its decoding-state size.
     Info(info::InfoArgs),
 }
@@ -34,6 +42,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(args, cli.device.as_deref()),
+        Command::Eval(args) => eval::run_eval(args, cli.device.as_deref()),
+        Command::Generate(args) => eval::run_generate(args, cli.device.as_deref()),
+        Command::Ablate(args) => ablate::run(args, cli.device.as_deref()),
         Command::Info(args) => info::run(args, cli.device.as_deref()),
     };
     match result {

@@ -1,4 +1,13 @@
 //! # astro-eval
 //!
-//! Sequence tasks, evaluation, generation and ablation reports. A placeholder until the evaluation
-//! issue lands: it compiles so the workspace layout is fixed.
+//! Everything that reads trained runs: evaluation ([`evaluate`]), ablation grids ([`ablate`]),
+//! the attention-fidelity report ([`fidelity`]) and their plots ([`plot`]).
+
+pub mod ablate;
+pub mod error;
+pub mod evaluate;
+pub mod plot;
+pub mod run;
+
+pub use error::EvalError;
+pub use run::{Run, Weights};

@@ -280,3 +280,27 @@ fn normaliser_traces_per_layer() {
     let softmax = LanguageModel::new(&small(variants()[0].1.clone(), Positions::Learned), &dev).unwrap();
     assert!(softmax.normalisers(x).iter().all(|t| t.astrocyte_log.is_none()));
 }
+
+#[test]
+fn weight_transfer_reuses_everything_but_the_attention() {
+    let dev = device();
+    let dir = std::env::temp_dir().join(format!("astro-model-transfer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let softmax = LanguageModel::new(&small(variants()[0].1.clone(), Positions::Learned), &dev).unwrap();
+    let path = dir.join("softmax.bpk");
+    softmax.save(&path).unwrap();
+    // A huge-m astrocytic model with the softmax weights approximates the softmax model's logits.
+    let astro_cfg = AttentionConfig::Astrocytic(AstrocyticConfig { features: 8192, ..AstrocyticConfig::default() });
+    let astro =
+        LanguageModel::new(&small(astro_cfg, Positions::Learned), &dev).unwrap().transfer_weights(&path).unwrap();
+    let x = tokens(&sequence(12, 4), 1, &dev);
+    let (a, s) = (astro.forward(x.clone()), softmax.forward(x));
+    let e = rel_err(&a, &s);
+    assert!(e < 0.05, "transferred astrocytic logits differ from softmax's by {e}");
+    // Architectures that differ elsewhere are refused.
+    let mut wider = small(variants()[1].1.clone(), Positions::Learned);
+    wider.n_embd = 32;
+    let err = LanguageModel::new(&wider, &dev).unwrap().transfer_weights(&path).unwrap_err().to_string();
+    assert!(err.contains("weight transfer"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -63,6 +63,13 @@ impl LanguageModel {
         weights::load(self, &arch, path)
     }
 
+    /// Loads the weights of a model that differs from this one only in its attention variant
+    /// (e.g. a softmax-trained model into astrocytic attention: the paper's weight transfer).
+    pub fn transfer_weights(self, path: &Path) -> Result<Self, ModelError> {
+        let arch = self.architecture();
+        weights::transfer(self, &arch, path)
+    }
+
     /// Saves weights and architecture to `path` (burnpack, written atomically).
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
         weights::save(self, &self.architecture(), path)

@@ -59,6 +59,33 @@ impl SavedArchitecture {
     }
 }
 
+/// Loads the parameters of `path` into `module`, whose architecture may differ from the file's only
+/// in the attention variant (the paper's weight transfer: projections, MLPs, norms and embeddings
+/// are reused; parameters the file lacks, such as a fresh Ω, keep their initial values).
+pub(crate) fn transfer<M: Module>(mut module: M, arch: &SavedArchitecture, path: &Path) -> Result<M, ModelError> {
+    let saved = read_architecture(path)?;
+    let without_attention = |a: &SavedArchitecture| {
+        let mut a = a.clone();
+        match &mut a {
+            SavedArchitecture::LanguageModel { config } | SavedArchitecture::EncoderClassifier { config, .. } => {
+                config.dropout = 0.0;
+                config.attention = crate::attention::AttentionConfig::default();
+            }
+        }
+        a
+    };
+    if without_attention(&saved) != without_attention(arch) {
+        return Err(ModelError::Mismatch {
+            path: path.display().to_string(),
+            saved: saved.describe(),
+            expected: format!("{} (weight transfer allows only the attention variant to differ)", arch.describe()),
+        });
+    }
+    let mut store = BurnpackStore::from_file(path).auto_extension(false).allow_partial(true);
+    module.load_from(&mut store).map_err(|e| io("read", path, e))?;
+    Ok(module)
+}
+
 fn io(action: &'static str, path: &Path, reason: impl ToString) -> ModelError {
     ModelError::Io { action, path: path.display().to_string(), reason: reason.to_string() }
 }

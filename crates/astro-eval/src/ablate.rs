@@ -1,0 +1,472 @@
+//! `astro ablate`: train a grid of runs that differ in chosen config keys, with the same data order
+//! and seeds, then tabulate and plot them. Finished cells are skipped on re-run; an interrupted cell
+//! resumes from its newest checkpoint; a failing cell is recorded and the grid goes on.
+//!
+//! Config (`configs/ablation/*.toml`):
+//!
+//! ```toml
+//! base = "../shakespeare-char.toml"   # run config every cell starts from (relative to this file)
+//! metric = "val_loss"                 # or "accuracy" (task runs)
+//! [set]                               # overrides applied to every cell
+//! "train.max_iters" = 1000
+//! [grid]                              # every combination of these values is one cell
+//! "model.attention" = [{ kind = "softmax" }, { kind = "astrocytic", features = 64 }]
+//! "run.seed" = [1, 2, 3]
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use astro_model::AttentionConfig;
+use astro_train::{RunConfig, TrainOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::error::EvalError;
+use crate::plot::{self, Chart, Series};
+
+/// Which number a cell is judged by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Final validation (or test) loss; lower is better.
+    #[default]
+    ValLoss,
+    /// Final task accuracy; higher is better.
+    Accuracy,
+}
+
+/// An ablation grid.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AblationConfig {
+    /// The base run config, relative to the ablation file.
+    pub base: PathBuf,
+    /// The number reported per cell.
+    #[serde(default)]
+    pub metric: Metric,
+    /// Overrides applied to every cell (dotted keys).
+    #[serde(default)]
+    pub set: toml::Table,
+    /// Dotted keys → the values to try.
+    pub grid: toml::Table,
+}
+
+/// One row of `results.csv`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// Cell id (`cell-007`), also its run directory's name.
+    pub cell: String,
+    /// The cell's grid values, `key=value; …` (TOML values).
+    pub values: String,
+    /// `ok` or `failed: <reason>`.
+    pub status: String,
+    /// Steps trained.
+    pub steps: Option<usize>,
+    /// Final validation/test loss.
+    pub val_loss: Option<f64>,
+    /// Best validation/test loss.
+    pub best_val_loss: Option<f64>,
+    /// Final task accuracy.
+    pub accuracy: Option<f64>,
+    /// Training throughput.
+    pub tokens_per_sec: Option<f64>,
+    /// Wall seconds of the cell's last invocation.
+    pub wall_seconds: Option<f64>,
+}
+
+/// One cell of the grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell {
+    /// `cell-NNN`.
+    pub id: String,
+    /// (key, value) of every grid key.
+    pub values: Vec<(String, toml::Value)>,
+    /// The full run config.
+    pub config: RunConfig,
+}
+
+impl Cell {
+    fn values_text(&self) -> String {
+        self.values.iter().map(|(k, v)| format!("{k}={}", inline(v))).collect::<Vec<_>>().join("; ")
+    }
+
+    /// The grid values other than the seed (what seeds are averaged over).
+    fn group(&self) -> String {
+        let parts: Vec<String> =
+            self.values.iter().filter(|(k, _)| k != "run.seed").map(|(k, v)| format!("{k}={}", inline(v))).collect();
+        if parts.is_empty() { "all".into() } else { parts.join("; ") }
+    }
+
+    /// A short human label of the group (the attention description when only attention varies).
+    fn label(&self) -> String {
+        let others: Vec<&(String, toml::Value)> = self.values.iter().filter(|(k, _)| k != "run.seed").collect();
+        if others.len() == 1 && others[0].0 == "model.attention" {
+            return short_attention(&self.config.model.attention);
+        }
+        self.group()
+    }
+}
+
+fn short_attention(a: &AttentionConfig) -> String {
+    match a {
+        AttentionConfig::Astrocytic(c) => {
+            let mut s = format!("astrocytic m={}", c.features);
+            if c.feature_map != Default::default() {
+                s.push_str(&format!(" {}", c.feature_map.name()));
+            }
+            if c.orthogonal {
+                s.push_str(" orth");
+            }
+            if c.decay < 1.0 {
+                s.push_str(&format!(" γ={}", c.decay));
+            }
+            if c.learnable_omega {
+                s.push_str(" learnable");
+            }
+            s
+        }
+        other => other.describe(),
+    }
+}
+
+/// A TOML value on one line.
+fn inline(v: &toml::Value) -> String {
+    v.to_string()
+}
+
+/// Expands the grid into cells (every combination, in key order), validating every key.
+pub fn cells(config_path: &Path, ablation: &AblationConfig, runs_dir: &Path) -> Result<Vec<Cell>, EvalError> {
+    let base_path = config_path.parent().unwrap_or(Path::new(".")).join(&ablation.base);
+    let base = RunConfig::load(&base_path).map_err(|e| EvalError::Invalid(format!("base config: {e}")))?;
+    let fixed: Vec<String> = ablation.set.iter().map(|(k, v)| format!("{k}={}", inline(v))).collect();
+    let mut axes: Vec<(String, Vec<toml::Value>)> = Vec::new();
+    for (key, values) in &ablation.grid {
+        let values = match values {
+            toml::Value::Array(a) if !a.is_empty() => a.clone(),
+            _ => return Err(EvalError::Invalid(format!("grid key `{key}` must map to a non-empty array of values"))),
+        };
+        // Reject keys the config does not have before any training starts.
+        let probe = format!("{key}={}", inline(&values[0]));
+        if let Err(e) = base.clone().with_overrides(&[probe]) {
+            let msg = e.to_string();
+            if msg.contains("unknown field") || msg.contains("not a table") {
+                return Err(EvalError::Invalid(format!("grid key `{key}` does not exist in the config: {msg}")));
+            }
+        }
+        axes.push((key.clone(), values));
+    }
+    let mut combos: Vec<Vec<(String, toml::Value)>> = vec![Vec::new()];
+    for (key, values) in &axes {
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                values.iter().map(move |v| {
+                    let mut c = c.clone();
+                    c.push((key.clone(), v.clone()));
+                    c
+                })
+            })
+            .collect();
+    }
+    let mut cells = Vec::with_capacity(combos.len());
+    for (i, values) in combos.into_iter().enumerate() {
+        let id = format!("cell-{i:03}");
+        let mut sets = fixed.clone();
+        sets.extend(values.iter().map(|(k, v)| format!("{k}={}", inline(v))));
+        sets.push(format!("run.name={id:?}"));
+        sets.push(format!("run.out_dir={:?}", runs_dir.display().to_string()));
+        let config = base.clone().with_overrides(&sets).map_err(|e| EvalError::Invalid(format!("{id}: {e}")))?;
+        cells.push(Cell { id, values, config });
+    }
+    Ok(cells)
+}
+
+fn read_rows(path: &Path) -> Result<Vec<Row>, EvalError> {
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let mut reader = csv::Reader::from_path(path).map_err(|e| EvalError::io("read", path, e))?;
+    reader.deserialize().collect::<Result<Vec<Row>, _>>().map_err(|e| EvalError::io("parse", path, e))
+}
+
+fn write_rows(path: &Path, rows: &[Row]) -> Result<(), EvalError> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        writer.serialize(r).map_err(|e| EvalError::io("encode", path, e))?;
+    }
+    let bytes = writer.into_inner().map_err(|e| EvalError::io("encode", path, e))?;
+    astro_data::fsutil::write_atomic(path, &bytes).map_err(|e| EvalError::io("write", path, e))
+}
+
+/// What an ablation produced.
+#[derive(Debug, Clone)]
+pub struct AblationReport {
+    /// Every cell's row.
+    pub rows: Vec<Row>,
+    /// Cells trained by this invocation.
+    pub trained: usize,
+    /// Cells skipped because they had finished before.
+    pub skipped: usize,
+    /// Files written.
+    pub files: Vec<PathBuf>,
+}
+
+/// Runs (or continues) the ablation in `config_path`, writing into `out`.
+pub fn run(config_path: &Path, out: &Path, device: Option<String>) -> Result<AblationReport, EvalError> {
+    let text = std::fs::read_to_string(config_path).map_err(|e| EvalError::io("read", config_path, e))?;
+    let ablation: AblationConfig =
+        toml::from_str(&text).map_err(|e| EvalError::Invalid(format!("{}: {e}", config_path.display())))?;
+    let runs_dir = out.join("runs");
+    let cells = cells(config_path, &ablation, &runs_dir)?;
+    std::fs::create_dir_all(out).map_err(|e| EvalError::io("create", out, e))?;
+    let csv_path = out.join("results.csv");
+    let mut rows: BTreeMap<String, Row> = read_rows(&csv_path)?.into_iter().map(|r| (r.cell.clone(), r)).collect();
+    let (mut trained, mut skipped) = (0, 0);
+    for (i, cell) in cells.iter().enumerate() {
+        let done = rows.get(&cell.id).is_some_and(|r| r.status == "ok" && r.values == cell.values_text());
+        eprintln!(
+            "[ablation {}/{}] {} {} — {}",
+            i + 1,
+            cells.len(),
+            cell.id,
+            if done { "done, skipped" } else { "training" },
+            cell.values_text()
+        );
+        if done {
+            skipped += 1;
+            continue;
+        }
+        let run_dir = runs_dir.join(&cell.id);
+        let resume = astro_train::checkpoint::latest_valid(&run_dir.join("checkpoints")).map(|_| run_dir.clone());
+        if resume.is_none() && run_dir.exists() {
+            // A cell that died before its first checkpoint: start it again from scratch.
+            std::fs::remove_dir_all(&run_dir).map_err(|e| EvalError::io("clear", &run_dir, e))?;
+        }
+        let options = TrainOptions { resume, device: device.clone(), sample_to_stderr: true, stop_after: None };
+        let mut config = cell.config.clone();
+        config.train.sample_tokens = 0;
+        let row = match astro_train::train(config, options) {
+            Ok(s) => Row {
+                cell: cell.id.clone(),
+                values: cell.values_text(),
+                status: "ok".into(),
+                steps: Some(s.steps),
+                val_loss: s.final_val_loss,
+                best_val_loss: s.best_val_loss,
+                accuracy: s.final_val_accuracy,
+                tokens_per_sec: Some(s.tokens_per_sec),
+                wall_seconds: Some(s.wall_seconds),
+            },
+            Err(e) => {
+                eprintln!("[ablation] {} failed: {e}", cell.id);
+                Row {
+                    cell: cell.id.clone(),
+                    values: cell.values_text(),
+                    status: format!("failed: {e}").replace('\n', " "),
+                    steps: None,
+                    val_loss: None,
+                    best_val_loss: None,
+                    accuracy: None,
+                    tokens_per_sec: None,
+                    wall_seconds: None,
+                }
+            }
+        };
+        rows.insert(cell.id.clone(), row);
+        trained += 1;
+        write_rows(&csv_path, &rows.values().cloned().collect::<Vec<_>>())?;
+    }
+    let rows: Vec<Row> = cells.iter().filter_map(|c| rows.get(&c.id).cloned()).collect();
+    write_rows(&csv_path, &rows)?;
+    let mut files = vec![csv_path];
+    files.push(write_markdown(out, &ablation, &cells, &rows)?);
+    files.extend(write_plots(out, &ablation, &cells, &rows, &runs_dir)?);
+    Ok(AblationReport { rows, trained, skipped, files })
+}
+
+fn metric_of(metric: Metric, row: &Row) -> Option<f64> {
+    match metric {
+        Metric::ValLoss => row.val_loss,
+        Metric::Accuracy => row.accuracy,
+    }
+}
+
+/// Mean and sample standard deviation.
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+struct Group<'a> {
+    label: String,
+    cells: Vec<(&'a Cell, &'a Row)>,
+}
+
+fn groups<'a>(cells: &'a [Cell], rows: &'a [Row]) -> Vec<Group<'a>> {
+    let mut out: Vec<(String, Group<'a>)> = Vec::new();
+    for (cell, row) in cells.iter().zip(rows) {
+        let key = cell.group();
+        match out.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.cells.push((cell, row)),
+            None => out.push((key, Group { label: cell.label(), cells: vec![(cell, row)] })),
+        }
+    }
+    out.into_iter().map(|(_, g)| g).collect()
+}
+
+fn write_markdown(out: &Path, ablation: &AblationConfig, cells: &[Cell], rows: &[Row]) -> Result<PathBuf, EvalError> {
+    let metric = match ablation.metric {
+        Metric::ValLoss => "val loss",
+        Metric::Accuracy => "accuracy",
+    };
+    let mut md = format!(
+        "# Ablation results\n\nMean ± sample std over seeds; {} cells, base `{}`.\n\n| cell group | seeds ok | {metric} | best val loss | tokens/s | wall s |\n|---|---:|---:|---:|---:|---:|\n",
+        rows.len(),
+        ablation.base.display()
+    );
+    for g in groups(cells, rows) {
+        let ok: Vec<&Row> = g.cells.iter().map(|(_, r)| *r).filter(|r| r.status == "ok").collect();
+        let col = |f: &dyn Fn(&Row) -> Option<f64>, digits: usize| {
+            let xs: Vec<f64> = ok.iter().filter_map(|r| f(r)).collect();
+            if xs.is_empty() {
+                return "—".to_string();
+            }
+            let (m, s) = mean_std(&xs);
+            if xs.len() > 1 { format!("{m:.digits$} ± {s:.digits$}") } else { format!("{m:.digits$}") }
+        };
+        md.push_str(&format!(
+            "| {} | {}/{} | {} | {} | {} | {} |\n",
+            g.label,
+            ok.len(),
+            g.cells.len(),
+            col(&|r| metric_of(ablation.metric, r), 4),
+            col(&|r| r.best_val_loss, 4),
+            col(&|r| r.tokens_per_sec, 0),
+            col(&|r| r.wall_seconds, 0)
+        ));
+    }
+    let failed: Vec<&Row> = rows.iter().filter(|r| r.status != "ok").collect();
+    if !failed.is_empty() {
+        md.push_str("\nFailed cells:\n\n");
+        for r in failed {
+            md.push_str(&format!("- {} ({}): {}\n", r.cell, r.values, r.status));
+        }
+    }
+    let path = out.join("results.md");
+    astro_data::fsutil::write_atomic(&path, md.as_bytes()).map_err(|e| EvalError::io("write", &path, e))?;
+    Ok(path)
+}
+
+/// Evaluation rows `(step, value)` of a cell's metrics.
+fn curve(run_dir: &Path, metric: Metric) -> Vec<(f64, f64)> {
+    let rows = astro_train::metrics::read(&run_dir.join("metrics.jsonl")).unwrap_or_default();
+    rows.iter()
+        .filter_map(|r| {
+            let v = match metric {
+                Metric::ValLoss => r.val_loss,
+                Metric::Accuracy => r.val_accuracy,
+            }?;
+            Some((r.step as f64, v))
+        })
+        .collect()
+}
+
+fn write_plots(
+    out: &Path,
+    ablation: &AblationConfig,
+    cells: &[Cell],
+    rows: &[Row],
+    runs_dir: &Path,
+) -> Result<Vec<PathBuf>, EvalError> {
+    let y_label = match ablation.metric {
+        Metric::ValLoss => "validation loss",
+        Metric::Accuracy => "accuracy",
+    };
+    let mut files = Vec::new();
+    // 1. Curves per group (mean over seeds at each evaluation step).
+    let mut series = Vec::new();
+    for g in groups(cells, rows) {
+        let mut by_step: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+        for (cell, row) in &g.cells {
+            if row.status == "ok" {
+                for (s, v) in curve(&runs_dir.join(&cell.id), ablation.metric) {
+                    by_step.entry(s as u64).or_default().push(v);
+                }
+            }
+        }
+        if !by_step.is_empty() {
+            let points = by_step.iter().map(|(s, v)| (*s as f64, mean_std(v).0)).collect();
+            series.push(Series { label: g.label.clone(), points, errors: None });
+        }
+    }
+    if !series.is_empty() {
+        let chart = Chart {
+            title: format!("{y_label} during training"),
+            x_label: "step".into(),
+            y_label: y_label.into(),
+            log_x: false,
+            log_y: false,
+            series,
+            references: vec![],
+        };
+        let (png, svg) = plot::save(&chart, &out.join("curves"))?;
+        files.extend([png, svg]);
+    }
+    // 2. Final metric against m for astrocytic cells; other variants as reference lines.
+    let mut astro: BTreeMap<String, BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
+    let mut references: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (cell, row) in cells.iter().zip(rows) {
+        let Some(v) = metric_of(ablation.metric, row).filter(|_| row.status == "ok") else { continue };
+        match &cell.config.model.attention {
+            AttentionConfig::Astrocytic(c) => {
+                let label = short_attention(&AttentionConfig::Astrocytic(astro_model::attention::AstrocyticConfig {
+                    features: 0,
+                    ..c.clone()
+                }))
+                .replace(" m=0", "");
+                astro.entry(label).or_default().entry(c.features).or_default().push(v);
+            }
+            other => references.entry(short_attention(other)).or_default().push(v),
+        }
+    }
+    if astro.values().any(|by_m| by_m.len() > 1) {
+        let series = astro
+            .into_iter()
+            .map(|(label, by_m)| {
+                let stats: Vec<(f64, (f64, f64))> = by_m.iter().map(|(m, v)| (*m as f64, mean_std(v))).collect();
+                Series {
+                    label,
+                    points: stats.iter().map(|(m, (mean, _))| (*m, *mean)).collect(),
+                    errors: Some(stats.iter().map(|(_, (_, s))| *s).collect()),
+                }
+            })
+            .collect();
+        let chart = Chart {
+            title: format!("final {y_label} against hidden neurons m"),
+            x_label: "hidden neurons m".into(),
+            y_label: y_label.into(),
+            log_x: true,
+            log_y: false,
+            series,
+            references: references.into_iter().map(|(l, v)| (l, mean_std(&v).0)).collect(),
+        };
+        let (png, svg) = plot::save(&chart, &out.join("metric_vs_m"))?;
+        files.extend([png, svg]);
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_and_sample_std() {
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
+        assert_eq!(m, 2.0);
+        assert!((s - 1.0).abs() < 1e-12);
+        assert_eq!(mean_std(&[5.0]), (5.0, 0.0));
+    }
+}

@@ -1,0 +1,67 @@
+//! A finished (or interrupted) run directory: its resolved config, tokenizer and weights.
+
+use std::path::{Path, PathBuf};
+
+use astro_data::Tokenizer;
+use astro_train::{Net, RunConfig};
+use burn::tensor::Device;
+
+use crate::error::EvalError;
+
+/// Which weights of a run to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Weights {
+    /// The final model (`model.bpk`), else the newest valid checkpoint.
+    #[default]
+    Final,
+    /// The best-validation model (`best.bpk`).
+    Best,
+}
+
+/// A run directory, loaded.
+pub struct Run {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Its resolved configuration.
+    pub config: RunConfig,
+    /// Its tokenizer (text runs).
+    pub tokenizer: Option<Box<dyn Tokenizer>>,
+    /// The network.
+    pub net: Net,
+    /// The weight file used.
+    pub weights: PathBuf,
+}
+
+impl Run {
+    /// Loads `dir` onto `device`.
+    pub fn load(dir: &Path, weights: Weights, device: &Device) -> Result<Self, EvalError> {
+        let bad = |reason: String| EvalError::Run { run: dir.to_path_buf(), reason };
+        let config_path = dir.join("config.toml");
+        if !config_path.is_file() {
+            return Err(bad(
+                "no config.toml (pass the directory `astro train` created, e.g. runs/shakespeare-char)".into()
+            ));
+        }
+        let config = RunConfig::load(&config_path).map_err(|e| bad(e.to_string()))?;
+        let file = match weights {
+            Weights::Best => dir.join(astro_train::trainer::BEST_FILE),
+            Weights::Final => {
+                let fin = dir.join(astro_train::checkpoint::MODEL_FILE);
+                if fin.is_file() {
+                    fin
+                } else {
+                    astro_train::checkpoint::latest_valid(&dir.join("checkpoints"))
+                        .map(|(d, _)| d.join(astro_train::checkpoint::MODEL_FILE))
+                        .ok_or_else(|| bad("it holds no model (model.bpk) and no valid checkpoint".into()))?
+                }
+            }
+        };
+        if !file.is_file() {
+            return Err(bad(format!("{} is missing", file.display())));
+        }
+        let net = Net::load(&file, device)?;
+        let tok_path = dir.join("tokenizer.json");
+        let tokenizer = if config.task.is_none() { Some(astro_data::load_tokenizer(&tok_path)?) } else { None };
+        Ok(Self { dir: dir.to_path_buf(), config, tokenizer, net, weights: file })
+    }
+}
