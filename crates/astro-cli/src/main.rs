@@ -2,6 +2,7 @@
 
 mod ablate;
 mod eval;
+mod fidelity;
 mod info;
 mod train;
 
@@ -30,6 +31,8 @@ enum Command {
     Generate(eval::GenerateArgs),
     /// Train a grid of runs over config keys, then tabulate and plot them (resumable).
     Ablate(ablate::AblateArgs),
+    /// Swap a softmax-trained model's attention for astrocytic attention (same weights) and report fidelity against m.
+    Fidelity(fidelity::FidelityArgs),
     /// Print a model's parameters per module, the total, and its decoding-state size.
     Info(info::InfoArgs),
 }
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run_eval(args, cli.device.as_deref()),
         Command::Generate(args) => eval::run_generate(args, cli.device.as_deref()),
         Command::Ablate(args) => ablate::run(args, cli.device.as_deref()),
+        Command::Fidelity(args) => fidelity::run(args, cli.device.as_deref()),
         Command::Info(args) => info::run(args, cli.device.as_deref()),
     };
     match result {

@@ -6,6 +6,7 @@
 pub mod ablate;
 pub mod error;
 pub mod evaluate;
+pub mod fidelity;
 pub mod plot;
 pub mod run;
 

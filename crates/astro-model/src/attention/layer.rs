@@ -121,6 +121,12 @@ impl AttentionLayer {
         (self.o_proj.forward(Self::merge(y)), state)
     }
 
+    /// Per-head queries and keys of `x` `[batch, seq, d_model]` → two `[batch, heads, seq, head_dim]`.
+    pub fn queries_keys(&self, x: Tensor<3>, rope: Option<&RotaryEncoding>) -> (Tensor<4>, Tensor<4>) {
+        let (q, k, _) = self.qkv(x, rope, 0);
+        (q, k)
+    }
+
     /// Per-query normalisers of every head for input `x` `[batch, seq, d_model]`.
     pub fn normalisers(&self, x: Tensor<3>, mask: &AttentionMask, rope: Option<&RotaryEncoding>) -> NormaliserTrace {
         let (q, k, _) = self.qkv(x, rope, 0);

@@ -199,6 +199,18 @@ impl Trunk {
         traces
     }
 
+    /// Each block's per-head queries and keys `[batch, heads, seq, head_dim]` (positions applied) on
+    /// this model's own forward pass over `tokens` — what an attention variant would see there.
+    pub fn attention_inputs(&self, tokens: Tensor<2, Int>, mask: &AttentionMask) -> Vec<(Tensor<4>, Tensor<4>)> {
+        let mut x = self.embed(tokens, 0);
+        let mut out = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            out.push(block.attn.queries_keys(block.ln_1.forward(x.clone()), self.rope.as_ref()));
+            x = block.forward(x, mask, self.rope.as_ref());
+        }
+        out
+    }
+
     /// Causal step: new `tokens` `[batch, seq_new]` after `start` tokens summarised in `states`
     /// (one per block, empty for a fresh sequence) → hidden states `[batch, seq_new, d]`.
     pub fn forward_incremental(

@@ -111,6 +111,11 @@ impl LanguageModel {
         self.trunk.normalisers(tokens, &AttentionMask::causal())
     }
 
+    /// Each block's queries and keys on this model's own forward pass over `tokens` (causal).
+    pub fn attention_inputs(&self, tokens: Tensor<2, Int>) -> Vec<(Tensor<4>, Tensor<4>)> {
+        self.trunk.attention_inputs(tokens, &AttentionMask::causal())
+    }
+
     /// Logits for new `tokens` `[batch, seq_new]` continuing `state`; astrocytic and linear attention
     /// carry a constant-size memory, softmax a KV cache. Errors if learned positions run out.
     pub fn forward_incremental(

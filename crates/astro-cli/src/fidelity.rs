@@ -1,0 +1,97 @@
+//! `astro fidelity`: swap a softmax-trained model's attention for the astrocytic one.
+
+use std::path::PathBuf;
+
+use astro_eval::fidelity::FidelityOptions;
+use astro_eval::{Run, Weights};
+use astro_model::attention::FeatureMap;
+
+/// Arguments of `astro fidelity`.
+#[derive(clap::Args, Debug)]
+pub struct FidelityArgs {
+    /// Run directory of a model trained with softmax attention.
+    #[arg(long)]
+    run: PathBuf,
+    /// Numbers of hidden neurons m to try.
+    #[arg(long, value_delimiter = ',', default_value = "64,256,1024,4096,16384")]
+    features: Vec<usize>,
+    /// Hidden-neuron map (positive, cosine, truncated, positive_cosine, linear, elu).
+    #[arg(long, default_value = "positive")]
+    feature_map: String,
+    /// Orthogonal Ω.
+    #[arg(long)]
+    orthogonal: bool,
+    /// Seed of Ω.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Validation batches for the loss.
+    #[arg(long, default_value_t = 20)]
+    batches: usize,
+    /// Validation sequences for the normaliser statistics.
+    #[arg(long, default_value_t = 8)]
+    sequences: usize,
+    /// Layer and head of the paper-style figure, e.g. `0,1`.
+    #[arg(long, value_delimiter = ',', default_value = "0,0")]
+    head: Vec<usize>,
+    /// Output directory (default: reports/fidelity-<run name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: FidelityArgs, device: Option<&str>) -> anyhow::Result<()> {
+    let feature_map: FeatureMap =
+        serde_json::from_value(serde_json::Value::String(args.feature_map.clone())).map_err(|_| {
+            anyhow::anyhow!(
+                "unknown --feature-map `{}`; expected positive, cosine, truncated, positive_cosine, linear or elu",
+                args.feature_map
+            )
+        })?;
+    if args.head.len() != 2 {
+        anyhow::bail!("--head takes `layer,head`, e.g. 0,1");
+    }
+    let device = crate::device(device)?;
+    let run = Run::load(&args.run, Weights::Final, &device)?;
+    if args.head[0] >= run.config.model.n_layer || args.head[1] >= run.config.model.n_head {
+        anyhow::bail!(
+            "--head {},{} is outside the model ({} layers × {} heads)",
+            args.head[0],
+            args.head[1],
+            run.config.model.n_layer,
+            run.config.model.n_head
+        );
+    }
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("reports").join(format!(
+            "fidelity-{}",
+            args.run.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        ))
+    });
+    let options = FidelityOptions {
+        features: args.features.clone(),
+        feature_map,
+        orthogonal: args.orthogonal,
+        seed: args.seed,
+        batches: args.batches,
+        sequences: args.sequences,
+        head: (args.head[0], args.head[1]),
+    };
+    let report = astro_eval::fidelity::run(&run, &options, &out)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("softmax validation loss {:.4}", report.softmax_val_loss);
+        for (m, l) in &report.val_loss {
+            println!("  m = {m:>6}: {l:.4} ({:+.4})", l - report.softmax_val_loss);
+        }
+        for (l, s) in report.error_slope.iter().enumerate() {
+            println!("  layer {l}: log–log slope of the median relative error {s:.3}");
+        }
+        for f in &report.files {
+            println!("  wrote {}", f.display());
+        }
+    }
+    Ok(())
+}

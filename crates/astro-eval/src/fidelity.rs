@@ -1,0 +1,357 @@
+//! `astro fidelity`: the paper's weight-transfer question on our own trained models. A model
+//! trained with softmax attention has every attention layer swapped for the astrocytic one with the
+//! same weights (no retraining), for several numbers of hidden neurons m:
+//!
+//! - validation loss against m (softmax's as the reference);
+//! - per layer and head, the Pearson correlation and median relative error between the astrocyte
+//!   response a_t = pᵀφ(q̃_t) and softmax's normaliser Z_t = Σ_τ exp(q_t·k_τ/√D), both computed on
+//!   the softmax model's own queries and keys (as the paper did);
+//! - plots: both normalisers against t for one head (like the paper's figure), the error against m
+//!   (log–log, slope fitted), and the loss against m.
+
+use std::path::{Path, PathBuf};
+
+use astro_data::{BatchSampler, Sampling, split, tokenize_cached};
+use astro_model::attention::{AstrocyticConfig, AttentionMask, FeatureMap, InnerAttention};
+use astro_model::{AttentionConfig, LanguageModel};
+use astro_train::Net;
+use astro_train::source::{Batch, score};
+use burn::module::Module;
+use burn::tensor::{Int, Tensor, TensorData};
+use serde::Serialize;
+
+use crate::error::EvalError;
+use crate::plot::{self, Chart, Series};
+use crate::run::Run;
+
+/// Settings of a fidelity report.
+#[derive(Debug, Clone)]
+pub struct FidelityOptions {
+    /// Numbers of hidden neurons to try.
+    pub features: Vec<usize>,
+    /// Hidden-neuron map.
+    pub feature_map: FeatureMap,
+    /// Orthogonal Ω.
+    pub orthogonal: bool,
+    /// Ω seed.
+    pub seed: u64,
+    /// Validation batches for the loss.
+    pub batches: usize,
+    /// Validation sequences for the normaliser statistics.
+    pub sequences: usize,
+    /// (layer, head) drawn in the paper-style figure.
+    pub head: (usize, usize),
+}
+
+impl Default for FidelityOptions {
+    fn default() -> Self {
+        Self {
+            features: vec![64, 256, 1024, 4096, 16384],
+            feature_map: FeatureMap::Positive,
+            orthogonal: false,
+            seed: 0,
+            batches: 20,
+            sequences: 8,
+            head: (0, 0),
+        }
+    }
+}
+
+/// Statistics of one (layer, head, m).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HeadStat {
+    /// Block index.
+    pub layer: usize,
+    /// Head index.
+    pub head: usize,
+    /// Hidden neurons.
+    pub m: usize,
+    /// Pearson correlation of a_t and Z_t over all queries.
+    pub pearson: f64,
+    /// Median of |a_t − Z_t| / Z_t.
+    pub median_rel_err: f64,
+}
+
+/// The report (`--json` prints it).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FidelityReport {
+    /// The softmax run.
+    pub run: PathBuf,
+    /// The softmax model's validation loss on the same batches.
+    pub softmax_val_loss: f64,
+    /// (m, validation loss of the swapped model).
+    pub val_loss: Vec<(usize, f64)>,
+    /// Per (layer, head, m) statistics.
+    pub heads: Vec<HeadStat>,
+    /// Log–log slope of the median relative error (mean over heads) against m, per layer.
+    pub error_slope: Vec<f64>,
+    /// Files written.
+    pub files: Vec<PathBuf>,
+}
+
+/// Pearson correlation of two equally long samples.
+pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt().max(1e-300)
+}
+
+/// Median of `xs` (not empty).
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 }
+}
+
+/// Least-squares slope of log y against log x.
+pub fn loglog_slope(points: &[(f64, f64)]) -> f64 {
+    let pts: Vec<(f64, f64)> = points.iter().filter(|p| p.0 > 0.0 && p.1 > 0.0).map(|p| (p.0.ln(), p.1.ln())).collect();
+    let n = pts.len() as f64;
+    if pts.len() < 2 {
+        return f64::NAN;
+    }
+    let (mx, my) = (pts.iter().map(|p| p.0).sum::<f64>() / n, pts.iter().map(|p| p.1).sum::<f64>() / n);
+    let cov: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let var: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    cov / var
+}
+
+fn host(x: Tensor<3>) -> Vec<f64> {
+    x.into_data().try_into_vec_as::<f64>().unwrap_or_default()
+}
+
+/// Runs the report for the softmax run `run`, writing files into `out`.
+pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityReport, EvalError> {
+    if !matches!(run.config.model.attention, AttentionConfig::Softmax(_)) {
+        return Err(EvalError::Invalid(format!(
+            "{} was trained with {} attention; the fidelity report swaps a softmax-trained model's attention",
+            run.dir.display(),
+            run.config.model.attention.kind()
+        )));
+    }
+    if options.features.is_empty() || options.features.contains(&0) {
+        return Err(EvalError::Invalid("--features needs positive numbers of hidden neurons, e.g. 64,256,1024".into()));
+    }
+    let lm = run.net.lm().ok_or_else(|| EvalError::Invalid("the run holds no language model".into()))?.valid();
+    let device = lm.trunk.wte.weight.val().device();
+    let tokenizer = run.tokenizer.as_ref().ok_or_else(|| EvalError::Invalid("the run has no tokenizer".into()))?;
+    let corpus = run.config.corpus().load()?;
+    let file = tokenize_cached(&corpus, tokenizer.as_ref())?;
+    let (_, val) = split(file.len(), run.config.data.val_fraction);
+    let block = run.config.model.block_size;
+    let batch = run.config.optim.batch_size;
+    let mut sampler = BatchSampler::new(val.clone(), block, batch, Sampling::Random, 0xf1de_1177);
+    let batches: Vec<(Tensor<2, Int>, Vec<i64>)> = (0..options.batches.max(1))
+        .map(|_| {
+            let b = sampler.next_batch(&file);
+            (Tensor::from_data(TensorData::new(b.inputs, [b.batch, b.block]), &device), b.targets)
+        })
+        .collect();
+    let loss_of = |net: &Net| {
+        batches
+            .iter()
+            .map(|(x, y)| {
+                score(net, Batch::Lm { inputs: x.clone(), targets: y.clone() }, false).loss.into_scalar::<f64>()
+            })
+            .sum::<f64>()
+            / batches.len() as f64
+    };
+    let softmax_val_loss = loss_of(&Net::Lm(lm.clone()));
+
+    // Queries and keys of the softmax model itself, per layer, on a few validation sequences.
+    let mut seq_sampler = BatchSampler::new(val, block, options.sequences.max(1), Sampling::Random, 0x5e9_0001);
+    let seqs = seq_sampler.next_batch(&file);
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(seqs.inputs, [seqs.batch, seqs.block]), &device);
+    let qk = lm.attention_inputs(tokens);
+    let heads = run.config.model.n_head;
+    let head_dim = run.config.model.head_dim();
+    let mask = AttentionMask::causal();
+
+    let mut val_loss = Vec::new();
+    let mut stats = Vec::new();
+    let mut figure: Vec<Series> = Vec::new();
+    for &m in &options.features {
+        let astro_cfg = AstrocyticConfig {
+            features: m,
+            feature_map: options.feature_map,
+            orthogonal: options.orthogonal,
+            seed: options.seed,
+            ..AstrocyticConfig::default()
+        };
+        let mut config = run.config.model.clone();
+        config.attention = AttentionConfig::Astrocytic(astro_cfg.clone());
+        let swapped = LanguageModel::new(&config, &device)?.transfer_weights(&run.weights)?;
+        let loss = loss_of(&Net::Lm(swapped));
+        eprintln!("m = {m}: validation loss {loss:.4} (softmax {softmax_val_loss:.4})");
+        val_loss.push((m, loss));
+        for (layer, (q, k)) in qk.iter().enumerate() {
+            let attn = astro_cfg.init(heads, head_dim, layer, &device);
+            let trace = attn.normalisers(q.clone(), k.clone(), &mask);
+            let z = host(trace.softmax_log); //                 [B,H,T] log Z
+            let a = host(trace.astrocyte_log.expect("astrocytic traces carry a_t"));
+            let sign = host(trace.astrocyte_sign.expect("astrocytic traces carry the sign"));
+            let t = seqs.block;
+            for h in 0..heads {
+                let (mut zs, mut as_) = (Vec::new(), Vec::new());
+                for b in 0..seqs.batch {
+                    for i in 0..t {
+                        let idx = (b * heads + h) * t + i;
+                        zs.push(z[idx].exp());
+                        as_.push(sign[idx] * a[idx].exp());
+                    }
+                }
+                let rel: Vec<f64> = zs.iter().zip(&as_).map(|(z, a)| (a - z).abs() / z).collect();
+                stats.push(HeadStat { layer, head: h, m, pearson: pearson(&as_, &zs), median_rel_err: median(rel) });
+                if (layer, h) == options.head {
+                    if figure.is_empty() {
+                        figure.push(Series {
+                            label: "softmax normaliser Z_t".into(),
+                            points: (0..t).map(|i| (i as f64, zs[i])).collect(),
+                            errors: None,
+                        });
+                    }
+                    figure.push(Series {
+                        label: format!("astrocyte response, m = {m}"),
+                        points: (0..t).map(|i| (i as f64, as_[i])).collect(),
+                        errors: None,
+                    });
+                }
+            }
+        }
+    }
+
+    let layers = run.config.model.n_layer;
+    let per_layer = |layer: usize, m: usize, f: &dyn Fn(&HeadStat) -> f64| {
+        let v: Vec<f64> = stats.iter().filter(|s| s.layer == layer && s.m == m).map(f).collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let error_slope: Vec<f64> = (0..layers)
+        .map(|l| {
+            loglog_slope(
+                &options
+                    .features
+                    .iter()
+                    .map(|&m| (m as f64, per_layer(l, m, &|s| s.median_rel_err)))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+
+    std::fs::create_dir_all(out).map_err(|e| EvalError::io("create", out, e))?;
+    let mut files = Vec::new();
+    // Tables.
+    let mut csv = String::from("layer,head,m,pearson,median_rel_err\n");
+    for s in &stats {
+        csv.push_str(&format!("{},{},{},{:.6},{:.6}\n", s.layer, s.head, s.m, s.pearson, s.median_rel_err));
+    }
+    let csv_path = out.join("fidelity.csv");
+    astro_data::fsutil::write_atomic(&csv_path, csv.as_bytes()).map_err(|e| EvalError::io("write", &csv_path, e))?;
+    files.push(csv_path);
+    let mut md = format!(
+        "# Attention fidelity: {} swapped to astrocytic attention\n\nSame weights, no retraining; {} map, {} Ω, seed {}. Validation loss on {} batches of {}×{} tokens; normaliser statistics on {} validation sequences, every query of every head.\n\n| m | val loss | Δ vs softmax ({:.4}) |\n|---:|---:|---:|\n",
+        run.dir.display(),
+        options.feature_map.name(),
+        if options.orthogonal { "orthogonal" } else { "i.i.d." },
+        options.seed,
+        batches.len(),
+        batch,
+        block,
+        seqs.batch,
+        softmax_val_loss
+    );
+    for (m, l) in &val_loss {
+        md.push_str(&format!("| {m} | {l:.4} | {:+.4} |\n", l - softmax_val_loss));
+    }
+    md.push_str("\nPer layer, mean over heads: Pearson r(a_t, Z_t) / median |a_t − Z_t| / Z_t.\n\n| layer |");
+    for m in &options.features {
+        md.push_str(&format!(" m = {m} |"));
+    }
+    md.push_str(" error slope |\n|---:|");
+    md.push_str(&"---:|".repeat(options.features.len() + 1));
+    md.push('\n');
+    for (l, slope) in error_slope.iter().enumerate() {
+        md.push_str(&format!("| {l} |"));
+        for &m in &options.features {
+            md.push_str(&format!(
+                " {:.3} / {:.3} |",
+                per_layer(l, m, &|s| s.pearson),
+                per_layer(l, m, &|s| s.median_rel_err)
+            ));
+        }
+        md.push_str(&format!(" {slope:.3} |\n"));
+    }
+    let md_path = out.join("fidelity.md");
+    astro_data::fsutil::write_atomic(&md_path, md.as_bytes()).map_err(|e| EvalError::io("write", &md_path, e))?;
+    files.push(md_path);
+    // Plots.
+    let (l, h) = options.head;
+    let (png, svg) = plot::save(
+        &Chart {
+            title: format!("layer {l}, head {h}: softmax normaliser and astrocyte response"),
+            x_label: "query position t".into(),
+            y_label: "normaliser".into(),
+            log_x: false,
+            log_y: false,
+            series: figure,
+            references: vec![],
+        },
+        &out.join("normalisers"),
+    )?;
+    files.extend([png, svg]);
+    let error_series = (0..layers)
+        .map(|l| Series {
+            label: format!("layer {l} (slope {:.2})", error_slope[l]),
+            points: options.features.iter().map(|&m| (m as f64, per_layer(l, m, &|s| s.median_rel_err))).collect(),
+            errors: None,
+        })
+        .collect();
+    let (png, svg) = plot::save(
+        &Chart {
+            title: "median relative error of the astrocyte response".into(),
+            x_label: "hidden neurons m".into(),
+            y_label: "median |a − Z| / Z".into(),
+            log_x: true,
+            log_y: true,
+            series: error_series,
+            references: vec![],
+        },
+        &out.join("error_vs_m"),
+    )?;
+    files.extend([png, svg]);
+    let (png, svg) = plot::save(
+        &Chart {
+            title: "validation loss after swapping softmax for astrocytic attention".into(),
+            x_label: "hidden neurons m".into(),
+            y_label: "validation loss".into(),
+            log_x: true,
+            log_y: false,
+            series: vec![Series {
+                label: "astrocytic (same weights)".into(),
+                points: val_loss.iter().map(|&(m, l)| (m as f64, l)).collect(),
+                errors: None,
+            }],
+            references: vec![("softmax".into(), softmax_val_loss)],
+        },
+        &out.join("loss_vs_m"),
+    )?;
+    files.extend([png, svg]);
+    Ok(FidelityReport { run: run.dir.clone(), softmax_val_loss, val_loss, heads: stats, error_slope, files })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics() {
+        assert!((pearson(&[1.0, 2.0, 3.0], &[2.0, 4.0, 6.0]) - 1.0).abs() < 1e-12);
+        assert!((pearson(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        let pts: Vec<(f64, f64)> = [64.0, 256.0, 1024.0].iter().map(|&m: &f64| (m, 2.0 / m.sqrt())).collect();
+        assert!((loglog_slope(&pts) + 0.5).abs() < 1e-12);
+    }
+}
