@@ -1,0 +1,257 @@
+//! End-to-end tests of `astro eval`, `astro generate`, `astro ablate` and `astro fidelity`.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serde_json::Value;
+
+fn astro(root: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("astro").expect("binary built");
+    cmd.current_dir(root)
+        .env("ASTRO_CACHE_DIR", root.join("cache"))
+        .env("ASTRO_DATA_DIR", root.join("no-data"))
+        .env("ASTRO_OFFLINE", "1")
+        .env_remove("ASTRO_STOP_AFTER");
+    cmd
+}
+
+fn write_corpus(path: &Path) {
+    let words = ["the", "astrocyte", "neuron", "synapse", "calcium", "and", "of", "glia"];
+    let mut state = 99u64;
+    let mut text = String::new();
+    while text.len() < 12_000 {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        text.push_str(words[(state >> 33) as usize % words.len()]);
+        text.push(' ');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn base_config(root: &Path, attention: &str) -> PathBuf {
+    let path = root.join(format!("base-{}.toml", attention.len()));
+    let text = format!(
+        "[run]\nname = \"r\"\nout_dir = {out:?}\n[data]\npath = {data:?}\n[model]\nblock_size = 16\nn_layer = 2\nn_head = 2\nn_embd = 16\nattention = {attention}\n[optim]\nbatch_size = 4\nwarmup_iters = 2\n[train]\nmax_iters = 6\neval_interval = 3\neval_iters = 2\ncheckpoint_interval = 3\nsample_tokens = 0\n",
+        out = root.join("runs").display().to_string(),
+        data = root.join("corpus.txt").display().to_string(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn train(root: &Path, attention: &str, name: &str) -> PathBuf {
+    let config = base_config(root, attention);
+    astro(root).args(["train", "--config"]).arg(&config).args(["--name", name]).assert().success();
+    root.join("runs").join(name)
+}
+
+#[test]
+fn eval_reports_loss_perplexity_and_bits_per_char() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_corpus(&root.join("corpus.txt"));
+    let run = train(root, r#"{ kind = "astrocytic", features = 16 }"#, "a");
+    let out = astro(root).args(["eval", "--json", "--run"]).arg(&run).assert().success().get_output().stdout.clone();
+    let r: Value = serde_json::from_slice(&out).unwrap();
+    let (loss, ppl, bpc) =
+        (r["loss"].as_f64().unwrap(), r["perplexity"].as_f64().unwrap(), r["bits_per_char"].as_f64().unwrap());
+    assert!((ppl - loss.exp()).abs() < 1e-9 && (bpc - loss / std::f64::consts::LN_2).abs() < 1e-9);
+    // the validation split: 10 % of the corpus, every position scored once
+    let tokens = r["tokens"].as_u64().unwrap();
+    assert!(tokens > 1000 && tokens < 1300, "{tokens}");
+    // another corpus, and one with a character the vocabulary lacks
+    std::fs::write(root.join("other.txt"), "the glia and the neuron of the synapse ".repeat(20)).unwrap();
+    astro(root)
+        .args(["eval", "--run"])
+        .arg(&run)
+        .arg("--data")
+        .arg(root.join("other.txt"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("bits per char"));
+    std::fs::write(root.join("alien.txt"), "the neuron §").unwrap();
+    astro(root)
+        .args(["eval", "--run"])
+        .arg(&run)
+        .arg("--data")
+        .arg(root.join("alien.txt"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("'§'"));
+    astro(root).args(["eval", "--run", "nowhere"]).assert().failure().stderr(predicate::str::contains("config.toml"));
+}
+
+#[test]
+fn generate_streams_a_continuation_of_the_prompt() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_corpus(&root.join("corpus.txt"));
+    for (attention, name) in [
+        (r#"{ kind = "softmax" }"#, "s"),
+        (r#"{ kind = "astrocytic", features = 16 }"#, "a"),
+        (r#"{ kind = "linear" }"#, "l"),
+    ] {
+        let run = train(root, attention, name);
+        let out = astro(root)
+            .args(["generate", "--prompt", "the neuron", "--tokens", "30", "--stats", "--run"])
+            .arg(&run)
+            .assert()
+            .success()
+            .stderr(predicate::str::contains("ms per further token"))
+            .get_output()
+            .stdout
+            .clone();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("the neuron"), "{text}");
+        assert!(text.trim_end().chars().count() >= "the neuron".len() + 25, "{text}");
+        astro(root)
+            .args(["generate", "--prompt", "the ∂ neuron", "--run"])
+            .arg(&run)
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains("'∂'"));
+    }
+}
+
+#[test]
+fn ablation_tabulates_plots_and_skips_finished_cells() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_corpus(&root.join("corpus.txt"));
+    let base = base_config(root, r#"{ kind = "softmax" }"#);
+    let base = base.file_name().unwrap().to_string_lossy().into_owned();
+    let grid = root.join("grid.toml");
+    std::fs::write(
+        &grid,
+        format!("base = \"{base}\"\n[set]\n\"train.max_iters\" = 3\n[grid]\n\"model.attention\" = [{{ kind = \"softmax\" }}, {{ kind = \"astrocytic\", features = 8 }}, {{ kind = \"astrocytic\", features = 16 }}]\n\"run.seed\" = [1, 2]\n"),
+    )
+    .unwrap();
+    let out = root.join("report");
+    astro(root).args(["ablate", "--config"]).arg(&grid).arg("--out").arg(&out).assert().success();
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 7, "{csv}");
+    assert_eq!(csv.matches(",ok,").count(), 6);
+    for f in ["results.md", "curves.png", "curves.svg", "metric_vs_m.png", "metric_vs_m.svg"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("astrocytic m=16") && md.contains("2/2"), "{md}");
+    // Re-running trains nothing and writes no duplicate rows.
+    astro(root)
+        .args(["ablate", "--config"])
+        .arg(&grid)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("0 trained now, 6 already done"));
+    assert_eq!(std::fs::read_to_string(out.join("results.csv")).unwrap(), csv);
+    // A grid key the config does not have is refused before training.
+    std::fs::write(&grid, format!("base = \"{base}\"\n[grid]\n\"model.atention\" = [1]\n")).unwrap();
+    astro(root)
+        .args(["ablate", "--config"])
+        .arg(&grid)
+        .arg("--out")
+        .arg(root.join("other"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("model.atention"));
+}
+
+#[test]
+fn a_failing_cell_is_recorded_and_the_grid_goes_on() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_corpus(&root.join("corpus.txt"));
+    let base = base_config(root, r#"{ kind = "softmax" }"#);
+    let base = base.file_name().unwrap().to_string_lossy().into_owned();
+    let grid = root.join("grid.toml");
+    // block_size 100000 makes the corpus too short for one cell only.
+    std::fs::write(
+        &grid,
+        format!("base = \"{base}\"\n[set]\n\"train.max_iters\" = 2\n[grid]\n\"model.block_size\" = [100000, 16]\n"),
+    )
+    .unwrap();
+    astro(root).args(["ablate", "--config"]).arg(&grid).arg("--out").arg(root.join("r")).assert().success();
+    let csv = std::fs::read_to_string(root.join("r/results.csv")).unwrap();
+    assert!(csv.contains("failed:") && csv.contains(",ok,"), "{csv}");
+}
+
+#[test]
+fn fidelity_report_on_a_softmax_run() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_corpus(&root.join("corpus.txt"));
+    let run = train(root, r#"{ kind = "softmax" }"#, "s");
+    let out = astro(root)
+        .args(["fidelity", "--json", "--features", "8,64,512", "--batches", "2", "--sequences", "2", "--run"])
+        .arg(&run)
+        .arg("--out")
+        .arg(root.join("fid"))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let r: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(r["val_loss"].as_array().unwrap().len(), 3);
+    assert_eq!(r["heads"].as_array().unwrap().len(), 2 * 2 * 3);
+    // With small trained norms the astrocyte response converges: error falls with m.
+    let err = |m: u64| {
+        let hs: Vec<f64> = r["heads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["m"].as_u64() == Some(m))
+            .map(|h| h["median_rel_err"].as_f64().unwrap())
+            .collect();
+        hs.iter().sum::<f64>() / hs.len() as f64
+    };
+    assert!(err(512) < err(8), "median error {} at m=512 vs {} at m=8", err(512), err(8));
+    for f in ["fidelity.csv", "fidelity.md", "normalisers.png", "error_vs_m.svg", "loss_vs_m.png"] {
+        assert!(root.join("fid").join(f).is_file(), "{f} missing");
+    }
+    let astro_run = train(root, r#"{ kind = "astrocytic", features = 16 }"#, "a");
+    astro(root)
+        .args(["fidelity", "--run"])
+        .arg(&astro_run)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("softmax"));
+}
+
+#[test]
+fn task_runs_evaluate_accuracy() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    astro(root)
+        .args([
+            "train",
+            "--task",
+            "induction",
+            "--set",
+            "train.max_iters=2",
+            "--set",
+            "model.n_layer=1",
+            "--set",
+            "model.n_embd=16",
+        ])
+        .args(["--set", &format!("run.out_dir={:?}", root.join("runs").display().to_string())])
+        .assert()
+        .success();
+    let out = astro(root)
+        .args(["eval", "--json", "--examples", "50", "--run"])
+        .arg(root.join("runs/induction"))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let r: Value = serde_json::from_slice(&out).unwrap();
+    assert!(r["accuracy"].as_f64().is_some());
+    assert_eq!(r["tokens"].as_u64(), Some(50 * 64));
+    let _ = common::repo();
+}
