@@ -5,18 +5,13 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
+use common::astro;
 use predicates::prelude::*;
 use serde_json::Value;
 
-fn astro(root: &Path) -> Command {
-    let mut cmd = Command::cargo_bin("astro").expect("binary built");
-    cmd.current_dir(root)
-        .env("ASTRO_CACHE_DIR", root.join("cache"))
-        .env("ASTRO_DATA_DIR", root.join("no-data"))
-        .env("ASTRO_OFFLINE", "1")
-        .env_remove("ASTRO_STOP_AFTER");
-    cmd
+/// `astro ablate --config GRID --out OUT` in `root`.
+fn ablate(root: &Path, grid: &Path, out: &Path) -> assert_cmd::assert::Assert {
+    astro(root).args(["ablate", "--config"]).arg(grid).arg("--out").arg(out).assert()
 }
 
 fn write_corpus(path: &Path) {
@@ -130,7 +125,7 @@ fn ablation_tabulates_plots_and_skips_finished_cells() {
     )
     .unwrap();
     let out = root.join("report");
-    astro(root).args(["ablate", "--config"]).arg(&grid).arg("--out").arg(&out).assert().success();
+    ablate(root, &grid, &out).success();
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 7, "{csv}");
     assert_eq!(csv.matches(",ok,").count(), 6);
@@ -140,25 +135,11 @@ fn ablation_tabulates_plots_and_skips_finished_cells() {
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert!(md.contains("astrocytic m=16") && md.contains("2/2"), "{md}");
     // Re-running trains nothing and writes no duplicate rows.
-    astro(root)
-        .args(["ablate", "--config"])
-        .arg(&grid)
-        .arg("--out")
-        .arg(&out)
-        .assert()
-        .success()
-        .stdout(predicate::str::contains("0 trained now, 6 already done"));
+    ablate(root, &grid, &out).success().stdout(predicate::str::contains("0 trained now, 6 already done"));
     assert_eq!(std::fs::read_to_string(out.join("results.csv")).unwrap(), csv);
     // A grid key the config does not have is refused before training.
     std::fs::write(&grid, format!("base = \"{base}\"\n[grid]\n\"model.atention\" = [1]\n")).unwrap();
-    astro(root)
-        .args(["ablate", "--config"])
-        .arg(&grid)
-        .arg("--out")
-        .arg(root.join("other"))
-        .assert()
-        .failure()
-        .stderr(predicate::str::contains("model.atention"));
+    ablate(root, &grid, &root.join("other")).failure().stderr(predicate::str::contains("model.atention"));
 }
 
 #[test]
@@ -175,7 +156,7 @@ fn a_failing_cell_is_recorded_and_the_grid_goes_on() {
         format!("base = \"{base}\"\n[set]\n\"train.max_iters\" = 2\n[grid]\n\"model.block_size\" = [100000, 16]\n"),
     )
     .unwrap();
-    astro(root).args(["ablate", "--config"]).arg(&grid).arg("--out").arg(root.join("r")).assert().success();
+    ablate(root, &grid, &root.join("r")).success();
     let csv = std::fs::read_to_string(root.join("r/results.csv")).unwrap();
     assert!(csv.contains("failed:") && csv.contains(",ok,"), "{csv}");
 }

@@ -7,21 +7,9 @@ use std::path::{Path, PathBuf};
 #[path = "common/mod.rs"]
 mod common;
 
-use assert_cmd::Command;
-use common::{repo, shared_datasets};
+use common::{astro, repo, shared_datasets};
 use predicates::prelude::*;
 use serde_json::Value;
-
-/// `astro` with hermetic cache/data directories under `root`.
-fn astro(root: &Path) -> Command {
-    let mut cmd = Command::cargo_bin("astro").expect("binary built");
-    cmd.current_dir(root)
-        .env("ASTRO_CACHE_DIR", root.join("cache"))
-        .env("ASTRO_DATA_DIR", root.join("no-data"))
-        .env("ASTRO_OFFLINE", "1")
-        .env_remove("ASTRO_STOP_AFTER");
-    cmd
-}
 
 /// A deterministic pseudo-text corpus of about `bytes` bytes.
 fn corpus(path: &Path, bytes: usize) {

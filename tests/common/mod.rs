@@ -1,7 +1,9 @@
 //! Helpers shared by the end-to-end tests of the `astro` binary.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -18,4 +20,15 @@ pub fn shared_datasets() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// `astro` run in `root` with hermetic cache and data directories under it, offline.
+pub fn astro(root: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("astro").expect("binary built");
+    cmd.current_dir(root)
+        .env("ASTRO_CACHE_DIR", root.join("cache"))
+        .env("ASTRO_DATA_DIR", root.join("no-data"))
+        .env("ASTRO_OFFLINE", "1")
+        .env_remove("ASTRO_STOP_AFTER");
+    cmd
 }
