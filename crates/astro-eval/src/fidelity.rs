@@ -288,13 +288,16 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
     files.push(md_path);
     // Plots.
     let (l, h) = options.head;
+    // Z_t spans orders of magnitude along t; a log axis shows every query, where it can (the
+    // positive maps give a_t > 0; others may not).
+    let log_y = figure.iter().all(|s| s.points.iter().all(|p| p.1 > 0.0));
     let (png, svg) = plot::save(
         &Chart {
             title: format!("layer {l}, head {h}: softmax normaliser and astrocyte response"),
             x_label: "query position t".into(),
-            y_label: "normaliser".into(),
+            y_label: if log_y { "normaliser (log scale)".into() } else { "normaliser".into() },
             log_x: false,
-            log_y: false,
+            log_y,
             series: figure,
             references: vec![],
         },
