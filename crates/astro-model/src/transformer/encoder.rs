@@ -8,6 +8,7 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 
 use super::block::{INIT_STD, Trunk, gpt_linear};
 use super::config::{ClassifierConfig, Pooling, TransformerConfig};
+use super::export;
 use super::weights::{self, SavedArchitecture};
 use crate::attention::AttentionMask;
 use crate::error::ModelError;
@@ -62,6 +63,25 @@ impl EncoderClassifier {
     /// Saves weights and architecture to `path`.
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
         weights::save(self, &self.architecture(), path)
+    }
+
+    /// Writes an export: `dir/model.safetensors` (PyTorch layout) and `dir/config.json`.
+    pub fn export(&self, dir: &Path) -> Result<(), ModelError> {
+        export::write_export(self, self.architecture(), dir)
+    }
+
+    /// Builds the classifier of an export directory with its weights.
+    pub fn from_export(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        match export::ExportConfig::read(dir)?.architecture {
+            SavedArchitecture::EncoderClassifier { config, classifier } => {
+                export::load_safetensors(Self::new(&config, &classifier, device)?, &dir.join(export::WEIGHTS_FILE))
+            }
+            other => Err(ModelError::Mismatch {
+                path: dir.join(export::CONFIG_FILE).display().to_string(),
+                saved: other.describe(),
+                expected: "an encoder classifier".to_string(),
+            }),
+        }
     }
 
     /// The trunk's architecture.

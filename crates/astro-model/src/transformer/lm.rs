@@ -7,6 +7,7 @@ use burn::tensor::{Device, Int, Tensor};
 
 use super::block::Trunk;
 use super::config::TransformerConfig;
+use super::export;
 use super::weights::{self, SavedArchitecture};
 use crate::attention::{AttentionMask, AttentionState, NormaliserTrace};
 use crate::error::ModelError;
@@ -73,6 +74,27 @@ impl LanguageModel {
     /// Saves weights and architecture to `path` (burnpack, written atomically).
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
         weights::save(self, &self.architecture(), path)
+    }
+
+    /// Writes an export for other tools: `dir/model.safetensors` (PyTorch layout and names, see
+    /// [`super::export`]) and `dir/config.json` (the architecture).
+    pub fn export(&self, dir: &Path) -> Result<(), ModelError> {
+        export::write_export(self, self.architecture(), dir)
+    }
+
+    /// Builds the model of an export directory written by [`Self::export`] (or by another tool in
+    /// the same layout) with its weights.
+    pub fn from_export(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        match export::ExportConfig::read(dir)?.architecture {
+            SavedArchitecture::LanguageModel { config } => {
+                export::load_safetensors(Self::new(&config, device)?, &dir.join(export::WEIGHTS_FILE))
+            }
+            other => Err(ModelError::Mismatch {
+                path: dir.join(export::CONFIG_FILE).display().to_string(),
+                saved: other.describe(),
+                expected: "a language model".to_string(),
+            }),
+        }
     }
 
     /// The architecture.

@@ -4,6 +4,7 @@
 pub mod block;
 pub mod config;
 pub mod encoder;
+pub mod export;
 pub mod generate;
 pub mod lm;
 mod weights;
@@ -11,6 +12,7 @@ mod weights;
 pub use block::{Block, Mlp, Trunk};
 pub use config::{ClassifierConfig, Pooling, Positions, TransformerConfig};
 pub use encoder::EncoderClassifier;
+pub use export::{ExportConfig, is_export};
 pub use generate::{SamplingConfig, generate};
 pub use lm::{DecodeState, LanguageModel};
 pub use weights::{SavedArchitecture, read_architecture};

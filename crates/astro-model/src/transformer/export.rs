@@ -1,0 +1,183 @@
+//! Exports for other tools: `model.safetensors` in PyTorch's layout and names, with the
+//! architecture in `config.json` beside it.
+//!
+//! Tensor names are the module paths without the `trunk.` prefix and without enum-variant names,
+//! with PyTorch's conventions applied by burn-store's adapters (Linear weights `[out, in]`,
+//! LayerNorm `weight`/`bias`):
+//!
+//! ```text
+//! wte.weight                      [vocab, d]        token embedding (also the tied LM head)
+//! wpe.weight                      [block_size, d]   learned positions (absent for rotary / none)
+//! blocks.{i}.ln_1.weight|bias     [d]
+//! blocks.{i}.attn.{q,k,v,o}_proj.weight   [d, d]   (+ .bias with model.bias)
+//! blocks.{i}.attn.inner.omega     [heads, m, d/heads]   astrocytic: hidden-neuron weights Ω
+//! blocks.{i}.attn.inner.phase     [heads, m]        astrocytic, cosine maps: phases b
+//! blocks.{i}.ln_2.weight|bias     [d]
+//! blocks.{i}.mlp.fc.weight        [mlp_ratio·d, d]  blocks.{i}.mlp.proj.weight [d, mlp_ratio·d]
+//! ln_f.weight|bias                [d]
+//! head.weight|bias                [classes, d]      encoder classifiers only
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::module::Module;
+use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use serde::{Deserialize, Serialize};
+
+use super::weights::SavedArchitecture;
+use crate::error::ModelError;
+
+/// File name of the exported weights.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// File name of the exported architecture.
+pub const CONFIG_FILE: &str = "config.json";
+/// The `format` field of an astro `config.json`.
+pub const FORMAT: &str = "astro";
+/// Version of the export layout.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The contents of an export's `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportConfig {
+    /// Always `"astro"`.
+    pub format: String,
+    /// Layout version ([`FORMAT_VERSION`]).
+    pub format_version: u32,
+    /// The model: its kind, Transformer config (attention variant included) and head.
+    pub architecture: SavedArchitecture,
+}
+
+impl ExportConfig {
+    /// The config of an export of a model built as `architecture`.
+    pub fn new(architecture: SavedArchitecture) -> Self {
+        Self { format: FORMAT.into(), format_version: FORMAT_VERSION, architecture }
+    }
+
+    /// Reads and checks `dir/config.json`.
+    pub fn read(dir: &Path) -> Result<Self, ModelError> {
+        let path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| io("read", &path, e))?;
+        let config: ExportConfig =
+            serde_json::from_str(&text).map_err(|e| io("read", &path, format!("not an astro export config: {e}")))?;
+        if config.format != FORMAT || config.format_version != FORMAT_VERSION {
+            return Err(io(
+                "read",
+                &path,
+                format!(
+                    "format {:?} version {}; this astro reads format {FORMAT:?} version {FORMAT_VERSION}",
+                    config.format, config.format_version
+                ),
+            ));
+        }
+        Ok(config)
+    }
+}
+
+fn io(action: &'static str, path: &Path, reason: impl ToString) -> ModelError {
+    ModelError::Io { action, path: path.display().to_string(), reason: reason.to_string() }
+}
+
+/// Writes `module`'s parameters to `path` in PyTorch's layout and names (see the module docs).
+pub(crate) fn save_safetensors<M: Module>(module: &M, path: &Path) -> Result<(), ModelError> {
+    let mut store = SafetensorsStore::from_file(path)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .skip_enum_variants(true)
+        .with_key_remapping(r"^trunk\.", "")
+        .overwrite(true);
+    module.save_into(&mut store).map_err(|e| io("write", path, e))
+}
+
+/// Loads the parameters of an export into `module`; every parameter must be present with its shape.
+pub(crate) fn load_safetensors<M: Module>(mut module: M, path: &Path) -> Result<M, ModelError> {
+    if !path.is_file() {
+        return Err(io("read", path, "no such file (an export directory holds model.safetensors and config.json)"));
+    }
+    check_tensors(&module, path)?;
+    let mut store = SafetensorsStore::from_file(path)
+        .with_from_adapter(PyTorchToBurnAdapter)
+        .skip_enum_variants(true)
+        .with_key_remapping(r"^((wte|wpe|blocks|ln_f)\.)", "trunk.$1")
+        .validate(true)
+        .allow_partial(false);
+    let result = module.load_from(&mut store).map_err(|e| io("read", path, e))?;
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        let mut problems: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
+        problems.extend(result.missing.iter().map(|(name, _)| format!("tensor `{name}` is missing")));
+        return Err(io("read", path, problems.join("; ")));
+    }
+    if !result.unused.is_empty() {
+        return Err(io(
+            "read",
+            path,
+            format!(
+                "tensors the model does not have: {} (was it exported from another model?)",
+                result.unused.join(", ")
+            ),
+        ));
+    }
+    Ok(module)
+}
+
+/// Writes `dir/model.safetensors` and `dir/config.json` for `module`, built as `architecture`
+/// (creating `dir`; existing files of an earlier export are replaced).
+pub(crate) fn write_export<M: Module>(
+    module: &M,
+    architecture: SavedArchitecture,
+    dir: &Path,
+) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+    let weights = dir.join(WEIGHTS_FILE);
+    // Write beside the target and rename, so that a failed export never leaves half a file.
+    let partial = dir.join(format!("{WEIGHTS_FILE}.partial"));
+    save_safetensors(module, &partial)?;
+    std::fs::rename(&partial, &weights).map_err(|e| io("write", &weights, e))?;
+    let config = dir.join(CONFIG_FILE);
+    let json = serde_json::to_string_pretty(&ExportConfig::new(architecture)).map_err(|e| io("write", &config, e))?;
+    let partial = dir.join(format!("{CONFIG_FILE}.partial"));
+    std::fs::write(&partial, json + "\n").map_err(|e| io("write", &partial, e))?;
+    std::fs::rename(&partial, &config).map_err(|e| io("write", &config, e))
+}
+
+/// Whether `dir` looks like an export (it has a `config.json`).
+pub fn is_export(dir: &Path) -> bool {
+    dir.join(CONFIG_FILE).is_file()
+}
+
+/// Compares the tensors of the file at `path` with those `module` expects, by export name and
+/// shape, so that a mismatch is reported in the file's own names: up to three problems, then a count.
+fn check_tensors<M: Module>(module: &M, path: &Path) -> Result<(), ModelError> {
+    let bytes = std::fs::read(path).map_err(|e| io("read", path, e))?;
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| io("read", path, format!("not a valid safetensors file: {e}")))?;
+    let found: BTreeMap<String, Vec<usize>> =
+        metadata.tensors().into_iter().map(|(name, info)| (name, info.shape.clone())).collect();
+    let expected: BTreeMap<String, Vec<usize>> = module
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
+        .into_iter()
+        .map(|t| (t.name.strip_prefix("trunk.").unwrap_or(&t.name).to_string(), t.shape.iter().copied().collect()))
+        .collect();
+    let mut problems = Vec::new();
+    for (name, shape) in &expected {
+        match found.get(name) {
+            None => problems.push(format!("tensor `{name}` {shape:?} is missing")),
+            Some(f) if f != shape => {
+                problems.push(format!("tensor `{name}` has shape {f:?} but config.json implies {shape:?}"))
+            }
+            Some(_) => {}
+        }
+    }
+    problems.extend(
+        found.keys().filter(|k| !expected.contains_key(*k)).map(|k| format!("tensor `{k}` is not part of this model")),
+    );
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let more = problems.len().saturating_sub(3);
+    let mut reason = problems.into_iter().take(3).collect::<Vec<_>>().join("; ");
+    if more > 0 {
+        reason.push_str(&format!("; and {more} more"));
+    }
+    reason.push_str(" (do model.safetensors and config.json come from the same export?)");
+    Err(io("read", path, reason))
+}
