@@ -32,3 +32,35 @@ pub fn astro(root: &Path) -> Command {
         .env_remove("ASTRO_STOP_AFTER");
     cmd
 }
+
+/// A deterministic pseudo-text corpus of about 12 kB at `path`.
+pub fn write_corpus(path: &Path) {
+    let words = ["the", "astrocyte", "neuron", "synapse", "calcium", "and", "of", "glia"];
+    let mut state = 99u64;
+    let mut text = String::new();
+    while text.len() < 12_000 {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        text.push_str(words[(state >> 33) as usize % words.len()]);
+        text.push(' ');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// A tiny run config (6 steps on `root/corpus.txt`, runs under `root/runs`) with `attention`.
+pub fn base_config(root: &Path, attention: &str) -> PathBuf {
+    let path = root.join(format!("base-{}.toml", attention.len()));
+    let text = format!(
+        "[run]\nname = \"r\"\nout_dir = {out:?}\n[data]\npath = {data:?}\n[model]\nblock_size = 16\nn_layer = 2\nn_head = 2\nn_embd = 16\nattention = {attention}\n[optim]\nbatch_size = 4\nwarmup_iters = 2\n[train]\nmax_iters = 6\neval_interval = 3\neval_iters = 2\ncheckpoint_interval = 3\nsample_tokens = 0\n",
+        out = root.join("runs").display().to_string(),
+        data = root.join("corpus.txt").display().to_string(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Trains the tiny config as run `name`; returns its directory.
+pub fn train(root: &Path, attention: &str, name: &str) -> PathBuf {
+    let config = base_config(root, attention);
+    astro(root).args(["train", "--config"]).arg(&config).args(["--name", name]).assert().success();
+    root.join("runs").join(name)
+}

@@ -12,8 +12,8 @@ use astro_model::transformer::{SamplingConfig, generate};
 /// Arguments of `astro eval`.
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
-    /// Run directory made by `astro train`.
-    #[arg(long)]
+    /// Run directory made by `astro train`, or an export made by `astro export` (`--model`).
+    #[arg(long, visible_alias = "model", value_name = "DIR")]
     run: PathBuf,
     /// Evaluate a language model on this text file or directory instead of its validation split.
     #[arg(long, value_name = "PATH", conflicts_with = "examples")]
@@ -73,8 +73,8 @@ pub fn run_eval(args: EvalArgs, device: Option<&str>) -> anyhow::Result<()> {
 /// Arguments of `astro generate`.
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
-    /// Run directory made by `astro train`.
-    #[arg(long)]
+    /// Run directory made by `astro train`, or an export made by `astro export` (`--model`).
+    #[arg(long, visible_alias = "model", value_name = "DIR")]
     run: PathBuf,
     /// Text to continue.
     #[arg(long)]
@@ -103,8 +103,12 @@ pub fn run_generate(args: GenerateArgs, device: Option<&str>) -> anyhow::Result<
     let device = crate::device(device)?;
     let weights = if args.best { Weights::Best } else { Weights::Final };
     let run = Run::load(&args.run, weights, &device)?;
-    let tokenizer =
-        run.tokenizer.as_ref().context("this run trained on a task; it has no tokenizer to generate text with")?;
+    let tokenizer = run.tokenizer.as_ref().with_context(|| {
+        format!(
+            "{} has no tokenizer to generate text with (a task run, or an export without tokenizer.json)",
+            args.run.display()
+        )
+    })?;
     let lm = run.net.lm().context("this run holds a classifier, not a language model")?;
     let lm = burn::module::Module::valid(lm);
     if args.prompt.is_empty() {

@@ -2,6 +2,7 @@
 
 mod ablate;
 mod eval;
+mod export;
 mod fidelity;
 mod info;
 mod train;
@@ -29,6 +30,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Generate text from a run, streaming tokens as they are produced.
     Generate(eval::GenerateArgs),
+    /// Write a run's model as model.safetensors (PyTorch layout) + config.json + tokenizer.json.
+    Export(export::ExportArgs),
     /// Train a grid of runs over config keys, then tabulate and plot them (resumable).
     Ablate(ablate::AblateArgs),
     /// Swap a softmax-trained model's attention for astrocytic attention (same weights) and report fidelity against m.
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(args, cli.device.as_deref()),
         Command::Eval(args) => eval::run_eval(args, cli.device.as_deref()),
         Command::Generate(args) => eval::run_generate(args, cli.device.as_deref()),
+        Command::Export(args) => export::run(args, cli.device.as_deref()),
         Command::Ablate(args) => ablate::run(args, cli.device.as_deref()),
         Command::Fidelity(args) => fidelity::run(args, cli.device.as_deref()),
         Command::Info(args) => info::run(args, cli.device.as_deref()),

@@ -27,6 +27,10 @@ pub struct TrainArgs {
     /// set them with `--set task.<key>=…`.
     #[arg(long, value_name = "NAME", conflicts_with = "data")]
     task: Option<String>,
+    /// Start from the weights of an export (`astro export`); its architecture and tokenizer
+    /// replace the config's (dropout and everything else stay the config's).
+    #[arg(long, value_name = "EXPORT_DIR", conflicts_with = "resume")]
+    init: Option<PathBuf>,
     /// Run name (the run directory is runs/<name>).
     #[arg(long)]
     name: Option<String>,
@@ -51,6 +55,9 @@ pub fn run(args: TrainArgs, device: Option<&str>) -> anyhow::Result<()> {
         config.task = Some(astro_data::tasks::TaskConfig::by_name(name)?);
         config.data.dataset = None;
         config.data.path = None;
+    }
+    if let Some(dir) = &args.init {
+        init_from_export(&mut config, dir)?;
     }
     let mut sets = args.sets.clone();
     if let Some(data) = &args.data {
@@ -87,5 +94,23 @@ pub fn run(args: TrainArgs, device: Option<&str>) -> anyhow::Result<()> {
             summary.run_dir.display()
         );
     }
+    Ok(())
+}
+
+/// Makes `config` start from the export in `dir`: its architecture (keeping the config's dropout),
+/// its tokenizer for text runs, and `train.init` so the trainer loads its weights.
+fn init_from_export(config: &mut RunConfig, dir: &std::path::Path) -> anyhow::Result<()> {
+    use astro_model::transformer::{ExportConfig, SavedArchitecture};
+    let export = ExportConfig::read(dir)?;
+    let (SavedArchitecture::LanguageModel { config: model }
+    | SavedArchitecture::EncoderClassifier { config: model, .. }) = export.architecture;
+    let dropout = config.model.dropout;
+    config.model = model;
+    config.model.dropout = dropout;
+    let tokenizer = dir.join("tokenizer.json");
+    if config.task.is_none() && tokenizer.is_file() {
+        config.data.tokenizer = astro_data::TokenizerSpec::File { path: tokenizer };
+    }
+    config.train.init = Some(dir.to_path_buf());
     Ok(())
 }

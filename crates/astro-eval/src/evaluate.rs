@@ -52,10 +52,16 @@ pub fn evaluate_text(run: &Run, data: Option<&Path>, max_tokens: Option<usize>) 
     let tokenizer = run
         .tokenizer
         .as_ref()
-        .ok_or_else(|| EvalError::Invalid("this run trained on a task; evaluate it without --data".into()))?;
+        .ok_or_else(|| EvalError::Invalid(format!("{} has no tokenizer: it trained on a task (evaluate it without --data), or it is an export without tokenizer.json", run.dir.display())))?;
     let (corpus, on) = match data {
         Some(path) => {
             (CorpusSpec { dataset: None, path: Some(path.to_path_buf()) }.load()?, path.display().to_string())
+        }
+        None if run.config.data.dataset.is_none() && run.config.data.path.is_none() => {
+            return Err(EvalError::Invalid(format!(
+                "{} does not say which corpus it was trained on; pass --data FILE",
+                run.dir.display()
+            )));
         }
         None => {
             let corpus = run.config.corpus().load()?;

@@ -33,10 +33,14 @@ pub struct Run {
 }
 
 impl Run {
-    /// Loads `dir` onto `device`.
+    /// Loads `dir` onto `device`: a run directory made by `astro train`, or an export made by
+    /// `astro export` (recognised by its `config.json`; `weights` does not apply to it).
     pub fn load(dir: &Path, weights: Weights, device: &Device) -> Result<Self, EvalError> {
         let bad = |reason: String| EvalError::Run { run: dir.to_path_buf(), reason };
         let config_path = dir.join("config.toml");
+        if !config_path.is_file() && astro_model::transformer::is_export(dir) {
+            return Self::load_export(dir, device);
+        }
         if !config_path.is_file() {
             return Err(bad(
                 "no config.toml (pass the directory `astro train` created, e.g. runs/shakespeare-char)".into()
@@ -64,4 +68,43 @@ impl Run {
         let tokenizer = if config.task.is_none() { Some(astro_data::load_tokenizer(&tok_path)?) } else { None };
         Ok(Self { dir: dir.to_path_buf(), config, tokenizer, net, weights: file })
     }
+
+    /// Loads an export directory: `config.json` + `model.safetensors`, with `tokenizer.json` for
+    /// text models and, when it came from a run, that run's config as `run.toml` (its corpus and
+    /// split; without it, evaluation needs `--data`).
+    fn load_export(dir: &Path, device: &Device) -> Result<Self, EvalError> {
+        let bad = |reason: String| EvalError::Run { run: dir.to_path_buf(), reason };
+        let net = Net::from_export(dir, device)?;
+        let run_toml = dir.join(RUN_CONFIG_FILE);
+        let mut config = if run_toml.is_file() {
+            RunConfig::load(&run_toml).map_err(|e| bad(e.to_string()))?
+        } else {
+            let mut config = RunConfig::default();
+            config.data.dataset = None;
+            config.data.path = None;
+            config
+        };
+        config.model = match &net {
+            Net::Lm(m) => m.config().clone(),
+            Net::Classifier(m) => m.config().clone(),
+        };
+        let tok_path = dir.join("tokenizer.json");
+        let tokenizer = if tok_path.is_file() {
+            Some(astro_data::load_tokenizer(&tok_path)?)
+        } else if config.task.is_none() && matches!(net, Net::Lm(_)) && run_toml.is_file() {
+            return Err(bad("it has no tokenizer.json (export text models with `astro export`)".into()));
+        } else {
+            None
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            tokenizer,
+            net,
+            weights: dir.join(astro_model::transformer::export::WEIGHTS_FILE),
+        })
+    }
 }
+
+/// The run config an export carries (`astro export` copies the run's `config.toml`).
+pub const RUN_CONFIG_FILE: &str = "run.toml";

@@ -153,6 +153,10 @@ pub struct TrainSection {
     /// Size of the fixed test set of a task (drawn from a seed disjoint from training's).
     #[serde(default = "defaults::test_examples")]
     pub test_examples: usize,
+    /// Start from the weights of this export directory (`astro export`) instead of a fresh
+    /// initialisation; its architecture must be the run's `[model]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
 }
 
 mod defaults {

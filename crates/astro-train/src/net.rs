@@ -47,6 +47,34 @@ impl Net {
         })
     }
 
+    /// Writes an export (`model.safetensors` in PyTorch's layout + `config.json`) to `dir`.
+    pub fn export(&self, dir: &Path) -> Result<(), ModelError> {
+        match self {
+            Net::Lm(m) => m.export(dir),
+            Net::Classifier(m) => m.export(dir),
+        }
+    }
+
+    /// Replaces the weights with those of the export in `dir` (same architecture required).
+    pub fn load_export(self, dir: &Path) -> Result<Self, ModelError> {
+        Ok(match self {
+            Net::Lm(m) => Net::Lm(m.load_export(dir)?),
+            Net::Classifier(m) => Net::Classifier(m.load_export(dir)?),
+        })
+    }
+
+    /// Builds whichever network the export in `dir` holds, with its weights.
+    pub fn from_export(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        match astro_model::transformer::ExportConfig::read(dir)?.architecture {
+            astro_model::transformer::SavedArchitecture::LanguageModel { .. } => {
+                Ok(Net::Lm(LanguageModel::from_export(dir, device)?))
+            }
+            astro_model::transformer::SavedArchitecture::EncoderClassifier { .. } => {
+                Ok(Net::Classifier(EncoderClassifier::from_export(dir, device)?))
+            }
+        }
+    }
+
     /// Loads whichever network `path` holds.
     pub fn load(path: &Path, device: &Device) -> Result<Self, ModelError> {
         match astro_model::transformer::read_architecture(path)? {

@@ -193,6 +193,11 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
     ad.seed(config.run.seed);
 
     let mut net = Net::new(&config, &ad)?;
+    if let (None, Some(init)) = (&resume, &config.train.init) {
+        // A resumed run takes its weights from its checkpoint; a fresh one may start from an export.
+        net = net.load_export(init)?;
+        eprintln!("initial weights from {}", init.display());
+    }
     let ckpt_root = run_dir.join("checkpoints");
     let seed = config.run.seed;
     let mut optim;

@@ -74,7 +74,7 @@ impl EncoderClassifier {
     pub fn from_export(dir: &Path, device: &Device) -> Result<Self, ModelError> {
         match export::ExportConfig::read(dir)?.architecture {
             SavedArchitecture::EncoderClassifier { config, classifier } => {
-                export::load_safetensors(Self::new(&config, &classifier, device)?, &dir.join(export::WEIGHTS_FILE))
+                Self::new(&config, &classifier, device)?.load_export(dir)
             }
             other => Err(ModelError::Mismatch {
                 path: dir.join(export::CONFIG_FILE).display().to_string(),
@@ -82,6 +82,12 @@ impl EncoderClassifier {
                 expected: "an encoder classifier".to_string(),
             }),
         }
+    }
+
+    /// Replaces the weights with those of the export in `dir` (same architecture required).
+    pub fn load_export(self, dir: &Path) -> Result<Self, ModelError> {
+        let arch = self.architecture();
+        export::load_export(self, &arch, dir)
     }
 
     /// The trunk's architecture.

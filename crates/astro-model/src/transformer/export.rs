@@ -127,16 +127,19 @@ pub(crate) fn write_export<M: Module>(
     dir: &Path,
 ) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
-    let weights = dir.join(WEIGHTS_FILE);
-    // Write beside the target and rename, so that a failed export never leaves half a file.
-    let partial = dir.join(format!("{WEIGHTS_FILE}.partial"));
-    save_safetensors(module, &partial)?;
-    std::fs::rename(&partial, &weights).map_err(|e| io("write", &weights, e))?;
+    // Write each file beside its target and rename, so that a failed export never leaves half a file.
     let config = dir.join(CONFIG_FILE);
     let json = serde_json::to_string_pretty(&ExportConfig::new(architecture)).map_err(|e| io("write", &config, e))?;
-    let partial = dir.join(format!("{CONFIG_FILE}.partial"));
-    std::fs::write(&partial, json + "\n").map_err(|e| io("write", &partial, e))?;
-    std::fs::rename(&partial, &config).map_err(|e| io("write", &config, e))
+    let partial_config = dir.join(format!("{CONFIG_FILE}.partial"));
+    std::fs::write(&partial_config, json + "\n").map_err(|e| io("write", &partial_config, e))?;
+    let weights = dir.join(WEIGHTS_FILE);
+    let partial = dir.join(format!("{WEIGHTS_FILE}.partial"));
+    save_safetensors(module, &partial)?;
+    // The store writes owner-only files; give the weights the permissions of an ordinary file.
+    let permissions = std::fs::metadata(&partial_config).map_err(|e| io("write", &partial_config, e))?.permissions();
+    std::fs::set_permissions(&partial, permissions).map_err(|e| io("write", &partial, e))?;
+    std::fs::rename(&partial, &weights).map_err(|e| io("write", &weights, e))?;
+    std::fs::rename(&partial_config, &config).map_err(|e| io("write", &config, e))
 }
 
 /// Whether `dir` looks like an export (it has a `config.json`).
@@ -180,4 +183,18 @@ fn check_tensors<M: Module>(module: &M, path: &Path) -> Result<(), ModelError> {
     }
     reason.push_str(" (do model.safetensors and config.json come from the same export?)");
     Err(io("read", path, reason))
+}
+
+/// Loads the weights of the export in `dir` into `module`, built as `architecture`; the export's
+/// `config.json` must describe the same architecture (dropout may differ), else both are named.
+pub(crate) fn load_export<M: Module>(module: M, architecture: &SavedArchitecture, dir: &Path) -> Result<M, ModelError> {
+    let saved = ExportConfig::read(dir)?.architecture;
+    if !saved.compatible(architecture) {
+        return Err(ModelError::Mismatch {
+            path: dir.join(CONFIG_FILE).display().to_string(),
+            saved: saved.describe(),
+            expected: architecture.describe(),
+        });
+    }
+    load_safetensors(module, &dir.join(WEIGHTS_FILE))
 }

@@ -86,15 +86,19 @@ impl LanguageModel {
     /// the same layout) with its weights.
     pub fn from_export(dir: &Path, device: &Device) -> Result<Self, ModelError> {
         match export::ExportConfig::read(dir)?.architecture {
-            SavedArchitecture::LanguageModel { config } => {
-                export::load_safetensors(Self::new(&config, device)?, &dir.join(export::WEIGHTS_FILE))
-            }
+            SavedArchitecture::LanguageModel { config } => Self::new(&config, device)?.load_export(dir),
             other => Err(ModelError::Mismatch {
                 path: dir.join(export::CONFIG_FILE).display().to_string(),
                 saved: other.describe(),
                 expected: "a language model".to_string(),
             }),
         }
+    }
+
+    /// Replaces the weights with those of the export in `dir` (same architecture required).
+    pub fn load_export(self, dir: &Path) -> Result<Self, ModelError> {
+        let arch = self.architecture();
+        export::load_export(self, &arch, dir)
     }
 
     /// The architecture.

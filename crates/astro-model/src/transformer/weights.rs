@@ -45,7 +45,7 @@ impl SavedArchitecture {
 
     /// Whether weights of `self` fit a model built as `other`: everything that shapes or defines the
     /// tensors must agree; dropout may differ (fine-tuning with another dropout is legitimate).
-    fn compatible(&self, other: &SavedArchitecture) -> bool {
+    pub(crate) fn compatible(&self, other: &SavedArchitecture) -> bool {
         let strip = |a: &SavedArchitecture| {
             let mut a = a.clone();
             match &mut a {
