@@ -47,7 +47,7 @@ fn an_export_evaluates_and_generates_like_its_run() {
             .assert()
             .success()
             .stdout(predicate::str::contains("model.safetensors"));
-        for f in ["model.safetensors", "config.json", "tokenizer.json", "run.toml"] {
+        for f in ["model.safetensors", "config.json", "reference.safetensors", "tokenizer.json", "run.toml"] {
             assert!(export.join(f).is_file(), "{name}: {f} missing");
         }
         let (a, b) = (eval_json(root, "--run", &run), eval_json(root, "--model", &export));

@@ -45,7 +45,7 @@ pub fn run(args: ExportArgs, device: Option<&str>) -> anyhow::Result<()> {
         }
     }
     run.net.export(&args.out)?;
-    let mut files = vec!["model.safetensors", "config.json"];
+    let mut files = vec!["model.safetensors", "config.json", "reference.safetensors"];
     if run.tokenizer.is_some() {
         let from = run.dir.join("tokenizer.json");
         std::fs::copy(&from, args.out.join("tokenizer.json"))

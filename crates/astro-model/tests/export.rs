@@ -101,6 +101,26 @@ fn export_round_trip_gives_identical_logits() {
     }
 }
 
+/// `reference.safetensors` holds a `[2, t]` token batch and the model's logits for it.
+fn check_reference(dir: &Path, model: &LanguageModel) {
+    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tokens = file.tensor("tokens").unwrap();
+    assert_eq!(tokens.dtype(), safetensors::Dtype::I64);
+    let ids: Vec<i64> = tokens.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(tokens.shape(), &[2, 16]);
+    assert!(
+        ids.iter().all(|&i| (0..19).contains(&i)) && ids.iter().collect::<std::collections::HashSet<_>>().len() > 10
+    );
+    let logits = file.tensor("logits").unwrap();
+    assert_eq!(logits.shape(), &[2, 16, 19]);
+    let stored: Vec<f64> =
+        logits.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect();
+    let dev = device();
+    let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 16]), &dev);
+    assert_eq!(stored, host(&model.forward(x)));
+}
+
 #[test]
 fn export_uses_pytorch_names_and_layouts() {
     let dev = device();

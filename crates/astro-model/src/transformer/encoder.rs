@@ -66,8 +66,13 @@ impl EncoderClassifier {
     }
 
     /// Writes an export: `dir/model.safetensors` (PyTorch layout) and `dir/config.json`.
+    /// With them, `dir/reference.safetensors`: logits of a fixed batch for parity checks.
     pub fn export(&self, dir: &Path) -> Result<(), ModelError> {
-        export::write_export(self, self.architecture(), dir)
+        export::write_export(self, self.architecture(), dir)?;
+        let (ids, shape) = export::reference_tokens(self.config.vocab()?, self.config.block_size);
+        let device = self.trunk.wte.weight.val().device();
+        let tokens = Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(ids.clone(), shape), &device);
+        export::write_reference(dir, &ids, shape, self.forward(tokens, None).into_data())
     }
 
     /// Builds the classifier of an export directory with its weights.

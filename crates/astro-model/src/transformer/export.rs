@@ -34,6 +34,9 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
 /// The `format` field of an astro `config.json`.
 pub const FORMAT: &str = "astro";
+/// File name of the reference batch: `tokens` `[2, t]` (I64) and astro's `logits` for them (F32),
+/// so that another implementation can check itself against this one.
+pub const REFERENCE_FILE: &str = "reference.safetensors";
 /// Version of the export layout.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -197,4 +200,40 @@ pub(crate) fn load_export<M: Module>(module: M, architecture: &SavedArchitecture
         });
     }
     load_safetensors(module, &dir.join(WEIGHTS_FILE))
+}
+
+/// The fixed token batch of [`REFERENCE_FILE`]: `[2, t]` with t = min(16, block_size), spread
+/// over the whole vocabulary.
+pub fn reference_tokens(vocab: usize, block_size: usize) -> (Vec<i64>, [usize; 2]) {
+    let t = block_size.min(16);
+    let ids = (0..2 * t).map(|i| ((i as u64 * 7919 + 13) % vocab as u64) as i64).collect();
+    (ids, [2, t])
+}
+
+/// Writes `dir/reference.safetensors`: the reference `tokens` and the `logits` astro computes for
+/// them (`[2, t, vocab]` for language models, `[2, classes]` for classifiers).
+pub(crate) fn write_reference(
+    dir: &Path,
+    tokens: &[i64],
+    token_shape: [usize; 2],
+    logits: burn::tensor::TensorData,
+) -> Result<(), ModelError> {
+    use safetensors::{Dtype, tensor::TensorView};
+    let path = dir.join(REFERENCE_FILE);
+    let logit_shape = logits.shape().to_vec();
+    let values: Vec<f32> = logits.try_into_vec_as::<f32>().map_err(|e| io("write", &path, format!("{e:?}")))?;
+    let token_bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+    let logit_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let views = [
+        ("logits", TensorView::new(Dtype::F32, logit_shape, &logit_bytes)),
+        ("tokens", TensorView::new(Dtype::I64, token_shape.to_vec(), &token_bytes)),
+    ];
+    let mut tensors = Vec::new();
+    for (name, view) in views {
+        tensors.push((name, view.map_err(|e| io("write", &path, e))?));
+    }
+    let bytes = safetensors::serialize(tensors, None).map_err(|e| io("write", &path, e))?;
+    let partial = dir.join(format!("{REFERENCE_FILE}.partial"));
+    std::fs::write(&partial, bytes).map_err(|e| io("write", &partial, e))?;
+    std::fs::rename(&partial, &path).map_err(|e| io("write", &path, e))
 }
