@@ -145,21 +145,30 @@ class Mlp(nn.Module):
         return self.proj(F.gelu(self.fc(x)))  # exact (erf) GELU, as Burn's
 
 
+def layer_norm(cfg):
+    return nn.LayerNorm(cfg["n_embd"], eps=cfg.get("layer_norm_eps", 1e-5), bias=cfg.get("bias", False))
+
+
 class Block(nn.Module):
-    """Pre-LN: x + attn(ln₁ x), then x + mlp(ln₂ x) (no MLP when mlp_ratio = 0)."""
+    """Pre-LN: x + attn(ln₁ x), then x + mlp(ln₂ x); post-LN (BERT): ln₁(x + attn x), then
+    ln₂(x + mlp x). No MLP when mlp_ratio = 0."""
 
     def __init__(self, cfg):
         super().__init__()
         d, bias, ratio = cfg["n_embd"], cfg.get("bias", False), cfg.get("mlp_ratio", 4)
-        self.ln_1 = nn.LayerNorm(d, eps=1e-5, bias=bias)
+        self.post = cfg.get("norm", "pre") == "post"
+        self.ln_1 = layer_norm(cfg)
         self.attn = AttentionLayer(cfg)
         if ratio > 0:
-            self.ln_2 = nn.LayerNorm(d, eps=1e-5, bias=bias)
+            self.ln_2 = layer_norm(cfg)
             self.mlp = Mlp(d, ratio * d, bias)
         else:
             self.ln_2 = self.mlp = None
 
     def forward(self, x, causal, rope):
+        if self.post:
+            x = self.ln_1(x + self.attn(x, causal, rope))
+            return x if self.mlp is None else self.ln_2(x + self.mlp(x))
         x = x + self.attn(self.ln_1(x), causal, rope)
         return x if self.mlp is None else x + self.mlp(self.ln_2(x))
 
@@ -175,8 +184,11 @@ class Transformer(nn.Module):
         self.positions = cfg.get("positions", "learned")
         self.wte = nn.Embedding(cfg["vocab_size"], d)
         self.wpe = nn.Embedding(cfg["block_size"], d) if self.positions == "learned" else None
+        types = cfg.get("type_vocab_size", 0)
+        self.wtt = nn.Embedding(types, d) if types > 0 else None  # token types (all type 0)
+        self.ln_emb = layer_norm(cfg) if cfg.get("embedding_norm", False) else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg["n_layer"]))
-        self.ln_f = nn.LayerNorm(d, eps=1e-5, bias=cfg.get("bias", False))
+        self.ln_f = layer_norm(cfg) if cfg.get("norm", "pre") == "pre" else None
         if self.kind == "encoder_classifier":
             self.pooling = architecture["classifier"].get("pooling", "mean")
             self.head = nn.Linear(d, architecture["classifier"]["classes"], bias=True)
@@ -185,10 +197,15 @@ class Transformer(nn.Module):
         x = self.wte(tokens)
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(tokens.shape[1]))[None]
+        if self.wtt is not None:
+            x = x + self.wtt.weight[0]
+        if self.ln_emb is not None:
+            x = self.ln_emb(x)
         causal = self.kind == "language_model"
         for block in self.blocks:
             x = block(x, causal, self.positions == "rotary")
-        x = self.ln_f(x)
+        if self.ln_f is not None:
+            x = self.ln_f(x)
         if self.kind == "language_model":
             return x @ self.wte.weight.T
         pooled = x[:, 0] if self.pooling == "cls" else x.mean(1)

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use astro_model::attention::{AstrocyticConfig, AttentionConfig, FeatureMap, LinearConfig, SoftmaxConfig};
-use astro_model::transformer::{ClassifierConfig, Pooling, Positions};
+use astro_model::transformer::{ClassifierConfig, NormPlacement, Pooling, Positions};
 use astro_model::{EncoderClassifier, LanguageModel, TransformerConfig};
 use burn::tensor::{Int, Tensor, TensorData};
 use common::{device, host};
@@ -97,7 +97,27 @@ fn export_round_trip_gives_identical_logits() {
                 host(&loaded.forward(x)),
                 "{name} {positions:?}: logits differ"
             );
+            check_reference(&dir, &model);
         }
+        // BERT's layout: post-LN, token types, embedding LayerNorm.
+        let bert = TransformerConfig {
+            norm: NormPlacement::Post,
+            type_vocab_size: 2,
+            embedding_norm: true,
+            layer_norm_eps: 1e-12,
+            ..config(attention.clone(), Positions::Learned, true)
+        };
+        let model = LanguageModel::new(&bert, &dev).unwrap();
+        let dir = tmp.0.join(format!("{name}-bert"));
+        model.export(&dir).unwrap();
+        let shapes = safetensors_shapes(&dir.join("model.safetensors"));
+        assert_eq!(shapes.get("wtt.weight"), Some(&vec![2, 8]));
+        assert_eq!(shapes.get("ln_emb.weight"), Some(&vec![8]));
+        assert!(!shapes.contains_key("ln_f.weight"));
+        let loaded = LanguageModel::from_export(&dir, &dev).unwrap();
+        let x = tokens(12, &dev);
+        assert_eq!(host(&model.forward(x.clone())), host(&loaded.forward(x)), "{name} post-LN: logits differ");
+        check_reference(&dir, &model);
     }
 }
 

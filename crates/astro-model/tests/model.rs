@@ -3,7 +3,7 @@
 mod common;
 
 use astro_model::attention::{AstrocyticConfig, Attention, AttentionConfig, FeatureMap, LinearConfig, SoftmaxConfig};
-use astro_model::transformer::{ClassifierConfig, DecodeState, Pooling, Positions};
+use astro_model::transformer::{ClassifierConfig, DecodeState, NormPlacement, Pooling, Positions};
 use astro_model::{ConfigError, EncoderClassifier, LanguageModel, ModelError, TransformerConfig};
 use burn::module::Param;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
@@ -104,6 +104,43 @@ fn full_forward_equals_incremental_decoding() {
             let e = rel_err(&inc, &full);
             assert!(e <= 1e-5, "{name} {positions:?}: incremental vs full {e:e}");
         }
+    }
+}
+
+/// BERT's layout: post-LN blocks, token-type embeddings, a LayerNorm on the embeddings.
+fn bert_style(attention: AttentionConfig) -> TransformerConfig {
+    TransformerConfig {
+        norm: NormPlacement::Post,
+        type_vocab_size: 2,
+        embedding_norm: true,
+        layer_norm_eps: 1e-12,
+        ..small(attention, Positions::Learned)
+    }
+}
+
+#[test]
+fn post_layer_norm_blocks_are_causal_decode_incrementally_and_differ_from_pre_ln() {
+    let dev = device();
+    for (name, attention) in variants() {
+        let post = LanguageModel::new(&bert_style(attention.clone()), &dev).unwrap();
+        assert!(post.trunk.ln_f.is_none() && post.trunk.wtt.is_some() && post.trunk.ln_emb.is_some());
+        let seq = sequence(12, 3);
+        let all = tokens(&seq, 1, &dev);
+        let full = post.forward(all.clone());
+        let (a, state) = post.forward_incremental(all.clone().narrow(1, 0, 7), DecodeState::default()).unwrap();
+        let (b, _) = post.forward_incremental(all.clone().narrow(1, 7, 5), state).unwrap();
+        let e = rel_err(&Tensor::cat(vec![a, b], 1), &full);
+        assert!(e <= 1e-5, "{name}: post-LN incremental vs full {e:e}");
+        // Every position's hidden state is LayerNorm output: mean 0, variance 1 (weights are 1, biases 0).
+        let h = host(&post.hidden(all.clone()));
+        for row in h.chunks(16) {
+            let mean = row.iter().sum::<f64>() / 16.0;
+            let var = row.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 16.0;
+            assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3, "{name}: mean {mean}, var {var}");
+        }
+        // The same weights in pre-LN blocks compute something else.
+        let pre = LanguageModel::new(&small(attention, Positions::Learned), &dev).unwrap();
+        assert!(rel_err(&pre.forward(all), &full) > 1e-2, "{name}: placement must matter");
     }
 }
 

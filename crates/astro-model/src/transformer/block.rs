@@ -8,7 +8,7 @@ use burn::nn::{
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Int, Tensor};
 
-use super::config::{Positions, TransformerConfig};
+use super::config::{NormPlacement, Positions, TransformerConfig};
 use crate::attention::layer::{AttentionLayer, AttentionLayerConfig};
 use crate::attention::{AttentionMask, AttentionState, NormaliserTrace};
 
@@ -26,6 +26,11 @@ pub(crate) fn gpt_linear(d_in: usize, d_out: usize, bias: bool, std: f64, device
         .init(device);
     linear.bias = linear.bias.map(|b| Param::from_tensor(b.val().zeros_like()));
     linear
+}
+
+/// A LayerNorm of the model's width, bias and epsilon.
+fn layer_norm(config: &TransformerConfig, device: &Device) -> LayerNorm {
+    LayerNormConfig::new(config.n_embd).with_bias(config.bias).with_epsilon(config.layer_norm_eps).init(device)
 }
 
 /// Position-wise feed-forward network: Linear → GELU → Linear → dropout.
@@ -59,13 +64,16 @@ pub struct Block {
     pub ln_2: Option<LayerNorm>,
     /// Feed-forward network (`mlp_ratio = 0` removes it).
     pub mlp: Option<Mlp>,
+    /// LayerNorms after the residual additions (BERT) instead of before the sublayers.
+    #[module(skip)]
+    post_norm: bool,
 }
 
 impl Block {
     fn init(config: &TransformerConfig, layer: usize, device: &Device) -> Self {
         let d = config.n_embd;
         let out_std = INIT_STD / ((2 * config.n_layer) as f64).sqrt();
-        let norm = || LayerNormConfig::new(d).with_bias(config.bias).init(device);
+        let norm = || layer_norm(config, device);
         let attn = AttentionLayerConfig {
             d_model: d,
             heads: config.n_head,
@@ -90,20 +98,34 @@ impl Block {
             attn_dropout: DropoutConfig::new(config.dropout).init(),
             ln_2: mlp.as_ref().map(|_| norm()),
             mlp,
+            post_norm: config.norm == NormPlacement::Post,
         }
     }
 
+    /// The MLP half of the block around its residual: pre-LN x + mlp(LN x), post-LN LN(x + mlp(x)).
     fn feed_forward(&self, x: Tensor<3>) -> Tensor<3> {
         match (&self.ln_2, &self.mlp) {
+            (Some(ln), Some(mlp)) if self.post_norm => ln.forward(x.clone() + mlp.forward(x)),
             (Some(ln), Some(mlp)) => x.clone() + mlp.forward(ln.forward(x)),
             _ => x,
         }
     }
 
+    /// The input of the attention (LN x before it in pre-LN blocks, x itself in post-LN ones).
+    fn attention_input(&self, x: Tensor<3>) -> Tensor<3> {
+        if self.post_norm { x } else { self.ln_1.forward(x) }
+    }
+
+    /// The attention output `a` added to the residual `x` (then normalised in post-LN blocks).
+    fn attention_residual(&self, x: Tensor<3>, a: Tensor<3>) -> Tensor<3> {
+        let y = x + self.attn_dropout.forward(a);
+        if self.post_norm { self.ln_1.forward(y) } else { y }
+    }
+
     /// `x`: `[batch, seq, d]` → `[batch, seq, d]`.
     pub fn forward(&self, x: Tensor<3>, mask: &AttentionMask, rope: Option<&RotaryEncoding>) -> Tensor<3> {
-        let a = self.attn.forward(self.ln_1.forward(x.clone()), mask, rope);
-        self.feed_forward(x + self.attn_dropout.forward(a))
+        let a = self.attn.forward(self.attention_input(x.clone()), mask, rope);
+        self.feed_forward(self.attention_residual(x, a))
     }
 
     /// Causal step over new tokens `x` `[batch, seq_new, d]`.
@@ -113,8 +135,8 @@ impl Block {
         state: Option<AttentionState>,
         rope: Option<&RotaryEncoding>,
     ) -> (Tensor<3>, AttentionState) {
-        let (a, state) = self.attn.forward_incremental(self.ln_1.forward(x.clone()), state, rope);
-        (self.feed_forward(x + self.attn_dropout.forward(a)), state)
+        let (a, state) = self.attn.forward_incremental(self.attention_input(x.clone()), state, rope);
+        (self.feed_forward(self.attention_residual(x, a)), state)
     }
 }
 
@@ -125,14 +147,18 @@ pub struct Trunk {
     pub wte: Embedding,
     /// Learned position embedding `[block_size, d]`.
     pub wpe: Option<Embedding>,
+    /// Token-type embedding `[types, d]` (BERT; every token is type 0).
+    pub wtt: Option<Embedding>,
+    /// LayerNorm on the summed embeddings (BERT).
+    pub ln_emb: Option<LayerNorm>,
     /// Rotary position encoding (constants; not saved).
     pub rope: Option<RotaryEncoding>,
     /// Embedding dropout.
     pub drop: Dropout,
     /// The blocks.
     pub blocks: Vec<Block>,
-    /// Final LayerNorm.
-    pub ln_f: LayerNorm,
+    /// Final LayerNorm (pre-LN models; post-LN blocks end normalised).
+    pub ln_f: Option<LayerNorm>,
 }
 
 impl Trunk {
@@ -144,12 +170,14 @@ impl Trunk {
         Trunk {
             wte: embedding(vocab),
             wpe: (config.positions == Positions::Learned).then(|| embedding(config.block_size)),
+            wtt: (config.type_vocab_size > 0).then(|| embedding(config.type_vocab_size)),
+            ln_emb: config.embedding_norm.then(|| layer_norm(config, device)),
             rope: (config.positions == Positions::Rotary).then(|| {
                 RotaryEncodingConfig::new(ROTARY_MAX_POSITIONS.max(config.block_size), config.head_dim()).init(device)
             }),
             drop: DropoutConfig::new(config.dropout).init(),
             blocks: (0..config.n_layer).map(|layer| Block::init(config, layer, device)).collect(),
-            ln_f: LayerNormConfig::new(d).with_bias(config.bias).init(device),
+            ln_f: (config.norm == NormPlacement::Pre).then(|| layer_norm(config, device)),
         }
     }
 
@@ -175,7 +203,24 @@ impl Trunk {
             }
             None => x,
         };
+        let x = match &self.wtt {
+            // Type 0 for every token: its embedding row, broadcast. [1,d] -> [1,1,d]
+            Some(wtt) => x + wtt.weight.val().narrow(0, 0, 1).unsqueeze_dim::<3>(0),
+            None => x,
+        };
+        let x = match &self.ln_emb {
+            Some(ln) => ln.forward(x),
+            None => x,
+        };
         self.drop.forward(x)
+    }
+
+    /// The final LayerNorm, where the model has one.
+    fn final_norm(&self, x: Tensor<3>) -> Tensor<3> {
+        match &self.ln_f {
+            Some(ln) => ln.forward(x),
+            None => x,
+        }
     }
 
     /// `tokens` `[batch, seq]` → final hidden states `[batch, seq, d]`.
@@ -184,7 +229,7 @@ impl Trunk {
         for block in &self.blocks {
             x = block.forward(x, mask, self.rope.as_ref());
         }
-        self.ln_f.forward(x)
+        self.final_norm(x)
     }
 
     /// Per-block normaliser traces (softmax normaliser and astrocyte response of every head and
@@ -193,7 +238,7 @@ impl Trunk {
         let mut x = self.embed(tokens, 0);
         let mut traces = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            traces.push(block.attn.normalisers(block.ln_1.forward(x.clone()), mask, self.rope.as_ref()));
+            traces.push(block.attn.normalisers(block.attention_input(x.clone()), mask, self.rope.as_ref()));
             x = block.forward(x, mask, self.rope.as_ref());
         }
         traces
@@ -205,7 +250,7 @@ impl Trunk {
         let mut x = self.embed(tokens, 0);
         let mut out = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            out.push(block.attn.queries_keys(block.ln_1.forward(x.clone()), self.rope.as_ref()));
+            out.push(block.attn.queries_keys(block.attention_input(x.clone()), self.rope.as_ref()));
             x = block.forward(x, mask, self.rope.as_ref());
         }
         out
@@ -227,6 +272,6 @@ impl Trunk {
             x = y;
             next.push(s);
         }
-        (self.ln_f.forward(x), next)
+        (self.final_norm(x), next)
     }
 }

@@ -52,6 +52,29 @@ pub struct TransformerConfig {
     /// The attention variant and its settings.
     #[serde(default)]
     pub attention: AttentionConfig,
+    /// Where the LayerNorms sit: `pre` (GPT-2, nanoGPT) or `post` (BERT).
+    #[serde(default)]
+    pub norm: NormPlacement,
+    /// Token-type (segment) embeddings, BERT's; every token is type 0. 0 = none.
+    #[serde(default)]
+    pub type_vocab_size: usize,
+    /// A LayerNorm on the summed embeddings (BERT).
+    #[serde(default)]
+    pub embedding_norm: bool,
+    /// Epsilon of every LayerNorm (BERT checkpoints use 1e-12).
+    #[serde(default = "defaults::layer_norm_eps")]
+    pub layer_norm_eps: f64,
+}
+
+/// Where a block's LayerNorms sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormPlacement {
+    /// x + f(LN(x)) in every block, and a final LayerNorm (GPT-2, nanoGPT).
+    #[default]
+    Pre,
+    /// LN(x + f(x)) in every block, no final LayerNorm (the original Transformer, BERT).
+    Post,
 }
 
 mod defaults {
@@ -70,6 +93,9 @@ mod defaults {
     pub fn mlp_ratio() -> usize {
         4
     }
+    pub fn layer_norm_eps() -> f64 {
+        1e-5
+    }
 }
 
 impl Default for TransformerConfig {
@@ -85,6 +111,10 @@ impl Default for TransformerConfig {
             positions: Positions::default(),
             mlp_ratio: defaults::mlp_ratio(),
             attention: AttentionConfig::default(),
+            norm: NormPlacement::Pre,
+            type_vocab_size: 0,
+            embedding_norm: false,
+            layer_norm_eps: defaults::layer_norm_eps(),
         }
     }
 }
@@ -167,6 +197,9 @@ impl TransformerConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(ConfigError::invalid("model.dropout", self.dropout, "dropout must lie in [0, 1)"));
         }
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps < 1.0) {
+            return Err(ConfigError::invalid("model.layer_norm_eps", self.layer_norm_eps, "must lie in (0, 1)"));
+        }
         self.attention.validate()
     }
 
@@ -180,7 +213,7 @@ impl TransformerConfig {
             self.block_size,
             self.vocab_size.map_or("unset".to_string(), |v| v.to_string()),
             self.attention.describe()
-        )
+        ) + if self.norm == NormPlacement::Post { ", post-LN" } else { "" }
     }
 }
 

@@ -100,7 +100,7 @@ pub(crate) fn load_safetensors<M: Module>(mut module: M, path: &Path) -> Result<
     let mut store = SafetensorsStore::from_file(path)
         .with_from_adapter(PyTorchToBurnAdapter)
         .skip_enum_variants(true)
-        .with_key_remapping(r"^((wte|wpe|blocks|ln_f)\.)", "trunk.$1")
+        .with_key_remapping(r"^((wte|wpe|wtt|ln_emb|blocks|ln_f)\.)", "trunk.$1")
         .validate(true)
         .allow_partial(false);
     let result = module.load_from(&mut store).map_err(|e| io("read", path, e))?;

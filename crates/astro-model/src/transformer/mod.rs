@@ -10,7 +10,7 @@ pub mod lm;
 mod weights;
 
 pub use block::{Block, Mlp, Trunk};
-pub use config::{ClassifierConfig, Pooling, Positions, TransformerConfig};
+pub use config::{ClassifierConfig, NormPlacement, Pooling, Positions, TransformerConfig};
 pub use encoder::EncoderClassifier;
 pub use export::{ExportConfig, is_export};
 pub use generate::{SamplingConfig, generate};
