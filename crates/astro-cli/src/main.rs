@@ -1,6 +1,7 @@
 //! `astro`: train, evaluate and inspect astrocytic-attention Transformers.
 
 mod ablate;
+mod embed;
 mod eval;
 mod export;
 mod fidelity;
@@ -32,6 +33,8 @@ enum Command {
     Generate(eval::GenerateArgs),
     /// Write a run's model as model.safetensors (PyTorch layout) + config.json + tokenizer.json.
     Export(export::ExportArgs),
+    /// Sentence embeddings from a Hugging Face BERT checkpoint (optionally with astro attention swapped in).
+    Embed(embed::EmbedArgs),
     /// Train a grid of runs over config keys, then tabulate and plot them (resumable).
     Ablate(ablate::AblateArgs),
     /// Swap a softmax-trained model's attention for astrocytic attention (same weights) and report fidelity against m.
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run_eval(args, cli.device.as_deref()),
         Command::Generate(args) => eval::run_generate(args, cli.device.as_deref()),
         Command::Export(args) => export::run(args, cli.device.as_deref()),
+        Command::Embed(args) => embed::run(args, cli.device.as_deref()),
         Command::Ablate(args) => ablate::run(args, cli.device.as_deref()),
         Command::Fidelity(args) => fidelity::run(args, cli.device.as_deref()),
         Command::Info(args) => info::run(args, cli.device.as_deref()),

@@ -173,6 +173,18 @@ impl HfTokenizer {
         Self::from_json(&text).map_err(|reason| DataError::Tokenizer { path: path.into(), reason })
     }
 
+    /// Token ids of `text` with the tokenizer's special tokens added by its post-processor
+    /// (BERT's `[CLS] … [SEP]`), as encoders trained with them expect.
+    pub fn encode_with_special_tokens(&self, text: &str) -> Result<Vec<u32>, DataError> {
+        let encoding = self.inner.encode(text, true).map_err(|e| DataError::Tokenize(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The id of a token such as `[PAD]`, if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
     fn from_json(text: &str) -> Result<Self, String> {
         let inner: tokenizers::Tokenizer = text.parse().map_err(|e: tokenizers::Error| e.to_string())?;
         Self::from_tokenizer(inner).map_err(|e| e.to_string())

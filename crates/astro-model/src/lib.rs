@@ -17,4 +17,4 @@ pub mod transformer;
 
 pub use attention::{AttentionConfig, AttentionMask, InnerAttention};
 pub use error::{ConfigError, ModelError};
-pub use transformer::{EncoderClassifier, LanguageModel, TransformerConfig};
+pub use transformer::{EncoderClassifier, LanguageModel, SentenceEncoder, TransformerConfig};

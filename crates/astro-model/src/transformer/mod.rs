@@ -7,6 +7,7 @@ pub mod encoder;
 pub mod export;
 pub mod generate;
 pub mod lm;
+pub mod sentence;
 mod weights;
 
 pub use block::{Block, Mlp, Trunk};
@@ -15,4 +16,5 @@ pub use encoder::EncoderClassifier;
 pub use export::{ExportConfig, is_export};
 pub use generate::{SamplingConfig, generate};
 pub use lm::{DecodeState, LanguageModel};
+pub use sentence::{SentenceEncoder, bert_config};
 pub use weights::{SavedArchitecture, read_architecture};

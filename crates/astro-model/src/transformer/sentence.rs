@@ -1,0 +1,210 @@
+//! Sentence encoders: a bidirectional trunk with mean pooling (sentence-transformers' recipe), built
+//! from a Hugging Face BERT checkpoint directory (`config.json` + `model.safetensors`), with its own
+//! attention or with any astro variant in its place (the paper's weight transfer).
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use burn::tensor::{Bool, Device, Int, Tensor};
+
+use super::block::Trunk;
+use super::config::{NormPlacement, Positions, TransformerConfig};
+use crate::attention::{AttentionConfig, AttentionMask, NormaliserTrace, SoftmaxConfig};
+use crate::error::ModelError;
+
+/// A bidirectional Transformer encoder whose sentence embedding is the mean of its token states.
+#[derive(Module, Debug)]
+pub struct SentenceEncoder {
+    /// Embeddings and blocks.
+    pub trunk: Trunk,
+    #[module(skip)]
+    config: TransformerConfig,
+}
+
+/// Hugging Face names → astro module paths, applied in order (`bert.` prefixes of task models first).
+const BERT_NAMES: [(&str, &str); 13] = [
+    (r"^bert\.", ""),
+    (r"^embeddings\.word_embeddings\.", "trunk.wte."),
+    (r"^embeddings\.position_embeddings\.", "trunk.wpe."),
+    (r"^embeddings\.token_type_embeddings\.", "trunk.wtt."),
+    (r"^embeddings\.LayerNorm\.", "trunk.ln_emb."),
+    (r"^encoder\.layer\.(\d+)\.attention\.self\.query\.", "trunk.blocks.$1.attn.q_proj."),
+    (r"^encoder\.layer\.(\d+)\.attention\.self\.key\.", "trunk.blocks.$1.attn.k_proj."),
+    (r"^encoder\.layer\.(\d+)\.attention\.self\.value\.", "trunk.blocks.$1.attn.v_proj."),
+    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", "trunk.blocks.$1.attn.o_proj."),
+    (r"^encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", "trunk.blocks.$1.ln_1."),
+    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", "trunk.blocks.$1.mlp.fc."),
+    (r"^encoder\.layer\.(\d+)\.output\.dense\.", "trunk.blocks.$1.mlp.proj."),
+    (r"^encoder\.layer\.(\d+)\.output\.LayerNorm\.", "trunk.blocks.$1.ln_2."),
+];
+
+/// Checkpoint tensors a sentence encoder does not use (the pooler, task heads, buffers).
+fn unused_is_fine(name: &str) -> bool {
+    name.contains("pooler.") || name.ends_with("position_ids") || name.starts_with("cls.") || name.starts_with("classifier.")
+}
+
+fn bad(path: &Path, reason: impl ToString) -> ModelError {
+    ModelError::Io { action: "read", path: path.display().to_string(), reason: reason.to_string() }
+}
+
+/// The astro architecture of a Hugging Face BERT `config.json`: post-LN blocks, learned
+/// positions, token types, embedding LayerNorm, biases, exact GELU, softmax attention.
+/// Options astro does not implement are errors naming the key.
+pub fn bert_config(path: &Path) -> Result<TransformerConfig, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|e| bad(path, e))?;
+    let hf: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(path, format!("not JSON: {e}")))?;
+    let usize_key = |key: &str| -> Result<usize, ModelError> {
+        hf.get(key)
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize)
+            .ok_or_else(|| bad(path, format!("`{key}` is missing or not a non-negative integer")))
+    };
+    let unsupported = |key: &str, value: &serde_json::Value, why: &str| {
+        bad(path, format!("unsupported option `{key}` = {value}: {why}"))
+    };
+    if let Some(kind) = hf.get("model_type").and_then(|v| v.as_str())
+        && kind != "bert"
+    {
+        return Err(unsupported("model_type", &hf["model_type"], "only BERT checkpoints can be loaded"));
+    }
+    let checks: [(&str, &str, &str); 3] = [
+        ("hidden_act", "gelu", "astro's MLP uses the exact (erf) GELU"),
+        ("position_embedding_type", "absolute", "only learned absolute positions are implemented"),
+        ("is_decoder", "false", "a sentence encoder is bidirectional"),
+    ];
+    for (key, expected, why) in checks {
+        if let Some(value) = hf.get(key)
+            && value.to_string().trim_matches('"') != expected
+        {
+            return Err(unsupported(key, value, why));
+        }
+    }
+    let (d, heads, ff) = (usize_key("hidden_size")?, usize_key("num_attention_heads")?, usize_key("intermediate_size")?);
+    if d == 0 || ff % d != 0 {
+        return Err(unsupported(
+            "intermediate_size",
+            &hf["intermediate_size"],
+            &format!("astro's MLP width is a multiple of hidden_size = {d}"),
+        ));
+    }
+    let config = TransformerConfig {
+        vocab_size: Some(usize_key("vocab_size")?),
+        block_size: usize_key("max_position_embeddings")?,
+        n_layer: usize_key("num_hidden_layers")?,
+        n_head: heads,
+        n_embd: d,
+        dropout: 0.0,
+        bias: true,
+        positions: Positions::Learned,
+        mlp_ratio: ff / d,
+        attention: AttentionConfig::Softmax(SoftmaxConfig::default()),
+        norm: NormPlacement::Post,
+        type_vocab_size: usize_key("type_vocab_size").unwrap_or(0),
+        embedding_norm: true,
+        layer_norm_eps: hf.get("layer_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-12),
+    };
+    config.validate().map_err(|e| bad(path, e))?;
+    Ok(config)
+}
+
+impl SentenceEncoder {
+    /// A freshly initialised encoder; `config.vocab_size` must be set.
+    pub fn new(config: &TransformerConfig, device: &Device) -> Result<Self, ModelError> {
+        config.validate()?;
+        let vocab = config.vocab()?;
+        Ok(Self { trunk: Trunk::init(config, vocab, device), config: config.clone() })
+    }
+
+    /// Loads a Hugging Face BERT checkpoint directory (`config.json`, `model.safetensors`) with
+    /// `attention` in every layer (`None`: the checkpoint's softmax). Every tensor the encoder
+    /// needs must be present with its shape; a fresh Ω comes from the attention config's seed.
+    pub fn from_hf_bert(dir: &Path, attention: Option<AttentionConfig>, device: &Device) -> Result<Self, ModelError> {
+        let mut config = bert_config(&dir.join("config.json"))?;
+        if let Some(attention) = attention {
+            config.attention = attention;
+        }
+        let mut model = Self::new(&config, device)?;
+        let weights = dir.join("model.safetensors");
+        if !weights.is_file() {
+            return Err(bad(&weights, "no such file (a Hugging Face checkpoint directory holds model.safetensors)"));
+        }
+        let mut store = SafetensorsStore::from_file(&weights).with_from_adapter(PyTorchToBurnAdapter).allow_partial(true);
+        for (from, to) in BERT_NAMES {
+            store = store.with_key_remapping(from, to);
+        }
+        let result = model.load_from(&mut store).map_err(|e| bad(&weights, e))?;
+        let mut problems: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
+        problems.extend(
+            result
+                .missing
+                .iter()
+                .filter(|(name, _)| !name.contains(".inner."))
+                .map(|(name, _)| format!("tensor for `{name}` is missing")),
+        );
+        problems.extend(
+            result
+                .unused
+                .iter()
+                .filter(|n| !unused_is_fine(n))
+                .map(|n| format!("tensor `{n}` has no place in a BERT encoder")),
+        );
+        if !problems.is_empty() {
+            let more = problems.len().saturating_sub(3);
+            let mut reason = problems.into_iter().take(3).collect::<Vec<_>>().join("; ");
+            if more > 0 {
+                reason.push_str(&format!("; and {more} more"));
+            }
+            return Err(bad(&weights, reason));
+        }
+        Ok(model)
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &TransformerConfig {
+        &self.config
+    }
+
+    /// Token states `[batch, seq, d]` for `tokens` `[batch, seq]`; `padding` `[batch, seq]` marks
+    /// padding (ignored as keys).
+    pub fn forward(&self, tokens: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>) -> Tensor<3> {
+        self.trunk.forward(tokens, &mask(padding))
+    }
+
+    /// Sentence embeddings `[batch, d]`: the mean of the non-padding token states, scaled to unit
+    /// length (sentence-transformers' Pooling + Normalize modules).
+    pub fn embed(&self, tokens: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>) -> Tensor<2> {
+        let h = self.forward(tokens, padding.clone()); // [B,T,d]
+        let [b, t, _] = h.dims();
+        let keep = match padding {
+            Some(p) => p.bool_not().float().unsqueeze_dim::<3>(2), // [B,T,1]
+            None => Tensor::ones([b, t, 1], &h.device()),
+        };
+        let count = keep.clone().sum_dim(1).clamp_min(1e-9); // [B,1,1]
+        let mean = ((h * keep).sum_dim(1) / count).squeeze_dim::<2>(1); // [B,d]
+        let norm = mean.clone().square().sum_dim(1).sqrt().clamp_min(1e-12); // [B,1]
+        mean / norm
+    }
+
+    /// Each block's queries and keys `[batch, heads, seq, head_dim]` on this model's own forward pass.
+    pub fn attention_inputs(
+        &self,
+        tokens: Tensor<2, Int>,
+        padding: Option<Tensor<2, Bool>>,
+    ) -> Vec<(Tensor<4>, Tensor<4>)> {
+        self.trunk.attention_inputs(tokens, &mask(padding))
+    }
+
+    /// Per-block traces of the astrocyte response and softmax's normaliser for every head and query.
+    pub fn normalisers(&self, tokens: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>) -> Vec<NormaliserTrace> {
+        self.trunk.normalisers(tokens, &mask(padding))
+    }
+}
+
+fn mask(padding: Option<Tensor<2, Bool>>) -> AttentionMask {
+    let mask = AttentionMask::bidirectional();
+    match padding {
+        Some(p) => mask.with_padding(p),
+        None => mask,
+    }
+}
