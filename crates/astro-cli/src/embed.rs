@@ -47,7 +47,8 @@ impl Bert {
         let encoder = SentenceEncoder::from_hf_bert(dir, attention, device)?;
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = HfTokenizer::from_file(&tok_path)
-            .with_context(|| format!("{} holds no usable tokenizer.json", dir.display()))?;
+            .with_context(|| format!("{} holds no usable tokenizer.json", dir.display()))?
+            .without_padding_and_truncation();
         let st_config = dir.join("sentence_bert_config.json");
         let max_tokens = std::fs::read_to_string(&st_config)
             .ok()
@@ -126,6 +127,7 @@ pub fn run(args: EmbedArgs, device: Option<&str>) -> anyhow::Result<()> {
             "model": args.model.display().to_string(),
             "attention": bert.encoder.config().attention.describe(),
             "texts": texts,
+            "tokens": texts.iter().map(|t| bert.tokenizer.encode_with_special_tokens(t)).collect::<Result<Vec<_>, _>>()?,
             "embeddings": embeddings,
         });
         println!("{out}");

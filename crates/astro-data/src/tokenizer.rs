@@ -180,6 +180,15 @@ impl HfTokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// The tokenizer without the padding and truncation its `tokenizer.json` may configure
+    /// (BERT checkpoints pad every input to a fixed length), so that callers batch and truncate.
+    pub fn without_padding_and_truncation(mut self) -> Self {
+        self.inner.with_padding(None);
+        // Removing truncation cannot fail (only setting a too-short one can).
+        let _ = self.inner.with_truncation(None);
+        self
+    }
+
     /// The id of a token such as `[PAD]`, if the vocabulary has it.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
