@@ -6,6 +6,7 @@ mod eval;
 mod export;
 mod fidelity;
 mod info;
+mod replicate;
 mod train;
 
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ enum Command {
     Ablate(ablate::AblateArgs),
     /// Swap a softmax-trained model's attention for astrocytic attention (same weights) and report fidelity against m.
     Fidelity(fidelity::FidelityArgs),
+    /// The paper's experiment on a pretrained BERT encoder: astrocyte response against softmax's normaliser, with numbers.
+    Replicate(replicate::ReplicateArgs),
     /// Print a model's parameters per module, the total, and its decoding-state size.
     Info(info::InfoArgs),
 }
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Embed(args) => embed::run(args, cli.device.as_deref()),
         Command::Ablate(args) => ablate::run(args, cli.device.as_deref()),
         Command::Fidelity(args) => fidelity::run(args, cli.device.as_deref()),
+        Command::Replicate(args) => replicate::run(args, cli.device.as_deref()),
         Command::Info(args) => info::run(args, cli.device.as_deref()),
     };
     match result {

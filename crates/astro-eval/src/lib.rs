@@ -4,10 +4,12 @@
 //! the attention-fidelity report ([`fidelity`]) and their plots ([`plot`]).
 
 pub mod ablate;
+pub mod bert;
 pub mod error;
 pub mod evaluate;
 pub mod fidelity;
 pub mod plot;
+pub mod replicate;
 pub mod run;
 
 pub use error::EvalError;

@@ -41,7 +41,10 @@ const BERT_NAMES: [(&str, &str); 13] = [
 
 /// Checkpoint tensors a sentence encoder does not use (the pooler, task heads, buffers).
 fn unused_is_fine(name: &str) -> bool {
-    name.contains("pooler.") || name.ends_with("position_ids") || name.starts_with("cls.") || name.starts_with("classifier.")
+    name.contains("pooler.")
+        || name.ends_with("position_ids")
+        || name.starts_with("cls.")
+        || name.starts_with("classifier.")
 }
 
 fn bad(path: &Path, reason: impl ToString) -> ModelError {
@@ -80,7 +83,8 @@ pub fn bert_config(path: &Path) -> Result<TransformerConfig, ModelError> {
             return Err(unsupported(key, value, why));
         }
     }
-    let (d, heads, ff) = (usize_key("hidden_size")?, usize_key("num_attention_heads")?, usize_key("intermediate_size")?);
+    let (d, heads, ff) =
+        (usize_key("hidden_size")?, usize_key("num_attention_heads")?, usize_key("intermediate_size")?);
     if d == 0 || ff % d != 0 {
         return Err(unsupported(
             "intermediate_size",
@@ -129,7 +133,8 @@ impl SentenceEncoder {
         if !weights.is_file() {
             return Err(bad(&weights, "no such file (a Hugging Face checkpoint directory holds model.safetensors)"));
         }
-        let mut store = SafetensorsStore::from_file(&weights).with_from_adapter(PyTorchToBurnAdapter).allow_partial(true);
+        let mut store =
+            SafetensorsStore::from_file(&weights).with_from_adapter(PyTorchToBurnAdapter).allow_partial(true);
         for (from, to) in BERT_NAMES {
             store = store.with_key_remapping(from, to);
         }

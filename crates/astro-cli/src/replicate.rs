@@ -1,0 +1,102 @@
+//! `astro replicate`: the paper's figure on a pretrained BERT encoder, with numbers.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use astro_eval::replicate::ReplicateOptions;
+use astro_model::attention::FeatureMap;
+
+/// The README's opening paragraph (the default text).
+fn readme_paragraph() -> String {
+    let readme = include_str!("../../../README.md");
+    readme
+        .split("\n\n")
+        .find(|p| p.starts_with("**astro** implements"))
+        .unwrap_or("Astrocytes wrap synapses and listen to both neurons.")
+        .replace(['\n', '*'], " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Arguments of `astro replicate`.
+#[derive(clap::Args, Debug)]
+pub struct ReplicateArgs {
+    /// Hugging Face BERT checkpoint directory: config.json, model.safetensors, tokenizer.json.
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// The text (default: the README's opening paragraph).
+    #[arg(long, conflicts_with = "file")]
+    text: Option<String>,
+    /// Read the text from a file.
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Numbers of hidden neurons m.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    features: Vec<usize>,
+    /// Hidden-neuron map (positive, cosine, truncated, positive_cosine, linear, elu).
+    #[arg(long, default_value = "positive")]
+    feature_map: String,
+    /// Seed of Ω.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Layer and head of the figure, 0-based (`1,5`: the head the paper showed).
+    #[arg(long, value_delimiter = ',', default_value = "1,5")]
+    head: Vec<usize>,
+    /// Output directory.
+    #[arg(long, default_value = "reports/replicate")]
+    out: PathBuf,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: ReplicateArgs, device: Option<&str>) -> anyhow::Result<()> {
+    let feature_map: FeatureMap =
+        serde_json::from_value(serde_json::Value::String(args.feature_map.clone())).map_err(|_| {
+            anyhow::anyhow!(
+                "unknown --feature-map `{}`; expected positive, cosine, truncated, positive_cosine, linear or elu",
+                args.feature_map
+            )
+        })?;
+    if args.head.len() != 2 {
+        bail!("--head takes `layer,head`, e.g. 1,5");
+    }
+    let text = match (&args.text, &args.file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
+        (None, None) => readme_paragraph(),
+    };
+    let device = crate::device(device)?;
+    let options = ReplicateOptions {
+        text,
+        features: args.features.clone(),
+        feature_map,
+        seed: args.seed,
+        head: (args.head[0], args.head[1]),
+    };
+    let report = astro_eval::replicate::run(&args.model, &options, &args.out, &device)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!("{} tokens; Pearson r / median relative error of a_t against Z_t, mean over heads:", report.tokens);
+    for s in report.summary.iter().filter(|s| s.layer.is_none()) {
+        println!("  m = {:>7}: {:.4} / {:.4}", s.m, s.mean_pearson, s.mean_median_rel_err);
+    }
+    let (l, h) = options.head;
+    for s in report.heads.iter().filter(|s| (s.layer, s.head) == (l, h)) {
+        println!("  layer {l}, head {h}, m = {:>7}: {:.4} / {:.4}", s.m, s.pearson, s.median_rel_err);
+    }
+    println!("  log–log slope of the error against m: {:.3}", report.error_slope);
+    for (m, c) in &report.embedding_cosine {
+        println!(
+            "  every layer swapped, m = {m:>7}: sentence-embedding cosine {:.4} (mean)",
+            c.iter().sum::<f64>() / c.len().max(1) as f64
+        );
+    }
+    for f in &report.files {
+        println!("  wrote {}", f.display());
+    }
+    Ok(())
+}
