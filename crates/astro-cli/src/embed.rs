@@ -55,11 +55,15 @@ pub fn run(args: EmbedArgs, device: Option<&str>) -> anyhow::Result<()> {
     let bert = Bert::load(&args.model, attention, &device)?;
     let embeddings = bert.embed(&texts, &device)?;
     if args.json {
+        let mut tokens = Vec::with_capacity(texts.len());
+        for text in &texts {
+            tokens.push(bert.tokens(text)?);
+        }
         let out = serde_json::json!({
             "model": args.model.display().to_string(),
             "attention": bert.encoder.config().attention.describe(),
             "texts": texts,
-            "tokens": texts.iter().map(|t| bert.tokens(t)).collect::<Result<Vec<_>, _>>()?,
+            "tokens": tokens,
             "embeddings": embeddings,
         });
         println!("{out}");
