@@ -151,20 +151,32 @@ pub fn is_export(dir: &Path) -> bool {
 }
 
 /// Compares the tensors of the file at `path` with those `module` expects, by export name and
-/// shape, so that a mismatch is reported in the file's own names: up to three problems, then a count.
+/// shape, so that a mismatch is reported in the file's own names.
 fn check_tensors<M: Module>(module: &M, path: &Path) -> Result<(), ModelError> {
-    let bytes = std::fs::read(path).map_err(|e| io("read", path, e))?;
-    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| io("read", path, format!("not a valid safetensors file: {e}")))?;
-    let found: BTreeMap<String, Vec<usize>> =
-        metadata.tensors().into_iter().map(|(name, info)| (name, info.shape.clone())).collect();
     let expected: BTreeMap<String, Vec<usize>> = module
         .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
         .into_iter()
         .map(|t| (t.name.strip_prefix("trunk.").unwrap_or(&t.name).to_string(), t.shape.iter().copied().collect()))
         .collect();
+    compare_tensors(path, &expected, |_| false, "do model.safetensors and config.json come from the same export?")
+}
+
+/// Compares the tensor names and shapes in the safetensors file at `path` with `expected`
+/// (names in the file's convention); `ignorable` file tensors may be extra. The error lists up to
+/// three problems, then a count, then `hint`.
+pub(crate) fn compare_tensors(
+    path: &Path,
+    expected: &BTreeMap<String, Vec<usize>>,
+    ignorable: impl Fn(&str) -> bool,
+    hint: &str,
+) -> Result<(), ModelError> {
+    let bytes = std::fs::read(path).map_err(|e| io("read", path, e))?;
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| io("read", path, format!("not a valid safetensors file: {e}")))?;
+    let found: BTreeMap<String, Vec<usize>> =
+        metadata.tensors().into_iter().map(|(name, info)| (name, info.shape.clone())).collect();
     let mut problems = Vec::new();
-    for (name, shape) in &expected {
+    for (name, shape) in expected {
         match found.get(name) {
             None => problems.push(format!("tensor `{name}` {shape:?} is missing")),
             Some(f) if f != shape => {
@@ -174,7 +186,10 @@ fn check_tensors<M: Module>(module: &M, path: &Path) -> Result<(), ModelError> {
         }
     }
     problems.extend(
-        found.keys().filter(|k| !expected.contains_key(*k)).map(|k| format!("tensor `{k}` is not part of this model")),
+        found
+            .keys()
+            .filter(|k| !expected.contains_key(*k) && !ignorable(k))
+            .map(|k| format!("tensor `{k}` is not part of this model")),
     );
     if problems.is_empty() {
         return Ok(());
@@ -184,7 +199,7 @@ fn check_tensors<M: Module>(module: &M, path: &Path) -> Result<(), ModelError> {
     if more > 0 {
         reason.push_str(&format!("; and {more} more"));
     }
-    reason.push_str(" (do model.safetensors and config.json come from the same export?)");
+    reason.push_str(&format!(" ({hint})"));
     Err(io("read", path, reason))
 }
 

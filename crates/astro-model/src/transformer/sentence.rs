@@ -2,6 +2,7 @@
 //! from a Hugging Face BERT checkpoint directory (`config.json` + `model.safetensors`), with its own
 //! attention or with any astro variant in its place (the paper's weight transfer).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::Module;
@@ -112,6 +113,40 @@ pub fn bert_config(path: &Path) -> Result<TransformerConfig, ModelError> {
     Ok(config)
 }
 
+/// The tensors of a BERT checkpoint for `config`, in Hugging Face names, with their shapes.
+fn bert_tensors(config: &TransformerConfig) -> BTreeMap<String, Vec<usize>> {
+    let (d, ff, vocab) = (config.n_embd, config.mlp_ratio * config.n_embd, config.vocab_size.unwrap_or(0));
+    let mut t = BTreeMap::new();
+    t.insert("embeddings.word_embeddings.weight".to_string(), vec![vocab, d]);
+    t.insert("embeddings.position_embeddings.weight".into(), vec![config.block_size, d]);
+    if config.type_vocab_size > 0 {
+        t.insert("embeddings.token_type_embeddings.weight".into(), vec![config.type_vocab_size, d]);
+    }
+    for p in ["weight", "bias"] {
+        t.insert(format!("embeddings.LayerNorm.{p}"), vec![d]);
+    }
+    for l in 0..config.n_layer {
+        let layer = |name: &str| format!("encoder.layer.{l}.{name}");
+        for (name, out, inp) in [
+            ("attention.self.query", d, d),
+            ("attention.self.key", d, d),
+            ("attention.self.value", d, d),
+            ("attention.output.dense", d, d),
+            ("intermediate.dense", ff, d),
+            ("output.dense", d, ff),
+        ] {
+            t.insert(layer(&format!("{name}.weight")), vec![out, inp]);
+            t.insert(layer(&format!("{name}.bias")), vec![out]);
+        }
+        for norm in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            for p in ["weight", "bias"] {
+                t.insert(layer(&format!("{norm}.{p}")), vec![d]);
+            }
+        }
+    }
+    t
+}
+
 impl SentenceEncoder {
     /// A freshly initialised encoder; `config.vocab_size` must be set.
     pub fn new(config: &TransformerConfig, device: &Device) -> Result<Self, ModelError> {
@@ -133,6 +168,14 @@ impl SentenceEncoder {
         if !weights.is_file() {
             return Err(bad(&weights, "no such file (a Hugging Face checkpoint directory holds model.safetensors)"));
         }
+        // Task models (BertForSequenceClassification, …) prefix the encoder's names with `bert.`.
+        let prefixed = std::fs::read(&weights)
+            .ok()
+            .and_then(|b| safetensors::SafeTensors::read_metadata(&b).ok().map(|(_, m)| m))
+            .is_some_and(|m| m.info("bert.embeddings.word_embeddings.weight").is_some());
+        let prefix = if prefixed { "bert." } else { "" };
+        let expected = bert_tensors(&config).into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)).collect();
+        super::export::compare_tensors(&weights, &expected, unused_is_fine, "is config.json the checkpoint's own?")?;
         let mut store =
             SafetensorsStore::from_file(&weights).with_from_adapter(PyTorchToBurnAdapter).allow_partial(true);
         for (from, to) in BERT_NAMES {
