@@ -251,6 +251,9 @@ fn bad_checkpoints_name_the_option_file_or_tensor() {
     checkpoint(&dir);
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
     run(&dir).stderr(predicate::str::contains("model.safetensors"));
+    // Weights in a format astro does not read.
+    std::fs::write(dir.join("pytorch_model.bin"), b"pickle").unwrap();
+    run(&dir).stderr(predicate::str::contains("pytorch_model.bin").and(predicate::str::contains("safetensors")));
     // A tensor of the wrong shape, and one that is missing.
     let dir = root.join("bad-shape");
     checkpoint(&dir);

@@ -166,7 +166,19 @@ impl SentenceEncoder {
         let mut model = Self::new(&config, device)?;
         let weights = dir.join("model.safetensors");
         if !weights.is_file() {
-            return Err(bad(&weights, "no such file (a Hugging Face checkpoint directory holds model.safetensors)"));
+            let other = ["pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "model.onnx"]
+                .into_iter()
+                .find(|f| dir.join(f).is_file());
+            return Err(bad(
+                &weights,
+                match other {
+                    Some(f) => format!(
+                        "no such file; the checkpoint has {f}, a format astro does not read — save it as safetensors \
+                         (transformers: `model.save_pretrained(dir, safe_serialization=True)`)"
+                    ),
+                    None => "no such file (a Hugging Face checkpoint directory holds model.safetensors)".into(),
+                },
+            ));
         }
         // Task models (BertForSequenceClassification, …) prefix the encoder's names with `bert.`.
         let prefixed = std::fs::read(&weights)
