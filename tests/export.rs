@@ -10,6 +10,11 @@ use common::{astro, base_config, train, write_corpus};
 use predicates::prelude::*;
 use serde_json::Value;
 
+/// `astro export --run RUN --out OUT [extra…]` in `root`.
+fn export_run(root: &Path, run: &Path, out: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+    astro(root).args(["export", "--run"]).arg(run).arg("--out").arg(out).args(extra).assert()
+}
+
 fn eval_json(root: &Path, flag: &str, dir: &Path) -> Value {
     let out = astro(root).args(["eval", "--json", flag]).arg(dir).assert().success().get_output().stdout.clone();
     serde_json::from_slice(&out).unwrap()
@@ -39,14 +44,7 @@ fn an_export_evaluates_and_generates_like_its_run() {
     ] {
         let run = train(root, attention, name);
         let export = root.join(format!("export-{name}"));
-        astro(root)
-            .args(["export", "--run"])
-            .arg(&run)
-            .arg("--out")
-            .arg(&export)
-            .assert()
-            .success()
-            .stdout(predicate::str::contains("model.safetensors"));
+        export_run(root, &run, &export, &[]).success().stdout(predicate::str::contains("model.safetensors"));
         for f in ["model.safetensors", "config.json", "reference.safetensors", "tokenizer.json", "run.toml"] {
             assert!(export.join(f).is_file(), "{name}: {f} missing");
         }
@@ -64,7 +62,7 @@ fn training_can_start_from_an_export() {
     write_corpus(&root.join("corpus.txt"));
     let run = train(root, r#"{ kind = "softmax" }"#, "base");
     let export = root.join("export");
-    astro(root).args(["export", "--run"]).arg(&run).arg("--out").arg(&export).assert().success();
+    export_run(root, &run, &export, &[]).success();
     let exported_loss = eval_json(root, "--model", &export)["loss"].as_f64().unwrap();
     // A fresh run of another architecture in its config takes the export's; one step at a
     // negligible learning rate leaves the weights as exported, so the model evaluates as the export.
@@ -121,33 +119,18 @@ fn export_refuses_to_overwrite_and_bad_exports_are_named() {
     let taken = root.join("taken");
     std::fs::create_dir_all(&taken).unwrap();
     std::fs::write(taken.join("notes.txt"), "mine").unwrap();
-    astro(root)
-        .args(["export", "--run"])
-        .arg(&run)
-        .arg("--out")
-        .arg(&taken)
-        .assert()
-        .failure()
-        .stderr(predicate::str::contains("already holds files"));
+    export_run(root, &run, &taken, &[]).failure().stderr(predicate::str::contains("already holds files"));
     assert_eq!(std::fs::read_dir(&taken).unwrap().count(), 1);
     // An earlier export is replaced only with --force.
-    let export = root.join("export");
-    let export_cmd = |force: bool| {
-        let mut cmd = astro(root);
-        cmd.args(["export", "--run"]).arg(&run).arg("--out").arg(&export);
-        if force {
-            cmd.arg("--force");
-        }
-        cmd.assert()
-    };
-    export_cmd(false).success();
-    export_cmd(false).failure().stderr(predicate::str::contains("--force"));
-    export_cmd(true).success();
+    let out = root.join("export");
+    export_run(root, &run, &out, &[]).success();
+    export_run(root, &run, &out, &[]).failure().stderr(predicate::str::contains("--force"));
+    export_run(root, &run, &out, &["--force"]).success();
     // Missing weights: the file is named.
-    std::fs::remove_file(export.join("model.safetensors")).unwrap();
+    std::fs::remove_file(out.join("model.safetensors")).unwrap();
     astro(root)
         .args(["eval", "--model"])
-        .arg(&export)
+        .arg(&out)
         .assert()
         .failure()
         .stderr(predicate::str::contains("model.safetensors"));

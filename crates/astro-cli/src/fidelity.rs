@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use astro_eval::fidelity::FidelityOptions;
 use astro_eval::{Run, Weights};
-use astro_model::attention::FeatureMap;
 
 /// Arguments of `astro fidelity`.
 #[derive(clap::Args, Debug)]
@@ -42,13 +41,7 @@ pub struct FidelityArgs {
 }
 
 pub fn run(args: FidelityArgs, device: Option<&str>) -> anyhow::Result<()> {
-    let feature_map: FeatureMap =
-        serde_json::from_value(serde_json::Value::String(args.feature_map.clone())).map_err(|_| {
-            anyhow::anyhow!(
-                "unknown --feature-map `{}`; expected positive, cosine, truncated, positive_cosine, linear or elu",
-                args.feature_map
-            )
-        })?;
+    let feature_map = crate::feature_map(&args.feature_map)?;
     if args.head.len() != 2 {
         anyhow::bail!("--head takes `layer,head`, e.g. 0,1");
     }

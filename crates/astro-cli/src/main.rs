@@ -84,3 +84,12 @@ pub(crate) fn device(name: Option<&str>) -> anyhow::Result<burn::tensor::Device>
     };
     Ok(kind.device()?)
 }
+
+/// `--feature-map` text → the map, or an error listing the choices.
+pub(crate) fn feature_map(name: &str) -> anyhow::Result<astro_model::attention::FeatureMap> {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).map_err(|_| {
+        anyhow::anyhow!(
+            "unknown --feature-map `{name}`; expected positive, cosine, truncated, positive_cosine, linear or elu"
+        )
+    })
+}

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use astro_eval::replicate::ReplicateOptions;
-use astro_model::attention::FeatureMap;
 
 /// The README's opening paragraph (the default text).
 fn readme_paragraph() -> String {
@@ -52,13 +51,7 @@ pub struct ReplicateArgs {
 }
 
 pub fn run(args: ReplicateArgs, device: Option<&str>) -> anyhow::Result<()> {
-    let feature_map: FeatureMap =
-        serde_json::from_value(serde_json::Value::String(args.feature_map.clone())).map_err(|_| {
-            anyhow::anyhow!(
-                "unknown --feature-map `{}`; expected positive, cosine, truncated, positive_cosine, linear or elu",
-                args.feature_map
-            )
-        })?;
+    let feature_map = crate::feature_map(&args.feature_map)?;
     if args.head.len() != 2 {
         bail!("--head takes `layer,head`, e.g. 1,5");
     }

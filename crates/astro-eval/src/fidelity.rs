@@ -119,6 +119,22 @@ pub fn loglog_slope(points: &[(f64, f64)]) -> f64 {
     cov / var
 }
 
+/// Writes `out/error_vs_m.{png,svg}`: median relative error against m, one line per series (log–log).
+pub(crate) fn save_error_chart(title: &str, series: Vec<Series>, out: &Path) -> Result<(PathBuf, PathBuf), EvalError> {
+    plot::save(
+        &Chart {
+            title: title.into(),
+            x_label: "hidden neurons m".into(),
+            y_label: "median |a − Z| / Z".into(),
+            log_x: true,
+            log_y: true,
+            series,
+            references: vec![],
+        },
+        &out.join("error_vs_m"),
+    )
+}
+
 fn host(x: Tensor<3>) -> Vec<f64> {
     x.into_data().try_into_vec_as::<f64>().unwrap_or_default()
 }
@@ -311,18 +327,7 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
             errors: None,
         })
         .collect();
-    let (png, svg) = plot::save(
-        &Chart {
-            title: "median relative error of the astrocyte response".into(),
-            x_label: "hidden neurons m".into(),
-            y_label: "median |a − Z| / Z".into(),
-            log_x: true,
-            log_y: true,
-            series: error_series,
-            references: vec![],
-        },
-        &out.join("error_vs_m"),
-    )?;
+    let (png, svg) = save_error_chart("median relative error of the astrocyte response", error_series, out)?;
     files.extend([png, svg]);
     let (png, svg) = plot::save(
         &Chart {

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::bert::Bert;
 use crate::error::EvalError;
-use crate::fidelity::{HeadStat, loglog_slope, median, pearson};
+use crate::fidelity::{HeadStat, loglog_slope, median, pearson, save_error_chart};
 use crate::plot::{self, Chart, Series};
 
 /// Settings of a replication.
@@ -307,18 +307,8 @@ fn write_outputs(
             errors: None,
         })
         .collect();
-    let (png, svg) = plot::save(
-        &Chart {
-            title: "median relative error of the astrocyte response (mean over heads)".into(),
-            x_label: "hidden neurons m".into(),
-            y_label: "median |a − Z| / Z".into(),
-            log_x: true,
-            log_y: true,
-            series: error_series,
-            references: vec![],
-        },
-        &out.join("error_vs_m"),
-    )?;
+    let (png, svg) =
+        save_error_chart("median relative error of the astrocyte response (mean over heads)", error_series, out)?;
     files.extend([png, svg]);
     let (png, svg) = plot::save(
         &Chart {
