@@ -161,6 +161,37 @@ fn check_tensors<M: Module>(module: &M, path: &Path) -> Result<(), ModelError> {
     compare_tensors(path, &expected, |_| false, "do model.safetensors and config.json come from the same export?")
 }
 
+/// Tensor names and shapes of the safetensors file at `path`, from its header alone (the tensor
+/// data is not read: the checks before loading a large checkpoint stay cheap).
+pub(crate) fn safetensors_shapes(path: &Path) -> Result<BTreeMap<String, Vec<usize>>, ModelError> {
+    use std::io::Read;
+    let invalid = |reason: String| io("read", path, format!("not a valid safetensors file: {reason}"));
+    let mut file = std::fs::File::open(path).map_err(|e| io("read", path, e))?;
+    let size = file.metadata().map_err(|e| io("read", path, e))?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| invalid(e.to_string()))?;
+    let n = u64::from_le_bytes(len);
+    // The format caps headers at 100 MB.
+    if n > 100_000_000 || n + 8 > size {
+        return Err(invalid(format!("its header claims {n} bytes in a file of {size}")));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(|e| invalid(e.to_string()))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| invalid(e.to_string()))?;
+    header
+        .into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .map(|(name, entry)| {
+            let shape = entry["shape"]
+                .as_array()
+                .and_then(|dims| dims.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
+                .ok_or_else(|| invalid(format!("tensor `{name}` has no shape")))?;
+            Ok((name, shape))
+        })
+        .collect()
+}
+
 /// Compares the tensor names and shapes in the safetensors file at `path` with `expected`
 /// (names in the file's convention); `ignorable` file tensors may be extra. The error lists up to
 /// three problems, then a count, then `hint`.
@@ -170,11 +201,7 @@ pub(crate) fn compare_tensors(
     ignorable: impl Fn(&str) -> bool,
     hint: &str,
 ) -> Result<(), ModelError> {
-    let bytes = std::fs::read(path).map_err(|e| io("read", path, e))?;
-    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| io("read", path, format!("not a valid safetensors file: {e}")))?;
-    let found: BTreeMap<String, Vec<usize>> =
-        metadata.tensors().into_iter().map(|(name, info)| (name, info.shape.clone())).collect();
+    let found = safetensors_shapes(path)?;
     let mut problems = Vec::new();
     for (name, shape) in expected {
         match found.get(name) {

@@ -181,11 +181,8 @@ impl SentenceEncoder {
             ));
         }
         // Task models (BertForSequenceClassification, …) prefix the encoder's names with `bert.`.
-        let prefixed = std::fs::read(&weights)
-            .ok()
-            .and_then(|b| safetensors::SafeTensors::read_metadata(&b).ok().map(|(_, m)| m))
-            .is_some_and(|m| m.info("bert.embeddings.word_embeddings.weight").is_some());
-        let prefix = if prefixed { "bert." } else { "" };
+        let found = super::export::safetensors_shapes(&weights)?;
+        let prefix = if found.contains_key("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
         let expected = bert_tensors(&config).into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)).collect();
         super::export::compare_tensors(&weights, &expected, unused_is_fine, "is config.json the checkpoint's own?")?;
         let mut store =
