@@ -122,22 +122,16 @@ pub fn run_generate(args: GenerateArgs, device: Option<&str>) -> anyhow::Result<
         seed: args.seed,
     };
     let mut out = std::io::stdout();
-    let mut ids = prompt.clone();
-    let mut shown = tokenizer.decode(&ids)?;
-    write!(out, "{shown}")?;
+    let mut stream = astro_data::DecodeStream::new(tokenizer.as_ref(), &prompt)?;
+    write!(out, "{}", stream.text())?;
     out.flush()?;
     let started = Instant::now();
     let mut first_token_at = None;
     generate(&lm, &prompt, args.tokens, &sampling, |t| {
         first_token_at.get_or_insert_with(|| started.elapsed());
-        ids.push(t);
-        if let Ok(text) = tokenizer.decode(&ids)
-            && text.len() >= shown.len()
-            && text.starts_with(&shown)
-        {
-            let _ = write!(out, "{}", &text[shown.len()..]);
+        if let Some(new) = stream.push(t) {
+            let _ = write!(out, "{new}");
             let _ = out.flush();
-            shown = text;
         }
     })?;
     writeln!(out)?;

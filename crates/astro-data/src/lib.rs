@@ -19,5 +19,5 @@ pub mod tokens;
 pub use corpus::{Corpus, CorpusSpec};
 pub use error::DataError;
 pub use sampler::{Batch, BatchSampler, Sampling};
-pub use tokenizer::{Tokenizer, TokenizerSpec, build_tokenizer, load_tokenizer};
+pub use tokenizer::{DecodeStream, Tokenizer, TokenizerSpec, build_tokenizer, load_tokenizer};
 pub use tokens::{TokenFile, split, tokenize_cached};

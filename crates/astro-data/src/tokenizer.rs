@@ -237,6 +237,45 @@ impl Tokenizer for HfTokenizer {
     }
 }
 
+/// Incremental detokenisation for streaming generation: the text each new token adds. Byte-level
+/// tokens may split a character, so the whole sequence is decoded and only what is new (and
+/// complete) is returned.
+pub struct DecodeStream<'a> {
+    tokenizer: &'a dyn Tokenizer,
+    ids: Vec<u32>,
+    shown: String,
+}
+
+impl<'a> DecodeStream<'a> {
+    /// A stream that has shown `prompt`.
+    pub fn new(tokenizer: &'a dyn Tokenizer, prompt: &[u32]) -> Result<Self, DataError> {
+        Ok(Self { tokenizer, ids: prompt.to_vec(), shown: tokenizer.decode(prompt)? })
+    }
+
+    /// The text shown so far.
+    pub fn text(&self) -> &str {
+        &self.shown
+    }
+
+    /// Adds `id`; returns the new text, if it completes any.
+    pub fn push(&mut self, id: u32) -> Option<String> {
+        self.ids.push(id);
+        let text = self.tokenizer.decode(&self.ids).ok()?;
+        if text.ends_with('\u{FFFD}') {
+            // A character split across tokens: wait for its remaining bytes.
+            return None;
+        }
+        if !text.starts_with(&self.shown) {
+            // The decoder rewrote earlier text (e.g. cleaned up spaces); carry on from here.
+            self.shown = text;
+            return None;
+        }
+        let new = text[self.shown.len()..].to_string();
+        self.shown = text;
+        Some(new)
+    }
+}
+
 /// Loads a `tokenizer.json` written by astro (character or Hugging Face format).
 pub fn load_tokenizer(path: &Path) -> Result<Box<dyn Tokenizer>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|e| DataError::read(path, e))?;
@@ -273,6 +312,40 @@ pub(crate) fn digest(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Token = byte; decoding is lossy UTF-8, as byte-level BPE decoders are.
+    struct Bytes;
+
+    impl Tokenizer for Bytes {
+        fn vocab_size(&self) -> usize {
+            256
+        }
+        fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
+            Ok(text.bytes().map(u32::from).collect())
+        }
+        fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
+            Ok(String::from_utf8_lossy(&ids.iter().map(|&i| i as u8).collect::<Vec<_>>()).into_owned())
+        }
+        fn save(&self, _: &Path) -> Result<(), DataError> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "bytes".into()
+        }
+        fn fingerprint(&self) -> String {
+            String::new()
+        }
+    }
+
+    #[test]
+    fn decode_stream_waits_for_split_characters() {
+        let ids = Bytes.encode("aé€b").unwrap(); // a, 2 bytes, 3 bytes, b
+        let mut stream = DecodeStream::new(&Bytes, &ids[..1]).unwrap();
+        let pieces: Vec<Option<String>> = ids[1..].iter().map(|&i| stream.push(i)).collect();
+        let s = |t: &str| Some(t.to_string());
+        assert_eq!(pieces, vec![None, s("é"), None, None, s("€"), s("b")]);
+        assert_eq!(stream.text(), "aé€b");
+    }
 
     #[test]
     fn char_ids_follow_sorted_characters() {

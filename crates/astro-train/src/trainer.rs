@@ -370,23 +370,16 @@ fn sample_text(
     use std::io::Write;
     let prompt = vec![tokens.get(prompt_at)];
     let sampling = SamplingConfig { seed: config.run.seed, ..SamplingConfig::default() };
-    let mut ids = prompt.clone();
-    let mut shown = tokenizer.decode(&ids)?;
+    let mut stream = astro_data::DecodeStream::new(tokenizer, &prompt)?;
     let mut out: Box<dyn Write> = if to_stderr { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
     let _ = writeln!(out, "\n--- sample ({} tokens) ---", config.train.sample_tokens);
-    let _ = write!(out, "{shown}");
+    let _ = write!(out, "{}", stream.text());
     generate(model, &prompt, config.train.sample_tokens, &sampling, |t| {
-        ids.push(t);
-        // Decode the whole text and print what is new (byte-level tokens may split characters).
-        if let Ok(text) = tokenizer.decode(&ids)
-            && text.len() >= shown.len()
-            && text.starts_with(&shown)
-        {
-            let _ = write!(out, "{}", &text[shown.len()..]);
+        if let Some(new) = stream.push(t) {
+            let _ = write!(out, "{new}");
             let _ = out.flush();
-            shown = text;
         }
     })?;
     let _ = writeln!(out, "\n---");
-    Ok(shown)
+    Ok(stream.text().to_string())
 }
