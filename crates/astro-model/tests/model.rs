@@ -341,3 +341,83 @@ fn weight_transfer_reuses_everything_but_the_attention() {
     assert!(err.contains("weight transfer"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+mod properties {
+    //! Config parse → write → parse is the identity.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn attention() -> impl Strategy<Value = AttentionConfig> {
+        prop_oneof![
+            Just(AttentionConfig::Softmax(SoftmaxConfig::default())),
+            (1usize..5000, 0usize..6, any::<bool>(), any::<u64>(), 0.5f64..=1.0, any::<bool>(), 1usize..512).prop_map(
+                |(features, map, orthogonal, seed, decay, learnable_omega, chunk_size)| {
+                    let maps = [
+                        FeatureMap::Positive,
+                        FeatureMap::Cosine,
+                        FeatureMap::Truncated,
+                        FeatureMap::PositiveCosine,
+                        FeatureMap::Linear,
+                        FeatureMap::Elu,
+                    ];
+                    AttentionConfig::Astrocytic(AstrocyticConfig {
+                        features,
+                        feature_map: maps[map],
+                        orthogonal,
+                        seed,
+                        decay,
+                        learnable_omega,
+                        chunk_size,
+                        ..AstrocyticConfig::default()
+                    })
+                }
+            ),
+            (1usize..512).prop_map(|chunk_size| AttentionConfig::Linear(LinearConfig { chunk_size })),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn transformer_config_round_trips_through_toml(
+            vocab in prop::option::of(1usize..100_000),
+            block_size in 1usize..4096,
+            n_layer in 1usize..24,
+            n_head in 1usize..16,
+            head_dim in (1usize..32).prop_map(|h| 2 * h),
+            dropout in 0.0f64..0.9,
+            bias in any::<bool>(),
+            positions in prop_oneof![Just(Positions::Learned), Just(Positions::Rotary), Just(Positions::None)],
+            mlp_ratio in 0usize..8,
+            attention in attention(),
+            post in any::<bool>(),
+            type_vocab_size in 0usize..4,
+            embedding_norm in any::<bool>(),
+            layer_norm_eps in 1e-12f64..1e-3,
+        ) {
+            let config = TransformerConfig {
+                vocab_size: vocab,
+                block_size,
+                n_layer,
+                n_head,
+                n_embd: n_head * head_dim,
+                dropout,
+                bias,
+                positions,
+                mlp_ratio,
+                attention,
+                norm: if post { NormPlacement::Post } else { NormPlacement::Pre },
+                type_vocab_size,
+                embedding_norm,
+                layer_norm_eps,
+            };
+            // Only valid configs parse (odd head widths refuse rotary positions, for one).
+            prop_assume!(config.validate().is_ok());
+            let text = toml::to_string(&config).unwrap();
+            let back = TransformerConfig::from_toml(&text);
+            prop_assert!(back.as_ref().is_ok_and(|b| *b == config), "{text}\n→ {back:?}");
+        }
+    }
+}
