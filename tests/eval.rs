@@ -3,7 +3,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{astro, base_config, train, write_corpus};
 use predicates::prelude::*;
@@ -82,19 +82,25 @@ fn generate_streams_a_continuation_of_the_prompt() {
     }
 }
 
-#[test]
-fn ablation_tabulates_plots_and_skips_finished_cells() {
-    let root = tempfile::tempdir().unwrap();
-    let root = root.path();
+/// A corpus, a softmax base config and `root/grid.toml` = `base = "…"` + `body`; returns the
+/// base's file name and the grid's path.
+fn grid_file(root: &Path, body: &str) -> (String, PathBuf) {
     write_corpus(&root.join("corpus.txt"));
     let base = base_config(root, r#"{ kind = "softmax" }"#);
     let base = base.file_name().unwrap().to_string_lossy().into_owned();
     let grid = root.join("grid.toml");
-    std::fs::write(
-        &grid,
-        format!("base = \"{base}\"\n[set]\n\"train.max_iters\" = 3\n[grid]\n\"model.attention\" = [{{ kind = \"softmax\" }}, {{ kind = \"astrocytic\", features = 8 }}, {{ kind = \"astrocytic\", features = 16 }}]\n\"run.seed\" = [1, 2]\n"),
-    )
-    .unwrap();
+    std::fs::write(&grid, format!("base = \"{base}\"\n{body}")).unwrap();
+    (base, grid)
+}
+
+#[test]
+fn ablation_tabulates_plots_and_skips_finished_cells() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let (base, grid) = grid_file(
+        root,
+        "[set]\n\"train.max_iters\" = 3\n[grid]\n\"model.attention\" = [{ kind = \"softmax\" }, { kind = \"astrocytic\", features = 8 }, { kind = \"astrocytic\", features = 16 }]\n\"run.seed\" = [1, 2]\n",
+    );
     let out = root.join("report");
     ablate(root, &grid, &out).success();
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
@@ -117,16 +123,8 @@ fn ablation_tabulates_plots_and_skips_finished_cells() {
 fn a_failing_cell_is_recorded_and_the_grid_goes_on() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
-    write_corpus(&root.join("corpus.txt"));
-    let base = base_config(root, r#"{ kind = "softmax" }"#);
-    let base = base.file_name().unwrap().to_string_lossy().into_owned();
-    let grid = root.join("grid.toml");
     // block_size 100000 makes the corpus too short for one cell only.
-    std::fs::write(
-        &grid,
-        format!("base = \"{base}\"\n[set]\n\"train.max_iters\" = 2\n[grid]\n\"model.block_size\" = [100000, 16]\n"),
-    )
-    .unwrap();
+    let (_, grid) = grid_file(root, "[set]\n\"train.max_iters\" = 2\n[grid]\n\"model.block_size\" = [100000, 16]\n");
     ablate(root, &grid, &root.join("r")).success();
     let csv = std::fs::read_to_string(root.join("r/results.csv")).unwrap();
     assert!(csv.contains("failed:") && csv.contains(",ok,"), "{csv}");

@@ -11,14 +11,7 @@ use astro_model::attention::{
 use burn::tensor::{DType, Tensor};
 use common::{device, normal4, padding, rel_err};
 
-const MAPS: [FeatureMap; 6] = [
-    FeatureMap::Positive,
-    FeatureMap::Cosine,
-    FeatureMap::Truncated,
-    FeatureMap::PositiveCosine,
-    FeatureMap::Linear,
-    FeatureMap::Elu,
-];
+const MAPS: [FeatureMap; 6] = FeatureMap::ALL;
 
 struct Case {
     map: FeatureMap,

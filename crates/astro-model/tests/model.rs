@@ -353,17 +353,9 @@ mod properties {
             Just(AttentionConfig::Softmax(SoftmaxConfig::default())),
             (1usize..5000, 0usize..6, any::<bool>(), any::<u64>(), 0.5f64..=1.0, any::<bool>(), 1usize..512).prop_map(
                 |(features, map, orthogonal, seed, decay, learnable_omega, chunk_size)| {
-                    let maps = [
-                        FeatureMap::Positive,
-                        FeatureMap::Cosine,
-                        FeatureMap::Truncated,
-                        FeatureMap::PositiveCosine,
-                        FeatureMap::Linear,
-                        FeatureMap::Elu,
-                    ];
                     AttentionConfig::Astrocytic(AstrocyticConfig {
                         features,
-                        feature_map: maps[map],
+                        feature_map: FeatureMap::ALL[map],
                         orthogonal,
                         seed,
                         decay,

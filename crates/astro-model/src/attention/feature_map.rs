@@ -41,6 +41,16 @@ pub enum FeatureMap {
 }
 
 impl FeatureMap {
+    /// Every map, in declaration order.
+    pub const ALL: [FeatureMap; 6] = [
+        FeatureMap::Positive,
+        FeatureMap::Cosine,
+        FeatureMap::Truncated,
+        FeatureMap::PositiveCosine,
+        FeatureMap::Linear,
+        FeatureMap::Elu,
+    ];
+
     /// Name as written in configs.
     pub fn name(self) -> &'static str {
         match self {
