@@ -119,14 +119,7 @@ fn astrocyte_response_equals_naive_sum() {
     // a_t = Σ_{τ≤t} φ(q̃_t)·φ(k̃_τ), with the literal formulas, for every map.
     let dev = device();
     let (h, t, d, m) = (2, 7, 8, 16);
-    for map in [
-        FeatureMap::Positive,
-        FeatureMap::Truncated,
-        FeatureMap::Cosine,
-        FeatureMap::PositiveCosine,
-        FeatureMap::Linear,
-        FeatureMap::Elu,
-    ] {
+    for map in FeatureMap::ALL {
         let attn = AstrocyticConfig { features: m, feature_map: map, seed: 5, ..AstrocyticConfig::default() }
             .init(h, d, 0, &dev);
         let q = normal4([1, h, t, d], 0.8, 11, DType::F32, &dev);
@@ -173,14 +166,7 @@ fn no_nan_or_inf_at_large_norms() {
         // Mix large- and small-norm keys: the stabilisers must cope with both in one sequence.
         let k = Tensor::cat(vec![with_norm([2, 2, 20, 32], norm, 2, &dev), with_norm([2, 2, 20, 32], 0.5, 3, &dev)], 2);
         let v = normal4(shape, 1.0, 4, DType::F32, &dev);
-        for map in [
-            FeatureMap::Positive,
-            FeatureMap::Truncated,
-            FeatureMap::Cosine,
-            FeatureMap::PositiveCosine,
-            FeatureMap::Linear,
-            FeatureMap::Elu,
-        ] {
+        for map in FeatureMap::ALL {
             for decay in [1.0, 0.9] {
                 let attn = AstrocyticConfig {
                     features: 128,
