@@ -64,3 +64,54 @@ pub fn train(root: &Path, attention: &str, name: &str) -> PathBuf {
     astro(root).args(["train", "--config"]).arg(&config).args(["--name", name]).assert().success();
     root.join("runs").join(name)
 }
+
+/// `astro` as a plain child process (for tests that kill it or run it under a shell), with the same
+/// hermetic environment as [`astro`].
+pub fn astro_process(root: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(astro_bin());
+    cmd.current_dir(root)
+        .env("ASTRO_CACHE_DIR", root.join("cache"))
+        .env("ASTRO_DATA_DIR", root.join("no-data"))
+        .env("ASTRO_OFFLINE", "1")
+        .env_remove("ASTRO_STOP_AFTER");
+    cmd
+}
+
+/// Path of the `astro` binary under test.
+pub fn astro_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_astro"))
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Every file under `dir` (relative path → bytes), to check that nothing changed.
+pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, out: &mut std::collections::BTreeMap<PathBuf, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                walk(base, &entry.path(), out);
+            } else {
+                out.insert(
+                    entry.path().strip_prefix(base).unwrap().to_path_buf(),
+                    std::fs::read(entry.path()).unwrap(),
+                );
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}

@@ -47,6 +47,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A write past a file-size limit (`ulimit -f`) then fails with EFBIG, which is reported like a
+    // full disk (previous checkpoint intact), instead of the signal killing the process mid-write.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_IGN before any thread exists has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("ASTRO_LOG"))
         .with_writer(std::io::stderr)

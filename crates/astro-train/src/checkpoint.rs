@@ -102,6 +102,16 @@ pub fn write(
     Ok(final_dir)
 }
 
+/// Removes temporary checkpoint directories left by a process killed while writing one.
+pub fn remove_stale(root: &Path) {
+    for entry in std::fs::read_dir(root).into_iter().flatten().filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".step-") && name.contains(".tmp-") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Checkpoint directories under `root`, newest first.
 pub fn list(root: &Path) -> Vec<(usize, PathBuf)> {
     let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(root)

@@ -113,17 +113,23 @@ fn check_resume(dir: &Path, mut given: RunConfig) -> Result<RunConfig, TrainErro
 }
 
 fn prepare(config: RunConfig, options: &TrainOptions) -> Result<Setup, TrainError> {
-    let (mut config, run_dir, resume) = match &options.resume {
+    // `existing`: the run directory was made by an earlier invocation (its tokenizer is reused).
+    let (mut config, run_dir, resume, existing) = match &options.resume {
         Some(dir) => {
             let config = check_resume(dir, config)?;
-            let ckpt = checkpoint::latest_valid(&dir.join("checkpoints"))
-                .ok_or_else(|| TrainError::Resume { run: dir.clone(), reason: "it has no valid checkpoint".into() })?;
-            (config, dir.clone(), Some(ckpt))
+            let ckpt_root = dir.join("checkpoints");
+            checkpoint::remove_stale(&ckpt_root);
+            let ckpt = checkpoint::latest_valid(&ckpt_root);
+            if ckpt.is_none() {
+                // Killed before its first checkpoint: nothing to continue from, so start it again.
+                eprintln!("warning: {} has no valid checkpoint; starting it again from step 0", dir.display());
+            }
+            (config, dir.clone(), ckpt, true)
         }
         None => {
             config.validate()?;
             let run_dir = fresh_run_dir(&config.run.out_dir, &config.run.name);
-            (config, run_dir, None)
+            (config, run_dir, None, false)
         }
     };
     let source = match config.task.clone() {
@@ -131,7 +137,7 @@ fn prepare(config: RunConfig, options: &TrainOptions) -> Result<Setup, TrainErro
             config.model.vocab_size = Some(task.vocab_size());
             Source::task(&task, &config)
         }
-        None => corpus_source(&mut config, resume.as_ref().map(|_| run_dir.as_path()))?,
+        None => corpus_source(&mut config, existing.then_some(run_dir.as_path()))?,
     };
     if resume.is_none() {
         std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::io("create run directory", &run_dir, e))?;

@@ -103,8 +103,20 @@ pub fn read_architecture(path: &Path) -> Result<SavedArchitecture, ModelError> {
 /// Saves `module`'s parameters and its architecture to `path` (atomically; replaces the file).
 pub(crate) fn save<M: Module>(module: &M, arch: &SavedArchitecture, path: &Path) -> Result<(), ModelError> {
     let json = serde_json::to_string(arch).map_err(|e| io("write", path, e))?;
-    let mut store = BurnpackStore::from_file(path).auto_extension(false).overwrite(true).metadata(ARCH_KEY, json);
-    module.save_into(&mut store).map_err(|e| io("write", path, e))
+    // Written beside the target and renamed over it, so a crash or a full disk leaves the old file
+    // (or none), never a torn one.
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut store = BurnpackStore::from_file(&tmp).auto_extension(false).overwrite(true).metadata(ARCH_KEY, json);
+        module.save_into(&mut store).map_err(|e| io("write", path, e))?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io("write", path, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io("write", path, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Loads parameters from `path` into `module`, built as `arch`; refuses files of another architecture.
