@@ -208,11 +208,22 @@ fn read_path(path: &Path, name: &str) -> Result<Corpus, DataError> {
         let h = Sha256::digest(&bytes);
         h.iter().map(|b| format!("{b:02x}")).collect()
     };
+    if let Some(at) = bytes.iter().position(|&b| b == 0) {
+        return Err(DataError::NotText { path: path.into(), why: format!("a NUL byte at offset {at}") });
+    }
+    let len = bytes.len();
     let (text, replaced) = decode_lossy(bytes);
+    // A few stray bytes are tolerated (replaced); a file that is mostly not UTF-8 is refused.
+    if replaced * 10 > len {
+        return Err(DataError::NotText {
+            path: path.into(),
+            why: format!("{replaced} invalid UTF-8 sequences in {len} bytes"),
+        });
+    }
     if replaced > 0 {
-        tracing::warn!(
-            "{}: {replaced} invalid UTF-8 sequence(s) replaced by U+FFFD (character-level vocabularies gain one symbol; \
-             byte-level BPE encodes it as its three bytes)",
+        eprintln!(
+            "warning: {}: {replaced} invalid UTF-8 sequence(s) replaced by U+FFFD (character-level vocabularies gain one \
+             symbol; byte-level BPE encodes it as its three bytes)",
             path.display()
         );
     }

@@ -65,6 +65,14 @@ pub enum DataError {
         /// Extra detail (e.g. "no .txt files in the directory").
         detail: String,
     },
+    /// The corpus is not text (NUL bytes, or mostly invalid UTF-8).
+    #[error("corpus {path} does not look like text: {why}; give a UTF-8 text file (or a directory of .txt files)")]
+    NotText {
+        /// The path.
+        path: PathBuf,
+        /// What gave it away.
+        why: String,
+    },
     /// A split is shorter than one training window.
     #[error(
         "the {split} split of {corpus} has {tokens} tokens, fewer than one window of block_size + 1 = {needed}; \

@@ -41,6 +41,12 @@ impl Run {
         if !config_path.is_file() && astro_model::transformer::is_export(dir) {
             return Self::load_export(dir, device);
         }
+        if !config_path.is_file() && dir.join("model.safetensors").is_file() {
+            return Err(bad(
+                "it has model.safetensors but no config.json (an export needs both; write one with `astro export`)"
+                    .into(),
+            ));
+        }
         if !config_path.is_file() {
             return Err(bad(
                 "no config.toml (pass the directory `astro train` created, e.g. runs/shakespeare-char)".into()
@@ -63,7 +69,12 @@ impl Run {
         if !file.is_file() {
             return Err(bad(format!("{} is missing", file.display())));
         }
-        let net = Net::load(&file, device)?;
+        // Built from the run's config, then filled: weights of another variant or size (a file
+        // copied from another run) are refused naming both architectures.
+        let net = match config.model.vocab_size {
+            Some(_) => Net::new(&config, device)?.load_weights(&file)?,
+            None => Net::load(&file, device)?,
+        };
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = if config.task.is_none() { Some(astro_data::load_tokenizer(&tok_path)?) } else { None };
         Ok(Self { dir: dir.to_path_buf(), config, tokenizer, net, weights: file })

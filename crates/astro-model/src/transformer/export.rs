@@ -179,6 +179,22 @@ pub(crate) fn safetensors_shapes(path: &Path) -> Result<BTreeMap<String, Vec<usi
     file.read_exact(&mut header).map_err(|e| invalid(e.to_string()))?;
     let header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&header).map_err(|e| invalid(e.to_string()))?;
+    let data_end = header
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__")
+        .filter_map(|(_, entry)| entry["data_offsets"].get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    if 8 + n + data_end > size {
+        return Err(io(
+            "read",
+            path,
+            format!(
+                "truncated: its tensors end at byte {} but the file has {size} bytes; export or download it again",
+                8 + n + data_end
+            ),
+        ));
+    }
     header
         .into_iter()
         .filter(|(name, _)| name != "__metadata__")
