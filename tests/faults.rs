@@ -432,3 +432,46 @@ fn an_ablation_killed_mid_way_resumes_without_redoing_or_duplicating_cells() {
     assert_eq!(killed.len(), 3, "one row per cell, no duplicates: {killed:?}");
     assert_eq!(whole, killed, "the resumed ablation's results equal the uninterrupted one's");
 }
+
+#[test]
+fn a_hostile_run_gets_no_nan_from_the_astrocyte_and_a_diverging_one_stops_cleanly() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let config = config(root, 60, 20, 20);
+    let hostile = ["optim.min_lr=0", "optim.warmup_iters=0", "optim.grad_clip=0"];
+    let train = |name: &str, lr: &str| {
+        let mut cmd = astro(root);
+        cmd.args(["train", "--config"]).arg(&config).args(["--name", name, "--set", &format!("optim.lr={lr}")]);
+        for s in hostile {
+            cmd.args(["--set", s]);
+        }
+        cmd.assert()
+    };
+    // Learning rate 10 without warm-up or clipping: activations and q/k norms grow by orders of
+    // magnitude, yet every loss stays finite (before the astrocyte's division was rescaled, its
+    // backward turned den² into 0 and this run died with NaN at step 3).
+    train("lr10", "10").success();
+    let rows = metrics(&root.join("runs/lr10"));
+    assert_eq!(rows.len(), 60);
+    for row in &rows {
+        for key in ["train_loss", "val_loss"] {
+            if let Some(x) = row.get(key) {
+                assert!(x.as_f64().is_some_and(f64::is_finite), "step {}: {key} = {x}", row["step"]);
+            }
+        }
+    }
+    // Learning rate 1e4: weight decay alone multiplies the weights by (1 − lr·wd) each step, so the
+    // activations overflow f32 within a few steps. The run stops with a message naming the step
+    // and the last good checkpoint, which is intact.
+    let out = train("lr1e4", "1e4").failure().code(1).stderr(predicate::str::contains("non-finite"));
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let run = root.join("runs/lr1e4");
+    if let Some(step) = newest_checkpoint(&run) {
+        assert!(stderr.contains(&format!("step-{step:08}")), "{stderr}");
+        let state = std::fs::read_to_string(run.join(format!("checkpoints/step-{step:08}/state.json"))).unwrap();
+        assert!(state.contains("\"files\""), "a complete checkpoint: {state}");
+    } else {
+        assert!(stderr.contains("No checkpoint was written yet"), "{stderr}");
+    }
+}

@@ -15,8 +15,8 @@
 //!
 //! Numerics: φ(q̃_t) is divided by a per-query constant and φ(k̃_τ) by a constant shared by all keys a
 //! query can read (global, per chunk with a running maximum, or per token with rescaling); both
-//! cancel in the ratio. Denominators whose magnitude underflows below [`TINY`] are replaced by it,
-//! so no form ever divides 0 by 0.
+//! cancel in the ratio. Where a denominator's magnitude underflows below [`TINY`] the output is 0
+//! with no gradient, so no form ever divides 0 by 0 (see [`safe_div`]).
 
 use burn::tensor::{Bool, Tensor, TensorData};
 
@@ -62,10 +62,19 @@ fn key_side(k: Features, c: Option<Tensor<4>>, pad: &Option<Tensor<4, Bool>>) ->
     }
 }
 
-/// num / den with |den| < [`TINY`] replaced by TINY. `num`: `[.., d_v]`, `den`: `[.., 1]`.
+/// num / den, and 0 where |den| < [`TINY`] (an underflowed response carries no information; those
+/// positions pass no gradient). `num`: `[.., d_v]`, `den`: `[.., 1]`.
+///
+/// Both are first multiplied by s = 1/den (detached; the ratio does not depend on it), so the
+/// division's backward squares a number near 1: the plain quotient's −num/den² underflows den² to 0
+/// in f32 once |den| < 1e-19, and its gradient becomes inf and then NaN.
 pub(crate) fn safe_div(num: Tensor<4>, den: Tensor<4>) -> Tensor<4> {
     let tiny = den.clone().abs().lower_elem(TINY);
-    num / den.mask_fill(tiny, TINY)
+    let den = den.mask_fill(tiny.clone(), 1.0);
+    let s = den.clone().detach().recip();
+    let out = (num * s.clone()) / (den * s);
+    let shape = out.shape();
+    out.mask_fill(tiny.expand(shape), 0.0)
 }
 
 /// A `[1, 1, rows, cols]` constant built on the host.
