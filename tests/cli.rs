@@ -82,3 +82,33 @@ fn unknown_or_missing_device_is_explained() {
         .failure()
         .stderr(predicate::str::contains("unknown device `tpu`"));
 }
+
+#[test]
+fn bench_reports_every_asked_figure_as_json() {
+    let out = astro()
+        .args(["bench", "--json", "--only", "forward,long,generate", "--variants", "softmax,astrocytic"])
+        .args(["--repeats", "1", "--warmup", "0", "--lengths", "64", "--contexts", "8,16", "--features", "16"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let report: serde_json::Value = serde_json::from_slice(&out).expect("one JSON object");
+    assert!(report["matmul_gflops"].as_f64().unwrap() > 0.0);
+    let rows = report["rows"].as_array().unwrap();
+    // forward: 1 per variant, long: 1 length, generate: 2 contexts → 4 rows per variant.
+    assert_eq!(rows.len(), 8, "{rows:?}");
+    for r in rows {
+        let v = &r["value"];
+        assert!(v["min"].as_f64().unwrap() <= v["median"].as_f64().unwrap());
+        assert!(v["median"].as_f64().unwrap() <= v["max"].as_f64().unwrap());
+        assert!(v["median"].as_f64().unwrap() > 0.0);
+    }
+    let long: Vec<&serde_json::Value> = rows.iter().filter(|r| r["section"] == "long").collect();
+    assert!(long.iter().all(|r| r["peak_mib"].as_f64().is_some_and(|p| p > 0.0)), "peak memory is measured: {long:?}");
+    astro()
+        .args(["bench", "--variants", "quantum"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("unknown variant `quantum`"));
+}

@@ -1,6 +1,7 @@
 //! `astro`: train, evaluate and inspect astrocytic-attention Transformers.
 
 mod ablate;
+mod bench;
 mod embed;
 mod eval;
 mod export;
@@ -42,9 +43,15 @@ enum Command {
     Fidelity(fidelity::FidelityArgs),
     /// The paper's experiment on a pretrained BERT encoder: astrocyte response against softmax's normaliser, with numbers.
     Replicate(replicate::ReplicateArgs),
+    /// Benchmark training/inference throughput, long contexts and generation per attention variant.
+    Bench(bench::BenchArgs),
     /// Print a model's parameters per module, the total, and its decoding-state size.
     Info(info::InfoArgs),
 }
+
+/// Counts heap bytes for `astro bench`'s peak-memory column (two relaxed atomics per allocation).
+#[global_allocator]
+static ALLOCATOR: astro_eval::bench::PeakAlloc = astro_eval::bench::PeakAlloc;
 
 fn main() -> ExitCode {
     // A write past a file-size limit (`ulimit -f`) then fails with EFBIG, which is reported like a
@@ -65,6 +72,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => eval::run_generate(args, cli.device.as_deref()),
         Command::Export(args) => export::run(args, cli.device.as_deref()),
         Command::Embed(args) => embed::run(args, cli.device.as_deref()),
+        Command::Bench(args) => bench::run_bench(args, cli.device.as_deref()),
         Command::Ablate(args) => ablate::run(args, cli.device.as_deref()),
         Command::Fidelity(args) => fidelity::run(args, cli.device.as_deref()),
         Command::Replicate(args) => replicate::run(args, cli.device.as_deref()),

@@ -4,6 +4,7 @@
 //! the attention-fidelity report ([`fidelity`]) and their plots ([`plot`]).
 
 pub mod ablate;
+pub mod bench;
 pub mod bert;
 pub mod error;
 pub mod evaluate;

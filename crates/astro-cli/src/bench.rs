@@ -1,0 +1,78 @@
+//! `astro bench`: throughput, long-context time and memory, generation latency and FLOP/s per
+//! attention variant (see `astro_eval::bench`; `scripts/bench_compare.sh` puts PyTorch beside it).
+
+use anyhow::bail;
+use astro_eval::bench::{BenchOptions, Section, VARIANTS, markdown, run};
+
+/// Arguments of `astro bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Sections to run: train, forward, long, generate.
+    #[arg(long, value_delimiter = ',', default_value = "train,forward,long,generate")]
+    only: Vec<String>,
+    /// Attention variants: softmax, astrocytic, linear.
+    #[arg(long, value_delimiter = ',', default_value = "softmax,astrocytic,linear")]
+    variants: Vec<String>,
+    /// Timed repetitions per figure (the median is reported, with min and max).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Untimed warm-up repetitions per figure.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Context lengths of the long-context forward (batch 1).
+    #[arg(long, value_delimiter = ',', default_value = "1024,4096,16384")]
+    lengths: Vec<usize>,
+    /// Prompt lengths at which generation latency is measured.
+    #[arg(long, value_delimiter = ',', default_value = "64,4096")]
+    contexts: Vec<usize>,
+    /// Hidden neurons m of the astrocytic variant.
+    #[arg(long, default_value_t = 256)]
+    features: usize,
+    /// Print the report as one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `astro bench`.
+pub fn run_bench(args: BenchArgs, device: Option<&str>) -> anyhow::Result<()> {
+    let mut sections = Vec::new();
+    for name in &args.only {
+        match Section::parse(name) {
+            Some(s) => sections.push(s),
+            None => bail!("unknown section `{name}` in --only; expected some of: train, forward, long, generate"),
+        }
+    }
+    for v in &args.variants {
+        if !VARIANTS.contains(&v.as_str()) {
+            bail!("unknown variant `{v}` in --variants; expected some of: {}", VARIANTS.join(", "));
+        }
+    }
+    let options = BenchOptions {
+        sections,
+        variants: args.variants,
+        repeats: args.repeats,
+        warmup: args.warmup,
+        lengths: args.lengths,
+        contexts: args.contexts,
+        features: args.features,
+        ..BenchOptions::default()
+    };
+    let device = crate::device(device)?;
+    let report = run(&options, &device, |row| {
+        eprintln!(
+            "{:<8} {:<9} {:<10} {:>10.1} {}{}",
+            row.section,
+            row.shape,
+            row.variant,
+            row.value.median,
+            row.unit,
+            row.peak_mib.map_or(String::new(), |p| format!("  (peak {p:.0} MiB)"))
+        );
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", markdown(&report));
+    }
+    Ok(())
+}
