@@ -5,7 +5,7 @@
 //!
 //! Every figure is the median of `repeats` timed runs after `warmup` untimed ones, with min and max.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -213,15 +213,15 @@ pub fn forward_flops_per_token(config: &TransformerConfig, t: usize) -> f64 {
 /// column. The `astro` binary installs it (`#[global_allocator]`); without it the column is empty.
 /// (Resident-set peaks cannot be used: the allocator reuses memory it already holds, so RSS does not
 /// move when a forward pass allocates.)
-pub struct PeakAlloc;
+pub struct PeakAlloc<A>(pub A);
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
-// SAFETY: every method forwards to the system allocator unchanged; the counters are side effects.
-unsafe impl GlobalAlloc for PeakAlloc {
+// SAFETY: every method forwards to the inner allocator unchanged; the counters are side effects.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for PeakAlloc<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
+        let p = unsafe { self.0.alloc(layout) };
         if !p.is_null() {
             let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
             PEAK.fetch_max(live, Ordering::Relaxed);
@@ -229,7 +229,7 @@ unsafe impl GlobalAlloc for PeakAlloc {
         p
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
+        let p = unsafe { self.0.alloc_zeroed(layout) };
         if !p.is_null() {
             let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
             PEAK.fetch_max(live, Ordering::Relaxed);
@@ -237,11 +237,11 @@ unsafe impl GlobalAlloc for PeakAlloc {
         p
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
+        unsafe { self.0.dealloc(ptr, layout) };
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        let p = unsafe { self.0.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             if new_size > layout.size() {
                 let grow = new_size - layout.size();
