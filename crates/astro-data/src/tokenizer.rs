@@ -195,7 +195,13 @@ impl HfTokenizer {
     }
 
     fn from_json(text: &str) -> Result<Self, String> {
-        let inner: tokenizers::Tokenizer = text.parse().map_err(|e: tokenizers::Error| e.to_string())?;
+        // tokenizers 0.23 panics (`expect("Helper")` in its decoder deserializer) on some malformed
+        // JSON instead of returning an error (found by fuzzing): check the syntax first, and turn any
+        // other panic inside the library into an error.
+        serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        let parsed = std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>())
+            .map_err(|_| "the tokenizers library could not read this file (it panicked; see above)".to_string())?;
+        let inner = parsed.map_err(|e: tokenizers::Error| e.to_string())?;
         Self::from_tokenizer(inner).map_err(|e| e.to_string())
     }
 }
@@ -312,6 +318,18 @@ pub(crate) fn digest(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (`fuzz/`, target `data`): tokenizers 0.23 panics on a malformed decoder
+    /// entry; astro must return an error.
+    #[test]
+    fn malformed_tokenizer_json_is_an_error_not_a_panic() {
+        let tok = HfTokenizer::train_bpe(&"the astrocyte and the neuron and the glia ".repeat(50), 300).unwrap();
+        let json = tok.inner.to_string(false).unwrap();
+        let broken = json.replacen("\"decoder\":{\"type\":", "\"decoder\":{\"type :", 1);
+        assert_ne!(broken, json, "the decoder entry was found");
+        let err = HfTokenizer::from_json(&broken).err().expect("refused");
+        assert!(err.contains("not valid JSON"), "{err}");
+    }
 
     /// Token = byte; decoding is lossy UTF-8, as byte-level BPE decoders are.
     struct Bytes;

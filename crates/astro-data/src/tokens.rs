@@ -73,7 +73,8 @@ impl TokenFile {
             return Err(bad("bad id width"));
         }
         let len = u64::from_le_bytes(map[16..24].try_into().expect("8 bytes")) as usize;
-        if map.len() != HEADER + len * width {
+        // Checked: a corrupt count near 2^64 must not wrap around to the file's length.
+        if len.checked_mul(width).and_then(|n| n.checked_add(HEADER)) != Some(map.len()) {
             return Err(bad("length does not match"));
         }
         Ok(Self { map, width, len, path: path.to_path_buf() })
@@ -118,6 +119,20 @@ pub fn split(len: usize, val_fraction: f64) -> (Range<usize>, Range<usize>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (`fuzz/`, target `data`): a header whose token count times the id width
+    /// wraps around to the file's length.
+    #[test]
+    fn a_token_count_that_overflows_is_corrupt_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.tokens");
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend([2, 0, 0, 0, 0, 0, 0, 0]);
+        bytes.extend((1u64 << 63).to_le_bytes()); // × 2 wraps to 0 = the body's length
+        std::fs::write(&path, &bytes).unwrap();
+        let err = TokenFile::open(&path).err().expect("refused").to_string();
+        assert!(err.contains("corrupt token cache"), "{err}");
+    }
 
     #[test]
     fn nanogpt_split_of_tinyshakespeare() {
