@@ -120,8 +120,8 @@ pub fn split(len: usize, val_fraction: f64) -> (Range<usize>, Range<usize>) {
 mod tests {
     use super::*;
 
-    /// Found by fuzzing (`fuzz/`, target `data`): a header whose token count times the id width
-    /// wraps around to the file's length.
+    /// Seen while writing the fuzz target for this loader (not found by the fuzzer): a header whose
+    /// token count times the id width wraps around to the file's length.
     #[test]
     fn a_token_count_that_overflows_is_corrupt_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
