@@ -163,6 +163,29 @@ impl HfTokenizer {
     }
 
     fn from_tokenizer(inner: tokenizers::Tokenizer) -> Result<Self, DataError> {
+        // The model's embedding has `vocab_size` rows, so ids must be exactly 0..vocab_size−1:
+        // a file with a repeated or too-large id (found by fuzzing) would index past the table.
+        let n = inner.get_vocab_size(true);
+        let mut seen = vec![false; n];
+        let mut vocab: Vec<(String, u32)> = inner.get_vocab(true).into_iter().collect();
+        vocab.sort_by_key(|(_, id)| *id);
+        for (token, id) in &vocab {
+            match seen.get_mut(*id as usize) {
+                Some(s) if !*s => *s = true,
+                Some(_) => {
+                    return Err(DataError::Tokenize(format!(
+                        "token id {id} is used twice (again by {token:?}); ids must be 0..{} once each",
+                        n.saturating_sub(1)
+                    )));
+                }
+                None => {
+                    return Err(DataError::Tokenize(format!(
+                        "token {token:?} has id {id}, outside the vocabulary of {n} tokens; ids must be 0..{} once each",
+                        n.saturating_sub(1)
+                    )));
+                }
+            }
+        }
         let json = inner.to_string(false).map_err(|e| DataError::Tokenize(e.to_string()))?;
         Ok(Self { inner, json })
     }
@@ -318,6 +341,18 @@ pub(crate) fn digest(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (`fuzz/`, target `data`): a vocabulary with a repeated id has fewer
+    /// entries than its largest id, so encoded ids would index past the embedding table.
+    #[test]
+    fn a_vocabulary_with_a_repeated_id_is_refused() {
+        let tok = HfTokenizer::train_bpe(&"the astrocyte and the neuron and the glia ".repeat(50), 300).unwrap();
+        let json = tok.inner.to_string(false).unwrap();
+        let broken = json.replacen("\"b\":", "\"zz-not-a-token\":0,\"b\":", 1);
+        assert_ne!(broken, json);
+        let err = HfTokenizer::from_json(&broken).err().expect("refused");
+        assert!(err.contains("used twice") || err.contains("outside the vocabulary"), "{err}");
+    }
 
     /// Found by fuzzing (`fuzz/`, target `data`): tokenizers 0.23 panics on a malformed decoder
     /// entry; astro must return an error.
