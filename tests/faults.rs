@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{astro, astro_bin, astro_process, copy_dir, snapshot};
+use common::{astro, astro_bin, astro_process, copy_dir, metrics_without_timing as metrics, snapshot};
 use predicates::prelude::*;
 use serde_json::Value;
 
@@ -65,21 +65,6 @@ sample_tokens = 12
     );
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// metrics.jsonl without the timing fields (which differ between runs).
-fn metrics(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: Value = serde_json::from_str(l).unwrap();
-            let o = v.as_object_mut().unwrap();
-            o.remove("tokens_per_sec");
-            o.remove("elapsed");
-            v
-        })
-        .collect()
 }
 
 fn summary(run: &Path) -> Value {
@@ -260,11 +245,9 @@ fn tmpfs_bytes(dir: &Path) -> u64 {
     snapshot(dir).values().map(|b| (b.len() as u64).div_ceil(4096).max(1) * 4096).sum()
 }
 
-#[test]
-fn a_disk_that_fills_up_mid_checkpoint_keeps_the_previous_checkpoint() {
-    let root = tempfile::tempdir().unwrap();
-    let root = root.path();
-    // One evaluation only (at the end), so the only large writes are the checkpoints.
+/// Run `a` to the end and run `b` stopped after its step-4 checkpoint (12 steps, checkpoints every 4,
+/// one evaluation at the end, so the only large writes are the checkpoints); returns `b`'s directory.
+fn reference_and_stopped_at_4(root: &Path) -> PathBuf {
     let config = config(root, 12, 4, 12);
     astro(root).args(["train", "--config"]).arg(&config).args(["--name", "a"]).assert().success();
     astro(root)
@@ -274,7 +257,14 @@ fn a_disk_that_fills_up_mid_checkpoint_keeps_the_previous_checkpoint() {
         .env("ASTRO_STOP_AFTER", "4")
         .assert()
         .success();
-    let b = root.join("runs/b");
+    root.join("runs/b")
+}
+
+#[test]
+fn a_disk_that_fills_up_mid_checkpoint_keeps_the_previous_checkpoint() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let b = reference_and_stopped_at_4(root);
     let used = tmpfs_bytes(&b);
     let one_checkpoint = tmpfs_bytes(&b.join("checkpoints/step-00000004"));
     // Room for the run as it is, a few small files, and half of the next checkpoint.
@@ -320,16 +310,7 @@ fn a_disk_that_fills_up_mid_checkpoint_keeps_the_previous_checkpoint() {
 fn a_file_size_limit_is_an_error_not_a_kill_and_keeps_the_previous_checkpoint() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
-    let config = config(root, 12, 4, 12);
-    astro(root).args(["train", "--config"]).arg(&config).args(["--name", "a"]).assert().success();
-    astro(root)
-        .args(["train", "--config"])
-        .arg(&config)
-        .args(["--name", "b"])
-        .env("ASTRO_STOP_AFTER", "4")
-        .assert()
-        .success();
-    let b = root.join("runs/b");
+    let b = reference_and_stopped_at_4(root);
     let model = std::fs::metadata(b.join("checkpoints/step-00000004/model.bpk")).unwrap().len();
     let before = snapshot(&b.join("checkpoints/step-00000004"));
     // bash's `ulimit -f` counts KiB: half the model file.

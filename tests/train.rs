@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{astro, repo, shared_datasets};
+use common::{astro, metrics_without_timing as metrics, repo, shared_datasets};
 use predicates::prelude::*;
 use serde_json::Value;
 
@@ -63,21 +63,6 @@ sample_tokens = 10
     );
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn metrics(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: Value = serde_json::from_str(l).unwrap();
-            // timing differs between runs; everything else must not
-            let o = v.as_object_mut().unwrap();
-            o.remove("tokens_per_sec");
-            o.remove("elapsed");
-            v
-        })
-        .collect()
 }
 
 #[test]

@@ -24,13 +24,7 @@ pub fn shared_datasets() -> PathBuf {
 
 /// `astro` run in `root` with hermetic cache and data directories under it, offline.
 pub fn astro(root: &Path) -> Command {
-    let mut cmd = Command::cargo_bin("astro").expect("binary built");
-    cmd.current_dir(root)
-        .env("ASTRO_CACHE_DIR", root.join("cache"))
-        .env("ASTRO_DATA_DIR", root.join("no-data"))
-        .env("ASTRO_OFFLINE", "1")
-        .env_remove("ASTRO_STOP_AFTER");
-    cmd
+    Command::from_std(astro_process(root))
 }
 
 /// A deterministic pseudo-text corpus of about 12 kB at `path`.
@@ -75,6 +69,21 @@ pub fn astro_process(root: &Path) -> std::process::Command {
         .env("ASTRO_OFFLINE", "1")
         .env_remove("ASTRO_STOP_AFTER");
     cmd
+}
+
+/// A run's metrics.jsonl rows without the timing fields (which differ between runs).
+pub fn metrics_without_timing(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("tokens_per_sec");
+            o.remove("elapsed");
+            v
+        })
+        .collect()
 }
 
 /// Path of the `astro` binary under test.

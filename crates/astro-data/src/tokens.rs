@@ -130,7 +130,8 @@ mod tests {
         bytes.extend([2, 0, 0, 0, 0, 0, 0, 0]);
         bytes.extend((1u64 << 63).to_le_bytes()); // × 2 wraps to 0 = the body's length
         std::fs::write(&path, &bytes).unwrap();
-        let err = TokenFile::open(&path).err().expect("refused").to_string();
+        let Err(err) = TokenFile::open(&path) else { panic!("accepted") };
+        let err = err.to_string();
         assert!(err.contains("corrupt token cache"), "{err}");
     }
 

@@ -147,6 +147,22 @@ pub struct BenchRow {
     pub of_matmul: Option<f64>,
 }
 
+impl BenchRow {
+    /// A row with only the figure; the optional columns are filled by the section that has them.
+    fn new(section: &str, shape: impl Into<String>, variant: &str, unit: &str, value: Stat) -> Self {
+        Self {
+            section: section.into(),
+            shape: shape.into(),
+            variant: variant.into(),
+            unit: unit.into(),
+            value,
+            peak_mib: None,
+            gflops: None,
+            of_matmul: None,
+        }
+    }
+}
+
 /// Everything `astro bench` measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchReport {
@@ -348,16 +364,7 @@ pub fn run(
                     for (shape, t, batch) in [("recipe", 64, 12), ("b16-t256", 256, 16)] {
                         let config = model_config(variant, t, options.features)?;
                         let value = train_throughput(&config, batch, device, w, r)?;
-                        let row = BenchRow {
-                            section: "train".into(),
-                            shape: shape.into(),
-                            variant: variant.clone(),
-                            unit: "tokens/s".into(),
-                            value,
-                            peak_mib: None,
-                            gflops: None,
-                            of_matmul: None,
-                        };
+                        let row = BenchRow::new("train", shape, variant, "tokens/s", value);
                         push(flop_row(row, 3.0 * forward_flops_per_token(&config, t)), &mut rows);
                     }
                 }
@@ -370,16 +377,7 @@ pub fn run(
                         let _ = model.forward(x.clone()).sum().into_scalar::<f32>();
                     });
                     let value = Stat::of(&samples).map(|s| (batch * t) as f64 / s);
-                    let row = BenchRow {
-                        section: "forward".into(),
-                        shape: "b16-t256".into(),
-                        variant: variant.clone(),
-                        unit: "tokens/s".into(),
-                        value,
-                        peak_mib: None,
-                        gflops: None,
-                        of_matmul: None,
-                    };
+                    let row = BenchRow::new("forward", "b16-t256", variant, "tokens/s", value);
                     push(flop_row(row, forward_flops_per_token(&config, t)), &mut rows);
                 }
                 Section::Long => {
@@ -398,19 +396,11 @@ pub fn run(
                         let peak = peak_above(baseline);
                         let value = Stat::of(&samples).map(|s| s * 1e3);
                         let gflops = forward_flops_per_token(&config, t) * t as f64 / (value.median / 1e3) / 1e9;
-                        push(
-                            BenchRow {
-                                section: "long".into(),
-                                shape: format!("T={t}"),
-                                variant: variant.clone(),
-                                unit: "ms".into(),
-                                value,
-                                peak_mib: peak,
-                                gflops: Some(gflops),
-                                of_matmul: Some(gflops / matmul),
-                            },
-                            &mut rows,
-                        );
+                        let mut row = BenchRow::new("long", format!("T={t}"), variant, "ms", value);
+                        row.peak_mib = peak;
+                        row.gflops = Some(gflops);
+                        row.of_matmul = Some(gflops / matmul);
+                        push(row, &mut rows);
                     }
                 }
                 Section::Generate => {
@@ -419,19 +409,7 @@ pub fn run(
                     let model = LanguageModel::new(&config, device)?;
                     for &ctx in &options.contexts {
                         let value = generation_latency(&model, ctx, options.gen_tokens, w, device)?;
-                        push(
-                            BenchRow {
-                                section: "generate".into(),
-                                shape: format!("ctx={ctx}"),
-                                variant: variant.clone(),
-                                unit: "ms/token".into(),
-                                value,
-                                peak_mib: None,
-                                gflops: None,
-                                of_matmul: None,
-                            },
-                            &mut rows,
-                        );
+                        push(BenchRow::new("generate", format!("ctx={ctx}"), variant, "ms/token", value), &mut rows);
                     }
                 }
             }
