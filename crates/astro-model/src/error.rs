@@ -70,4 +70,54 @@ pub enum ModelError {
     /// The requested compute backend is unknown or was not compiled in.
     #[error(transparent)]
     Device(#[from] crate::device::DeviceError),
+    /// A calibrated hidden-neuron map could not be fitted to the data.
+    #[error(transparent)]
+    Calibration(#[from] CalibrationError),
+}
+
+/// Why a calibrated hidden-neuron map (`saderf`, `shifted_saderf`) could not get its parameters.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum CalibrationError {
+    /// Ψ = (spread of keys / spread of queries)^{1/4} needs both spreads positive.
+    #[error(
+        "layer {layer}, head {head}: the {side}' {statistic} along dimension {dim} is 0, so the {map} map's \
+         ψ = (keys' {statistic} / queries' {statistic})^(1/4) is undefined there; calibrate on more varied text, \
+         or pass --fallback to use ψ = 1 on such dimensions"
+    )]
+    Undefined {
+        /// The map.
+        map: &'static str,
+        /// Block index.
+        layer: usize,
+        /// Head index.
+        head: usize,
+        /// Dimension of the head.
+        dim: usize,
+        /// `queries` or `keys`.
+        side: &'static str,
+        /// `variance` or `mean square`.
+        statistic: &'static str,
+    },
+    /// No token reached the statistics (all padding, or no data).
+    #[error("layer {layer}, head {head}: no (non-padding) tokens to calibrate on; give more text")]
+    NoData {
+        /// Block index.
+        layer: usize,
+        /// Head index.
+        head: usize,
+    },
+    /// The map has no data-dependent parameters.
+    #[error("the {map} map has no parameters to calibrate; use saderf or shifted_saderf")]
+    NotCalibrated {
+        /// The map.
+        map: &'static str,
+    },
+    /// Statistics or fitted parameters were not finite (NaN or infinite queries/keys).
+    #[error("layer {layer}: {what} is not finite (NaN or infinity in the model's queries or keys)")]
+    NotFinite {
+        /// Block index.
+        layer: usize,
+        /// Which quantity.
+        what: &'static str,
+    },
 }

@@ -16,5 +16,5 @@ pub mod info;
 pub mod transformer;
 
 pub use attention::{AttentionConfig, AttentionMask, InnerAttention};
-pub use error::{ConfigError, ModelError};
+pub use error::{CalibrationError, ConfigError, ModelError};
 pub use transformer::{EncoderClassifier, LanguageModel, SentenceEncoder, TransformerConfig};

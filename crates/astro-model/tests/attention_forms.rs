@@ -11,7 +11,7 @@ use astro_model::attention::{
 use burn::tensor::{DType, Tensor};
 use common::{device, normal4, padding, rel_err};
 
-const MAPS: [FeatureMap; 6] = FeatureMap::ALL;
+const MAPS: [FeatureMap; 8] = FeatureMap::ALL;
 
 struct Case {
     map: FeatureMap,
@@ -75,8 +75,12 @@ impl Case {
         let shape = [self.batch, self.heads, self.seq, self.head_dim];
         let q = normal4(shape, 0.7, self.seed * 10 + 1, self.dtype, &dev);
         let k = normal4(shape, 0.7, self.seed * 10 + 2, self.dtype, &dev);
+        // An offset gives the calibrated maps' key shift something to do.
+        let k = if self.map.is_calibrated() { k.add_scalar(0.3) } else { k };
         let v = normal4(shape, 1.0, self.seed * 10 + 3, self.dtype, &dev);
         let pad = self.padded.then(|| padding(self.batch, self.seq, 0.3, self.seed, &dev));
+        // Calibrated maps get non-trivial ψ, c and A from these very queries and keys.
+        let (attn, _) = attn.calibrate(q.clone(), k.clone(), pad.clone(), 0, false).expect("calibrates");
         let with_pad = |m: AttentionMask| match &pad {
             Some(p) => m.with_padding(p.clone()),
             None => m,

@@ -109,6 +109,8 @@ fn phi_naive(map: FeatureMap, x: &[f64], omega: &[f64], phase: &[f64], m: usize)
                         u.exp()
                     }
                 }
+                // Uncalibrated (ψ = 1, c = 0, A = 0): the positive map; calibrated ones in calibrated_maps.rs.
+                FeatureMap::Saderf | FeatureMap::ShiftedSaderf => (u - sq / 2.0).exp() / (m as f64).sqrt(),
             }
         })
         .collect()
@@ -177,6 +179,7 @@ fn no_nan_or_inf_at_large_norms() {
                     ..AstrocyticConfig::default()
                 }
                 .init(2, 32, 0, &dev);
+                let (attn, _) = attn.calibrate(q.clone(), k.clone(), None, 0, true).expect("calibrates");
                 for mask in [AttentionMask::causal(), AttentionMask::bidirectional()] {
                     let y = attn.forward(q.clone(), k.clone(), v.clone(), &mask);
                     assert!(all_finite(&y), "{map:?} norm {norm} γ {decay} causal={}: non-finite output", mask.causal);

@@ -10,14 +10,15 @@
 //! the decay γ (default 1 = the paper) and a learnable Ω are ablations.
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Bool, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::calibration::{self, HeadStats};
 use super::feature_map::{FeatureMap, Features, sample_omega, sample_phase};
 pub use super::kernel::ExecutionForm;
 use super::kernel::{self, KernelInput};
 use super::{AttentionMask, AttentionState, InnerAttention, NormaliserTrace};
-use crate::error::ConfigError;
+use crate::error::{CalibrationError, ConfigError};
 
 fn default_features() -> usize {
     256
@@ -111,7 +112,13 @@ impl AstrocyticConfig {
             let b = Tensor::<2>::from_data(sample_phase(heads, self.features, seed), device);
             Param::from_tensor(b).set_require_grad(false)
         });
-        AstrocyticAttention { omega, phase, config: self.clone() }
+        // Calibrated maps start as the positive map (ψ = 1, c = 0, A = 0) until calibrated.
+        let fixed = |t: Tensor<2>| Param::from_tensor(t).set_require_grad(false);
+        let calibrated = self.feature_map.is_calibrated();
+        let log_psi = calibrated.then(|| fixed(Tensor::zeros([heads, head_dim], device)));
+        let shift = calibrated.then(|| fixed(Tensor::zeros([heads, head_dim], device)));
+        let gerf_a = calibrated.then(|| Param::from_tensor(Tensor::<1>::zeros([heads], device)).set_require_grad(false));
+        AstrocyticAttention { omega, phase, log_psi, shift, gerf_a, config: self.clone() }
     }
 }
 
@@ -122,6 +129,12 @@ pub struct AstrocyticAttention {
     pub omega: Param<Tensor<3>>,
     /// Phases b of the cosine maps, `[heads, m]`.
     pub phase: Option<Param<Tensor<2>>>,
+    /// Calibrated maps: ln ψ, `[heads, head_dim]` (the query side reads ψ ⊙ q̃, the key side (k̃ − c) / ψ).
+    pub log_psi: Option<Param<Tensor<2>>>,
+    /// Calibrated maps: the key shift c, `[heads, head_dim]`.
+    pub shift: Option<Param<Tensor<2>>>,
+    /// Calibrated maps: GERF's A per head, `[heads]`.
+    pub gerf_a: Option<Param<Tensor<1>>>,
     #[module(skip)]
     config: AstrocyticConfig,
 }
@@ -132,15 +145,116 @@ impl AstrocyticAttention {
         &self.config
     }
 
-    /// Hidden-neuron activity φ(x / D^{1/4}) for `x` `[batch, heads, seq, head_dim]`.
-    pub(crate) fn features(&self, x: Tensor<4>) -> Features {
+    /// x̃ = x / D^{1/4} for `x` `[batch, heads, seq, head_dim]`.
+    fn scaled(x: Tensor<4>) -> Tensor<4> {
         let d = x.dims()[3] as f64;
-        let scaled = x.mul_scalar(d.powf(-0.25)); // x̃ = x / D^{1/4}
-        self.config.feature_map.features(scaled, self.omega.val(), self.phase.as_ref().map(|p| p.val()))
+        x.mul_scalar(d.powf(-0.25))
+    }
+
+    /// A `[heads, head_dim]` parameter as `[1, heads, 1, head_dim]` in `like`'s dtype.
+    fn per_head(p: &Param<Tensor<2>>, like: &Tensor<4>) -> Tensor<4> {
+        p.val().cast(like.dtype()).unsqueeze_dim::<3>(1).unsqueeze_dim(0)
+    }
+
+    fn map_features(&self, x: Tensor<4>) -> Features {
+        self.config.feature_map.features(
+            x,
+            self.omega.val(),
+            self.phase.as_ref().map(|p| p.val()),
+            self.gerf_a.as_ref().map(|a| a.val()),
+        )
+    }
+
+    /// Query-side hidden activity φ(ψ ⊙ q / D^{1/4}) (ψ = 1 for uncalibrated maps), `q`: `[batch, heads, seq, head_dim]`.
+    pub(crate) fn query_features(&self, q: Tensor<4>) -> Features {
+        let x = Self::scaled(q);
+        let x = match &self.log_psi {
+            Some(lp) => {
+                let psi = Self::per_head(lp, &x).exp();
+                x * psi
+            }
+            None => x,
+        };
+        self.map_features(x)
+    }
+
+    /// Key-side hidden activity φ((k / D^{1/4} − c) / ψ) (c = 0, ψ = 1 for uncalibrated maps).
+    pub(crate) fn key_features(&self, k: Tensor<4>) -> Features {
+        let x = Self::scaled(k);
+        let x = match &self.shift {
+            Some(c) => {
+                let c = Self::per_head(c, &x);
+                x - c
+            }
+            None => x,
+        };
+        let x = match &self.log_psi {
+            Some(lp) => {
+                let inv_psi = Self::per_head(lp, &x).neg().exp();
+                x * inv_psi
+            }
+            None => x,
+        };
+        self.map_features(x)
+    }
+
+    /// log of the factor exp(q̃_t·c) that the key shift takes out of every score of query t,
+    /// `[batch, heads, seq]` (`None` without a shift): the astrocyte estimates Z_t·exp(−q̃_t·c).
+    fn shift_log_factor(&self, q: Tensor<4>) -> Option<Tensor<3>> {
+        self.shift.as_ref().map(|c| {
+            let x = Self::scaled(q);
+            let c = Self::per_head(c, &x);
+            (x * c).sum_dim(3).squeeze_dim(3)
+        })
     }
 
     fn input(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> KernelInput {
-        KernelInput::new(self.features(q), self.features(k), v, mask.key_padding_column(), self.config.decay)
+        KernelInput::new(self.query_features(q), self.key_features(k), v, mask.key_padding_column(), self.config.decay)
+    }
+
+    /// Fits the calibrated map's parameters (ψ, c, A; see [`calibration`]) in closed form to the
+    /// statistics of `q`, `k` `[batch, heads, seq, head_dim]` (unscaled, as the layer receives them;
+    /// `padding` `[batch, seq]` true = skipped). Other maps are returned unchanged. Returns the layer
+    /// and the number of dimensions that fell back to ψ = 1 (only with `fallback`).
+    pub fn calibrate(
+        self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        padding: Option<Tensor<2, Bool>>,
+        layer: usize,
+        fallback: bool,
+    ) -> Result<(Self, usize), CalibrationError> {
+        if !self.config.feature_map.is_calibrated() {
+            return Ok((self, 0));
+        }
+        let dims = q.dims();
+        let [_, heads, _, d] = dims;
+        let host = |x: Tensor<4>| x.detach().into_data().convert::<f64>().try_to_vec::<f64>().unwrap_or_default();
+        let (qh, kh) = (host(Self::scaled(q)), host(Self::scaled(k)));
+        if qh.iter().chain(&kh).any(|x| !x.is_finite()) {
+            return Err(CalibrationError::NotFinite { layer, what: "a query or key" });
+        }
+        let pad = padding.map(|p| p.into_data().try_to_vec::<bool>().unwrap_or_default());
+        let mut stats = vec![HeadStats::new(d); heads];
+        calibration::accumulate(&mut stats, &qh, &kh, dims, pad.as_deref());
+        let (params, fallbacks) = calibration::closed_form(self.config.feature_map, &stats, layer, fallback)?;
+        if params.log_psi.iter().chain(&params.shift).chain(&params.gerf_a).any(|x| !x.is_finite()) {
+            return Err(CalibrationError::NotFinite { layer, what: "a fitted parameter" });
+        }
+        Ok((self.with_map_params(&params, heads, d), fallbacks))
+    }
+
+    /// Replaces ψ, c and A (host values, `[heads, head_dim]`, `[heads, head_dim]`, `[heads]`), keeping
+    /// the parameters' ids and whether they are trained.
+    pub fn with_map_params(mut self, params: &calibration::MapParams, heads: usize, d: usize) -> Self {
+        let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        fn set<const D: usize>(p: Param<Tensor<D>>, data: TensorData) -> Param<Tensor<D>> {
+            p.map(|old| Tensor::from_data(data, (&old.device(), old.dtype())))
+        }
+        self.log_psi = self.log_psi.map(|p| set(p, TensorData::new(f32s(&params.log_psi), [heads, d])));
+        self.shift = self.shift.map(|p| set(p, TensorData::new(f32s(&params.shift), [heads, d])));
+        self.gerf_a = self.gerf_a.map(|p| set(p, TensorData::new(f32s(&params.gerf_a), [heads])));
+        self
     }
 
     /// The explicit network, token by token (see [`kernel::mechanistic`]).
@@ -187,11 +301,23 @@ impl InnerAttention for AstrocyticAttention {
 
     fn attention_weights(&self, q: Tensor<4>, k: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
         let like = q.clone();
-        kernel::weights(self.features(q), self.features(k), &like, mask, self.config.decay)
+        kernel::weights(self.query_features(q), self.key_features(k), &like, mask, self.config.decay)
     }
 
     fn normalisers(&self, q: Tensor<4>, k: Tensor<4>, mask: &AttentionMask) -> NormaliserTrace {
-        kernel::normalisers(self.features(q.clone()), self.features(k.clone()), q, k, mask, self.config.decay)
+        let mut trace = kernel::normalisers(
+            self.query_features(q.clone()),
+            self.key_features(k.clone()),
+            q.clone(),
+            k,
+            mask,
+            self.config.decay,
+        );
+        // The shifted map estimates Z_t·exp(−q̃_t·c): multiply the factor back for comparisons with Z_t.
+        if let Some(f) = self.shift_log_factor(q) {
+            trace.astrocyte_log = trace.astrocyte_log.map(|log| log + f);
+        }
+        trace
     }
 
     fn state_floats(&self, heads: usize, head_dim: usize, _context: usize) -> usize {

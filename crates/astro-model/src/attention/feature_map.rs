@@ -38,17 +38,26 @@ pub enum FeatureMap {
     Linear,
     /// Deterministic ELU rate on the random projections, elu(Ωx) + 1 (positive).
     Elu,
+    /// SADERF (Likhosherstov et al. 2023): the query side reads Ψx, the key side Ψ⁻¹y, through GERF
+    /// features (1 − 4A)^{D/4} m^{-1/2} exp(A‖ω‖² + √(1 − 4A) ωᵀx − ‖x‖²/2); Ψ and A calibrated in
+    /// closed form from the queries' and keys' statistics ([`super::calibration`]). Positive, unbiased.
+    Saderf,
+    /// SADERF with the keys shifted by c = ȳ + Ψ²x̄ and Ψ from variances (see [`super::calibration`]):
+    /// the estimator's variance then depends on the spread of queries and keys, not on their offset.
+    ShiftedSaderf,
 }
 
 impl FeatureMap {
     /// Every map, in declaration order.
-    pub const ALL: [FeatureMap; 6] = [
+    pub const ALL: [FeatureMap; 8] = [
         FeatureMap::Positive,
         FeatureMap::Cosine,
         FeatureMap::Truncated,
         FeatureMap::PositiveCosine,
         FeatureMap::Linear,
         FeatureMap::Elu,
+        FeatureMap::Saderf,
+        FeatureMap::ShiftedSaderf,
     ];
 
     /// Name as written in configs.
@@ -60,7 +69,14 @@ impl FeatureMap {
             FeatureMap::PositiveCosine => "positive_cosine",
             FeatureMap::Linear => "linear",
             FeatureMap::Elu => "elu",
+            FeatureMap::Saderf => "saderf",
+            FeatureMap::ShiftedSaderf => "shifted_saderf",
         }
+    }
+
+    /// Whether the map has parameters fitted to data (Ψ, c, A): see [`super::calibration`].
+    pub fn is_calibrated(self) -> bool {
+        matches!(self, FeatureMap::Saderf | FeatureMap::ShiftedSaderf)
     }
 
     /// Whether φ ≥ 0 everywhere, so the astrocyte response pᵀφ(q̃) can never change sign.
@@ -78,11 +94,21 @@ impl FeatureMap {
     /// - `x`: `[batch, heads, seq, D]`, already scaled by D^{-1/4}
     /// - `omega`: `[heads, m, D]`
     /// - `phase`: `[heads, m]` (cosine maps only)
-    pub(crate) fn features(self, x: Tensor<4>, omega: Tensor<3>, phase: Option<Tensor<2>>) -> Features {
+    /// - `gerf_a`: GERF's A per head, `[heads]` (calibrated maps only; `None` means A = 0). The
+    ///   calibrated maps' Ψ and shift are applied by the caller, which knows the side.
+    pub(crate) fn features(
+        self,
+        x: Tensor<4>,
+        omega: Tensor<3>,
+        phase: Option<Tensor<2>>,
+        gerf_a: Option<Tensor<1>>,
+    ) -> Features {
         let m = omega.dims()[1];
         let ln_m = (m as f64).ln();
         // u = Ωx per token: [B,H,T,D] @ [1,H,D,m] -> [B,H,T,m]
-        let omega_t = omega.cast(x.dtype()).swap_dims(1, 2).unsqueeze_dim::<4>(0);
+        let [h, _, d] = omega.dims();
+        let dtype = x.dtype();
+        let omega_t = omega.clone().cast(dtype).swap_dims(1, 2).unsqueeze_dim::<4>(0);
         let u = x.clone().matmul(omega_t);
         // ‖x‖²/2 per token: [B,H,T,1]
         let half_sq = x.square().sum_dim(3).mul_scalar(0.5);
@@ -92,6 +118,17 @@ impl FeatureMap {
             None => u,
         };
         match self {
+            FeatureMap::Saderf | FeatureMap::ShiftedSaderf => {
+                let Some(a) = gerf_a else {
+                    return Features::Log((u - half_sq).sub_scalar(0.5 * ln_m));
+                };
+                // log φ = √(1 − 4A) ωᵀx + A‖ω‖² − ‖x‖²/2 + (D/4) ln(1 − 4A) − ½ ln m
+                let a = a.cast(dtype).reshape([1, h, 1, 1]); //                       [1,H,1,1]
+                let one_minus = a.clone().mul_scalar(-4.0).add_scalar(1.0); //       1 − 4A
+                let omega_sq = omega.cast(dtype).square().sum_dim(2).reshape([1, h, 1, m]); // ‖ω_μ‖²: [1,H,1,m]
+                let log = u * one_minus.clone().sqrt() + omega_sq * a + one_minus.log().mul_scalar(d as f64 / 4.0);
+                Features::Log((log - half_sq).sub_scalar(0.5 * ln_m))
+            }
             FeatureMap::Positive => Features::Log((u - half_sq).sub_scalar(0.5 * ln_m)),
             FeatureMap::Truncated => Features::Log((u.clamp_max(TRUNCATION.ln()) - half_sq).sub_scalar(0.5 * ln_m)),
             FeatureMap::Cosine => Features::Scaled {

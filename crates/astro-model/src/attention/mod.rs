@@ -7,6 +7,7 @@
 //! ([`AttentionConfig`]).
 
 pub mod astrocytic;
+pub mod calibration;
 pub mod feature_map;
 pub(crate) mod kernel;
 pub mod layer;

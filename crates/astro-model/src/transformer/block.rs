@@ -10,7 +10,7 @@ use burn::tensor::{Device, Int, Tensor};
 
 use super::config::{NormPlacement, Positions, TransformerConfig};
 use crate::attention::layer::{AttentionLayer, AttentionLayerConfig};
-use crate::attention::{AttentionMask, AttentionState, NormaliserTrace};
+use crate::attention::{Attention, AttentionMask, AttentionState, NormaliserTrace};
 
 /// GPT-2 initialisation: weights N(0, 0.02).
 pub(crate) const INIT_STD: f64 = 0.02;
@@ -254,6 +254,29 @@ impl Trunk {
             x = block.forward(x, mask, self.rope.as_ref());
         }
         out
+    }
+
+    /// Fits every calibrated astrocytic layer's map (see [`crate::attention::calibration`]) to its
+    /// own queries and keys on `tokens` `[batch, seq]`, block by block: block ℓ is calibrated on the
+    /// activity that the already-calibrated blocks before it produce. Returns the model and the number
+    /// of dimensions that fell back to ψ = 1 (only with `fallback`). Other variants pass unchanged.
+    pub fn calibrate(mut self, tokens: Tensor<2, Int>, mask: &AttentionMask, fallback: bool) -> Result<(Self, usize), crate::ModelError> {
+        let mut x = self.embed(tokens, 0);
+        let mut fallbacks = 0;
+        let blocks = std::mem::take(&mut self.blocks);
+        for (layer, mut block) in blocks.into_iter().enumerate() {
+            if let Attention::Astrocytic(inner) = &block.attn.inner
+                && inner.config().feature_map.is_calibrated()
+            {
+                let (q, k) = block.attn.queries_keys(block.attention_input(x.clone()), self.rope.as_ref());
+                let (calibrated, n) = inner.clone().calibrate(q, k, mask.key_padding.clone(), layer, fallback)?;
+                fallbacks += n;
+                block.attn.inner = Attention::Astrocytic(calibrated);
+            }
+            x = block.forward(x, mask, self.rope.as_ref());
+            self.blocks.push(block);
+        }
+        Ok((self, fallbacks))
     }
 
     /// Causal step: new `tokens` `[batch, seq_new]` after `start` tokens summarised in `states`

@@ -109,6 +109,23 @@ impl EncoderClassifier {
         SavedArchitecture::EncoderClassifier { config: self.config.clone(), classifier: self.classifier.clone() }
     }
 
+    /// Fits calibrated astrocytic maps to `tokens` `[batch, seq]` (padding skipped); see
+    /// [`super::block::Trunk::calibrate`]. Returns the model and the count of ψ = 1 fallbacks.
+    pub fn calibrate(
+        mut self,
+        tokens: Tensor<2, Int>,
+        padding: Option<Tensor<2, Bool>>,
+        fallback: bool,
+    ) -> Result<(Self, usize), ModelError> {
+        let mut mask = AttentionMask::bidirectional();
+        if let Some(p) = padding {
+            mask = mask.with_padding(p);
+        }
+        let (trunk, n) = self.trunk.calibrate(tokens, &mask, fallback)?;
+        self.trunk = trunk;
+        Ok((self, n))
+    }
+
     /// Class logits `[batch, classes]` for `tokens` `[batch, seq]`; `padding` `[batch, seq]` marks
     /// padding tokens (ignored as keys and in mean pooling).
     pub fn forward(&self, tokens: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>) -> Tensor<2> {

@@ -142,6 +142,14 @@ impl LanguageModel {
         self.trunk.normalisers(tokens, &AttentionMask::causal())
     }
 
+    /// Fits calibrated astrocytic maps to `tokens` `[batch, seq]`; see
+    /// [`super::block::Trunk::calibrate`]. Returns the model and the count of ψ = 1 fallbacks.
+    pub fn calibrate(mut self, tokens: Tensor<2, Int>, fallback: bool) -> Result<(Self, usize), ModelError> {
+        let (trunk, n) = self.trunk.calibrate(tokens, &AttentionMask::causal(), fallback)?;
+        self.trunk = trunk;
+        Ok((self, n))
+    }
+
     /// Each block's queries and keys on this model's own forward pass over `tokens` (causal).
     pub fn attention_inputs(&self, tokens: Tensor<2, Int>) -> Vec<(Tensor<4>, Tensor<4>)> {
         self.trunk.attention_inputs(tokens, &AttentionMask::causal())
