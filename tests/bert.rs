@@ -181,6 +181,8 @@ fn replicate_reports_every_head_and_the_swap() {
     let dir = root.join("bert");
     checkpoint(&dir);
     let out = root.join("report");
+    let fit = root.join("fit.txt");
+    std::fs::write(&fit, "the astrocyte listens to the synapse and the neuron.\na calcium wave rises in the glia and falls again.\n").unwrap();
     let json = astro(root)
         .args([
             "replicate",
@@ -194,6 +196,8 @@ fn replicate_reports_every_head_and_the_swap() {
             "--model",
         ])
         .arg(&dir)
+        .arg("--fit")
+        .arg(&fit)
         .arg("--out")
         .arg(&out)
         .assert()
@@ -202,30 +206,36 @@ fn replicate_reports_every_head_and_the_swap() {
         .stdout
         .clone();
     let r: Value = serde_json::from_slice(&json).unwrap();
-    assert_eq!(r["heads"].as_array().unwrap().len(), LAYERS * 2 * 2);
-    let overall: Vec<f64> = r["summary"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["layer"].is_null())
-        .map(|s| s["mean_median_rel_err"].as_f64().unwrap())
-        .collect();
-    assert!(overall[1] < overall[0] / 4.0, "error shrinks with m: {overall:?}");
+    // Three maps (positive, saderf, shifted_saderf) × 2 values of m.
+    assert_eq!(r["heads"].as_array().unwrap().len(), 3 * LAYERS * 2 * 2);
+    for map in ["positive", "saderf", "shifted_saderf"] {
+        let overall: Vec<f64> = r["summary"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["layer"].is_null() && s["map"] == map)
+            .map(|s| s["mean_median_rel_err"].as_f64().unwrap())
+            .collect();
+        assert!(overall[1] < overall[0] / 4.0, "{map}: error shrinks with m: {overall:?}");
+    }
     let cosines = r["embedding_cosine"].as_array().unwrap();
+    assert_eq!(cosines.len(), 3 * 2);
     assert_eq!(r["sentences"].as_array().unwrap().len(), 2);
-    assert!(cosines[1][1].as_array().unwrap().iter().all(|c| c.as_f64().unwrap() > 0.99), "{cosines:?}");
+    for c in cosines.iter().filter(|c| c[1] == 16384) {
+        assert!(c[2].as_array().unwrap().iter().all(|c| c.as_f64().unwrap() > 0.99), "{cosines:?}");
+    }
     for f in [
         "replicate.csv",
         "replicate.md",
-        "normalisers_m16.png",
-        "normalisers_m16384.svg",
+        "normalisers_positive_m16.png",
+        "normalisers_shifted_saderf_m16384.svg",
         "error_vs_m.png",
         "cosine_vs_m.svg",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     astro(root)
-        .args(["replicate", "--head", "5,0", "--features", "16", "--model"])
+        .args(["replicate", "--head", "5,0", "--features", "16", "--feature-maps", "positive", "--model"])
         .arg(&dir)
         .arg("--out")
         .arg(root.join("r2"))

@@ -147,20 +147,24 @@ fn fidelity_report_on_a_softmax_run() {
         .stdout
         .clone();
     let r: Value = serde_json::from_slice(&out).unwrap();
-    assert_eq!(r["val_loss"].as_array().unwrap().len(), 3);
-    assert_eq!(r["heads"].as_array().unwrap().len(), 2 * 2 * 3);
+    // Three maps side by side by default: positive, saderf, shifted_saderf.
+    assert_eq!(r["val_loss"].as_array().unwrap().len(), 3 * 3);
+    assert_eq!(r["heads"].as_array().unwrap().len(), 3 * 2 * 2 * 3);
+    assert_eq!(r["error_slope"].as_array().unwrap().len(), 3);
     // With small trained norms the astrocyte response converges: error falls with m.
-    let err = |m: u64| {
+    let err = |map: &str, m: u64| {
         let hs: Vec<f64> = r["heads"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|h| h["m"].as_u64() == Some(m))
+            .filter(|h| h["m"].as_u64() == Some(m) && h["map"] == map)
             .map(|h| h["median_rel_err"].as_f64().unwrap())
             .collect();
         hs.iter().sum::<f64>() / hs.len() as f64
     };
-    assert!(err(512) < err(8), "median error {} at m=512 vs {} at m=8", err(512), err(8));
+    for map in ["positive", "saderf", "shifted_saderf"] {
+        assert!(err(map, 512) < err(map, 8), "{map}: median error {} at m=512 vs {} at m=8", err(map, 512), err(map, 8));
+    }
     for f in ["fidelity.csv", "fidelity.md", "normalisers.png", "error_vs_m.svg", "loss_vs_m.png"] {
         assert!(root.join("fid").join(f).is_file(), "{f} missing");
     }

@@ -14,9 +14,16 @@ pub struct FidelityArgs {
     /// Numbers of hidden neurons m to try.
     #[arg(long, value_delimiter = ',', default_value = "64,256,1024,4096,16384")]
     features: Vec<usize>,
-    /// Hidden-neuron map (positive, cosine, truncated, positive_cosine, linear, elu).
-    #[arg(long, default_value = "positive")]
-    feature_map: String,
+    /// Hidden-neuron maps to compare (positive, saderf, shifted_saderf, cosine, truncated,
+    /// positive_cosine, linear, elu).
+    #[arg(long, value_delimiter = ',', default_value = "positive,saderf,shifted_saderf")]
+    feature_maps: Vec<String>,
+    /// Training-split sequences the calibrated maps (saderf, shifted_saderf) are fitted on.
+    #[arg(long, default_value_t = 32)]
+    fit_sequences: usize,
+    /// Use ψ = 1 where a calibrated map's closed form is undefined, instead of stopping.
+    #[arg(long)]
+    fallback: bool,
     /// Orthogonal Ω.
     #[arg(long)]
     orthogonal: bool,
@@ -41,7 +48,7 @@ pub struct FidelityArgs {
 }
 
 pub fn run(args: FidelityArgs, device: Option<&str>) -> anyhow::Result<()> {
-    let feature_map = crate::feature_map(&args.feature_map)?;
+    let feature_maps = args.feature_maps.iter().map(|m| crate::feature_map(m)).collect::<anyhow::Result<Vec<_>>>()?;
     if args.head.len() != 2 {
         anyhow::bail!("--head takes `layer,head`, e.g. 0,1");
     }
@@ -64,7 +71,9 @@ pub fn run(args: FidelityArgs, device: Option<&str>) -> anyhow::Result<()> {
     });
     let options = FidelityOptions {
         features: args.features.clone(),
-        feature_map,
+        feature_maps,
+        fit_sequences: args.fit_sequences,
+        fallback: args.fallback,
         orthogonal: args.orthogonal,
         seed: args.seed,
         batches: args.batches,
@@ -76,11 +85,11 @@ pub fn run(args: FidelityArgs, device: Option<&str>) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!("softmax validation loss {:.4}", report.softmax_val_loss);
-        for (m, l) in &report.val_loss {
-            println!("  m = {m:>6}: {l:.4} ({:+.4})", l - report.softmax_val_loss);
+        for (map, m, l) in &report.val_loss {
+            println!("  {map:>15}, m = {m:>6}: {l:.4} ({:+.4})", l - report.softmax_val_loss);
         }
-        for (l, s) in report.error_slope.iter().enumerate() {
-            println!("  layer {l}: log–log slope of the median relative error {s:.3}");
+        for (map, s) in &report.error_slope {
+            println!("  {map:>15}: log–log slope of the median relative error against m {s:.3}");
         }
         for f in &report.files {
             println!("  wrote {}", f.display());

@@ -126,7 +126,18 @@ pub(crate) fn device(name: Option<&str>) -> anyhow::Result<burn::tensor::Device>
 pub(crate) fn feature_map(name: &str) -> anyhow::Result<astro_model::attention::FeatureMap> {
     serde_json::from_value(serde_json::Value::String(name.to_string())).map_err(|_| {
         anyhow::anyhow!(
-            "unknown --feature-map `{name}`; expected positive, cosine, truncated, positive_cosine, linear or elu"
+            "unknown feature map `{name}`; expected positive, saderf, shifted_saderf, cosine, truncated, positive_cosine, linear or elu"
         )
     })
+}
+
+/// Text from a file, or from a named dataset of the manifest (found offline or downloaded).
+pub(crate) fn read_text_source(source: &str) -> anyhow::Result<String> {
+    let path = std::path::Path::new(source);
+    let spec = if path.exists() || !astro_data::corpus::manifest().contains_key(source) {
+        astro_data::CorpusSpec { dataset: None, path: Some(path.to_path_buf()) }
+    } else {
+        astro_data::CorpusSpec { dataset: Some(source.to_string()), path: None }
+    };
+    Ok(spec.load()?.text)
 }

@@ -33,9 +33,19 @@ pub struct ReplicateArgs {
     /// Numbers of hidden neurons m.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
     features: Vec<usize>,
-    /// Hidden-neuron map (positive, cosine, truncated, positive_cosine, linear, elu).
-    #[arg(long, default_value = "positive")]
-    feature_map: String,
+    /// Hidden-neuron maps compared side by side (positive, saderf, shifted_saderf, cosine, truncated,
+    /// positive_cosine, linear, elu).
+    #[arg(long, value_delimiter = ',', default_value = "positive,saderf,shifted_saderf")]
+    feature_maps: Vec<String>,
+    /// Text the calibrated maps are fitted on: a file or a named dataset (held out from the text).
+    #[arg(long, value_name = "FILE|DATASET", default_value = "wikitext2-valid")]
+    fit: String,
+    /// Lines of the fitting text used (those of at least 20 characters).
+    #[arg(long, default_value_t = 64)]
+    fit_sentences: usize,
+    /// Use ψ = 1 where a calibrated map's closed form is undefined, instead of stopping.
+    #[arg(long)]
+    fallback: bool,
     /// Seed of Ω.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -51,7 +61,7 @@ pub struct ReplicateArgs {
 }
 
 pub fn run(args: ReplicateArgs, device: Option<&str>) -> anyhow::Result<()> {
-    let feature_map = crate::feature_map(&args.feature_map)?;
+    let feature_maps = args.feature_maps.iter().map(|m| crate::feature_map(m)).collect::<anyhow::Result<Vec<_>>>()?;
     if args.head.len() != 2 {
         bail!("--head takes `layer,head`, e.g. 1,5");
     }
@@ -60,11 +70,19 @@ pub fn run(args: ReplicateArgs, device: Option<&str>) -> anyhow::Result<()> {
         (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
         (None, None) => readme_paragraph(),
     };
+    let fit_text = if feature_maps.iter().any(|m| m.is_calibrated()) {
+        Some(crate::read_text_source(&args.fit)?)
+    } else {
+        None
+    };
     let device = crate::device(device)?;
     let options = ReplicateOptions {
         text,
         features: args.features.clone(),
-        feature_map,
+        feature_maps,
+        fit_text,
+        fit_sentences: args.fit_sentences,
+        fallback: args.fallback,
         seed: args.seed,
         head: (args.head[0], args.head[1]),
     };
@@ -75,16 +93,18 @@ pub fn run(args: ReplicateArgs, device: Option<&str>) -> anyhow::Result<()> {
     }
     println!("{} tokens; Pearson r / median relative error of a_t against Z_t, mean over heads:", report.tokens);
     for s in report.summary.iter().filter(|s| s.layer.is_none()) {
-        println!("  m = {:>7}: {:.4} / {:.4}", s.m, s.mean_pearson, s.mean_median_rel_err);
+        println!("  {:>15}, m = {:>7}: {:.4} / {:.4}", s.map, s.m, s.mean_pearson, s.mean_median_rel_err);
     }
     let (l, h) = options.head;
     for s in report.heads.iter().filter(|s| (s.layer, s.head) == (l, h)) {
-        println!("  layer {l}, head {h}, m = {:>7}: {:.4} / {:.4}", s.m, s.pearson, s.median_rel_err);
+        println!("  layer {l}, head {h}, {:>15}, m = {:>7}: {:.4} / {:.4}", s.map, s.m, s.pearson, s.median_rel_err);
     }
-    println!("  log–log slope of the error against m: {:.3}", report.error_slope);
-    for (m, c) in &report.embedding_cosine {
+    for (map, slope) in &report.error_slope {
+        println!("  {map:>15}: log–log slope of the error against m {slope:.3}");
+    }
+    for (map, m, c) in &report.embedding_cosine {
         println!(
-            "  every layer swapped, m = {m:>7}: sentence-embedding cosine {:.4} (mean)",
+            "  every layer swapped, {map:>15}, m = {m:>7}: sentence-embedding cosine {:.4} (mean)",
             c.iter().sum::<f64>() / c.len().max(1) as f64
         );
     }

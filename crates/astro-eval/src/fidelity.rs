@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use astro_data::{BatchSampler, Sampling, split, tokenize_cached};
-use astro_model::attention::{AstrocyticConfig, AttentionMask, FeatureMap, InnerAttention};
+use astro_model::attention::{AstrocyticConfig, Attention, AttentionMask, FeatureMap, InnerAttention};
 use astro_model::{AttentionConfig, LanguageModel};
 use astro_train::Net;
 use astro_train::source::{Batch, score};
@@ -29,8 +29,12 @@ use crate::run::Run;
 pub struct FidelityOptions {
     /// Numbers of hidden neurons to try.
     pub features: Vec<usize>,
-    /// Hidden-neuron map.
-    pub feature_map: FeatureMap,
+    /// Hidden-neuron maps to compare, side by side.
+    pub feature_maps: Vec<FeatureMap>,
+    /// Training-split sequences the calibrated maps are fitted on (never the evaluation data).
+    pub fit_sequences: usize,
+    /// Use ψ = 1 where a calibrated map's closed form is undefined, instead of failing.
+    pub fallback: bool,
     /// Orthogonal Ω.
     pub orthogonal: bool,
     /// Ω seed.
@@ -47,7 +51,9 @@ impl Default for FidelityOptions {
     fn default() -> Self {
         Self {
             features: vec![64, 256, 1024, 4096, 16384],
-            feature_map: FeatureMap::Positive,
+            feature_maps: vec![FeatureMap::Positive, FeatureMap::Saderf, FeatureMap::ShiftedSaderf],
+            fit_sequences: 32,
+            fallback: false,
             orthogonal: false,
             seed: 0,
             batches: 20,
@@ -57,9 +63,11 @@ impl Default for FidelityOptions {
     }
 }
 
-/// Statistics of one (layer, head, m).
+/// Statistics of one (map, layer, head, m).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HeadStat {
+    /// Hidden-neuron map.
+    pub map: String,
     /// Block index.
     pub layer: usize,
     /// Head index.
@@ -79,12 +87,12 @@ pub struct FidelityReport {
     pub run: PathBuf,
     /// The softmax model's validation loss on the same batches.
     pub softmax_val_loss: f64,
-    /// (m, validation loss of the swapped model).
-    pub val_loss: Vec<(usize, f64)>,
-    /// Per (layer, head, m) statistics.
+    /// (map, m, validation loss of the swapped model).
+    pub val_loss: Vec<(String, usize, f64)>,
+    /// Per (map, layer, head, m) statistics.
     pub heads: Vec<HeadStat>,
-    /// Log–log slope of the median relative error (mean over heads) against m, per layer.
-    pub error_slope: Vec<f64>,
+    /// (map, log–log slope of the median relative error, mean over all heads, against m).
+    pub error_slope: Vec<(String, f64)>,
     /// Files written.
     pub files: Vec<PathBuf>,
 }
@@ -139,6 +147,52 @@ fn host(x: Tensor<3>) -> Vec<f64> {
     x.into_data().try_into_vec_as::<f64>().unwrap_or_default()
 }
 
+/// Per-head Pearson r and median relative error of a_t against Z_t from one layer's trace.
+pub(crate) fn head_stats(
+    trace: astro_model::attention::NormaliserTrace,
+    map: FeatureMap,
+    layer: usize,
+    m: usize,
+    keep: &dyn Fn(usize, usize) -> bool,
+) -> (Vec<HeadStat>, Vec<(Vec<f64>, Vec<f64>)>) {
+    let [b, heads, t] = trace.softmax_log.dims();
+    let z = host(trace.softmax_log); //                 [B,H,T] log Z
+    let a = host(trace.astrocyte_log.expect("astrocytic traces carry a_t"));
+    let sign = host(trace.astrocyte_sign.expect("astrocytic traces carry the sign"));
+    let mut stats = Vec::with_capacity(heads);
+    let mut series = Vec::with_capacity(heads);
+    for h in 0..heads {
+        let (mut zs, mut as_) = (Vec::new(), Vec::new());
+        for bi in 0..b {
+            for i in 0..t {
+                if !keep(bi, i) {
+                    continue;
+                }
+                let idx = (bi * heads + h) * t + i;
+                zs.push(z[idx].exp());
+                as_.push(sign[idx] * a[idx].exp());
+            }
+        }
+        let rel: Vec<f64> = zs.iter().zip(&as_).map(|(z, a)| (a - z).abs() / z).collect();
+        stats.push(HeadStat {
+            map: map.name().into(),
+            layer,
+            head: h,
+            m,
+            pearson: pearson(&as_, &zs),
+            median_rel_err: median(rel),
+        });
+        series.push((zs, as_));
+    }
+    (stats, series)
+}
+
+/// Mean over the stats selected by `filter` of `f`.
+pub(crate) fn mean_of(stats: &[HeadStat], filter: impl Fn(&HeadStat) -> bool, f: impl Fn(&HeadStat) -> f64) -> f64 {
+    let v: Vec<f64> = stats.iter().filter(|s| filter(s)).map(f).collect();
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
 /// Runs the report for the softmax run `run`, writing files into `out`.
 pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityReport, EvalError> {
     if !matches!(run.config.model.attention, AttentionConfig::Softmax(_)) {
@@ -151,12 +205,15 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
     if options.features.is_empty() || options.features.contains(&0) {
         return Err(EvalError::Invalid("--features needs positive numbers of hidden neurons, e.g. 64,256,1024".into()));
     }
+    if options.feature_maps.is_empty() {
+        return Err(EvalError::Invalid("--feature-maps needs at least one map, e.g. positive,shifted_saderf".into()));
+    }
     let lm = run.net.lm().ok_or_else(|| EvalError::Invalid("the run holds no language model".into()))?.valid();
     let device = lm.trunk.wte.weight.val().device();
     let tokenizer = run.tokenizer.as_ref().ok_or_else(|| EvalError::Invalid("the run has no tokenizer".into()))?;
     let corpus = run.config.corpus().load()?;
     let file = tokenize_cached(&corpus, tokenizer.as_ref())?;
-    let (_, val) = split(file.len(), run.config.data.val_fraction);
+    let (train, val) = split(file.len(), run.config.data.val_fraction);
     let block = run.config.model.block_size;
     let batch = run.config.optim.batch_size;
     let mut sampler = BatchSampler::new(val.clone(), block, batch, Sampling::Random, 0xf1de_1177);
@@ -177,51 +234,47 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
     };
     let softmax_val_loss = loss_of(&Net::Lm(lm.clone()));
 
+    // Calibrated maps are fitted on training-split sequences, never on the evaluation data.
+    let mut fit_sampler = BatchSampler::new(train, block, options.fit_sequences.max(1), Sampling::Random, 0xf17_0001);
+    let fit = fit_sampler.next_batch(&file);
+    let fit_tokens = Tensor::<2, Int>::from_data(TensorData::new(fit.inputs, [fit.batch, fit.block]), &device);
     // Queries and keys of the softmax model itself, per layer, on a few validation sequences.
     let mut seq_sampler = BatchSampler::new(val, block, options.sequences.max(1), Sampling::Random, 0x5e9_0001);
     let seqs = seq_sampler.next_batch(&file);
     let tokens = Tensor::<2, Int>::from_data(TensorData::new(seqs.inputs, [seqs.batch, seqs.block]), &device);
     let qk = lm.attention_inputs(tokens);
-    let heads = run.config.model.n_head;
-    let head_dim = run.config.model.head_dim();
     let mask = AttentionMask::causal();
+    let figure_m = options.features[options.features.len() / 2];
 
     let mut val_loss = Vec::new();
     let mut stats = Vec::new();
     let mut figure: Vec<Series> = Vec::new();
-    for &m in &options.features {
-        let astro_cfg = AstrocyticConfig {
-            features: m,
-            feature_map: options.feature_map,
-            orthogonal: options.orthogonal,
-            seed: options.seed,
-            ..AstrocyticConfig::default()
-        };
-        let mut config = run.config.model.clone();
-        config.attention = AttentionConfig::Astrocytic(astro_cfg.clone());
-        let swapped = LanguageModel::new(&config, &device)?.transfer_weights(&run.weights)?;
-        let loss = loss_of(&Net::Lm(swapped));
-        eprintln!("m = {m}: validation loss {loss:.4} (softmax {softmax_val_loss:.4})");
-        val_loss.push((m, loss));
-        for (layer, (q, k)) in qk.iter().enumerate() {
-            let attn = astro_cfg.init(heads, head_dim, layer, &device);
-            let trace = attn.normalisers(q.clone(), k.clone(), &mask);
-            let z = host(trace.softmax_log); //                 [B,H,T] log Z
-            let a = host(trace.astrocyte_log.expect("astrocytic traces carry a_t"));
-            let sign = host(trace.astrocyte_sign.expect("astrocytic traces carry the sign"));
-            let t = seqs.block;
-            for h in 0..heads {
-                let (mut zs, mut as_) = (Vec::new(), Vec::new());
-                for b in 0..seqs.batch {
-                    for i in 0..t {
-                        let idx = (b * heads + h) * t + i;
-                        zs.push(z[idx].exp());
-                        as_.push(sign[idx] * a[idx].exp());
-                    }
-                }
-                let rel: Vec<f64> = zs.iter().zip(&as_).map(|(z, a)| (a - z).abs() / z).collect();
-                stats.push(HeadStat { layer, head: h, m, pearson: pearson(&as_, &zs), median_rel_err: median(rel) });
-                if (layer, h) == options.head {
+    for &map in &options.feature_maps {
+        for &m in &options.features {
+            let astro_cfg = AstrocyticConfig {
+                features: m,
+                feature_map: map,
+                orthogonal: options.orthogonal,
+                seed: options.seed,
+                ..AstrocyticConfig::default()
+            };
+            let mut config = run.config.model.clone();
+            config.attention = AttentionConfig::Astrocytic(astro_cfg.clone());
+            let swapped = LanguageModel::new(&config, &device)?.transfer_weights(&run.weights)?;
+            let (swapped, _) = swapped.calibrate(fit_tokens.clone(), options.fallback)?;
+            let loss = loss_of(&Net::Lm(swapped.clone()));
+            eprintln!("{} map, m = {m}: validation loss {loss:.4} (softmax {softmax_val_loss:.4})", map.name());
+            val_loss.push((map.name().to_string(), m, loss));
+            for (layer, (q, k)) in qk.iter().enumerate() {
+                let Attention::Astrocytic(attn) = &swapped.trunk.blocks[layer].attn.inner else {
+                    unreachable!("every layer was swapped to astrocytic attention");
+                };
+                let trace = attn.normalisers(q.clone(), k.clone(), &mask);
+                let (head_stats, series) = head_stats(trace, map, layer, m, &|_, _| true);
+                stats.extend(head_stats);
+                if layer == options.head.0 && m == figure_m {
+                    let (zs, as_) = &series[options.head.1];
+                    let t = seqs.block;
                     if figure.is_empty() {
                         figure.push(Series {
                             label: "softmax normaliser Z_t".into(),
@@ -230,7 +283,7 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
                         });
                     }
                     figure.push(Series {
-                        label: format!("astrocyte response, m = {m}"),
+                        label: format!("astrocyte response, {} map, m = {m}", map.name()),
                         points: (0..t).map(|i| (i as f64, as_[i])).collect(),
                         errors: None,
                     });
@@ -240,64 +293,67 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
     }
 
     let layers = run.config.model.n_layer;
-    let per_layer = |layer: usize, m: usize, f: &dyn Fn(&HeadStat) -> f64| {
-        let v: Vec<f64> = stats.iter().filter(|s| s.layer == layer && s.m == m).map(f).collect();
-        v.iter().sum::<f64>() / v.len().max(1) as f64
+    let map_names: Vec<&str> = options.feature_maps.iter().map(|m| m.name()).collect();
+    let cell = |map: &str, layer: Option<usize>, m: usize, f: &dyn Fn(&HeadStat) -> f64| {
+        mean_of(&stats, |s| s.map == map && s.m == m && layer.is_none_or(|l| s.layer == l), f)
     };
-    let error_slope: Vec<f64> = (0..layers)
-        .map(|l| {
-            loglog_slope(
-                &options
-                    .features
-                    .iter()
-                    .map(|&m| (m as f64, per_layer(l, m, &|s| s.median_rel_err)))
-                    .collect::<Vec<_>>(),
-            )
+    let error_slope: Vec<(String, f64)> = map_names
+        .iter()
+        .map(|&map| {
+            let pts: Vec<(f64, f64)> =
+                options.features.iter().map(|&m| (m as f64, cell(map, None, m, &|s| s.median_rel_err))).collect();
+            (map.to_string(), loglog_slope(&pts))
         })
         .collect();
 
     std::fs::create_dir_all(out).map_err(|e| EvalError::io("create", out, e))?;
     let mut files = Vec::new();
     // Tables.
-    let mut csv = String::from("layer,head,m,pearson,median_rel_err\n");
+    let mut csv = String::from("map,layer,head,m,pearson,median_rel_err\n");
     for s in &stats {
-        csv.push_str(&format!("{},{},{},{:.6},{:.6}\n", s.layer, s.head, s.m, s.pearson, s.median_rel_err));
+        csv.push_str(&format!("{},{},{},{},{:.6},{:.6}\n", s.map, s.layer, s.head, s.m, s.pearson, s.median_rel_err));
     }
     let csv_path = out.join("fidelity.csv");
     astro_data::fsutil::write_atomic(&csv_path, csv.as_bytes()).map_err(|e| EvalError::io("write", &csv_path, e))?;
     files.push(csv_path);
+    let ms = options.features.iter().map(|m| format!(" m = {m} |")).collect::<String>();
+    let rule = "---:|".repeat(options.features.len());
     let mut md = format!(
-        "# Attention fidelity: {} swapped to astrocytic attention\n\nSame weights, no retraining; {} map, {} Ω, seed {}. Validation loss on {} batches of {}×{} tokens; normaliser statistics on {} validation sequences, every query of every head.\n\n| m | val loss | Δ vs softmax ({:.4}) |\n|---:|---:|---:|\n",
+        "# Attention fidelity: {} swapped to astrocytic attention\n\nSame weights, no retraining; {} Ω, seed {}. Calibrated maps (saderf, shifted_saderf) fitted in closed form on {} training-split sequences. Validation loss on {} batches of {}×{} tokens; normaliser statistics on {} validation sequences, every query of every head.\n\n## Validation loss (softmax: {:.4})\n\n| map |{ms}\n|---|{rule}\n",
         run.dir.display(),
-        options.feature_map.name(),
         if options.orthogonal { "orthogonal" } else { "i.i.d." },
         options.seed,
+        fit.batch,
         batches.len(),
         batch,
         block,
         seqs.batch,
         softmax_val_loss
     );
-    for (m, l) in &val_loss {
-        md.push_str(&format!("| {m} | {l:.4} | {:+.4} |\n", l - softmax_val_loss));
-    }
-    md.push_str("\nPer layer, mean over heads: Pearson r(a_t, Z_t) / median |a_t − Z_t| / Z_t.\n\n| layer |");
-    for m in &options.features {
-        md.push_str(&format!(" m = {m} |"));
-    }
-    md.push_str(" error slope |\n|---:|");
-    md.push_str(&"---:|".repeat(options.features.len() + 1));
-    md.push('\n');
-    for (l, slope) in error_slope.iter().enumerate() {
-        md.push_str(&format!("| {l} |"));
+    for &map in &map_names {
+        md.push_str(&format!("| {map} |"));
         for &m in &options.features {
-            md.push_str(&format!(
-                " {:.3} / {:.3} |",
-                per_layer(l, m, &|s| s.pearson),
-                per_layer(l, m, &|s| s.median_rel_err)
-            ));
+            if let Some((_, _, l)) = val_loss.iter().find(|(n, mm, _)| n == map && *mm == m) {
+                md.push_str(&format!(" {l:.4} ({:+.3}) |", l - softmax_val_loss));
+            }
         }
-        md.push_str(&format!(" {slope:.3} |\n"));
+        md.push('\n');
+    }
+    md.push_str(&format!(
+        "\n## Astrocyte response against softmax's normaliser\n\nMean over heads: Pearson r(a_t, Z_t) / median |a_t − Z_t| / Z_t.\n\n| map | layer |{ms} error slope |\n|---|---:|{rule}---:|\n"
+    ));
+    for (map, slope) in &error_slope {
+        for layer in (0..layers).map(Some).chain([None]) {
+            md.push_str(&format!("| {map} | {} |", layer.map_or("all".to_string(), |l| l.to_string())));
+            for &m in &options.features {
+                md.push_str(&format!(
+                    " {:.3} / {:.3} |",
+                    cell(map, layer, m, &|s| s.pearson),
+                    cell(map, layer, m, &|s| s.median_rel_err)
+                ));
+            }
+            md.push_str(&if layer.is_none() { format!(" {slope:.3} |\n") } else { " |\n".to_string() });
+        }
     }
     let md_path = out.join("fidelity.md");
     astro_data::fsutil::write_atomic(&md_path, md.as_bytes()).map_err(|e| EvalError::io("write", &md_path, e))?;
@@ -309,7 +365,7 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
     let log_y = figure.iter().all(|s| s.points.iter().all(|p| p.1 > 0.0));
     let (png, svg) = plot::save(
         &Chart {
-            title: format!("layer {l}, head {h}: softmax normaliser and astrocyte response"),
+            title: format!("layer {l}, head {h}: softmax normaliser and astrocyte response, m = {figure_m}"),
             x_label: "query position t".into(),
             y_label: if log_y { "normaliser (log scale)".into() } else { "normaliser".into() },
             log_x: false,
@@ -320,14 +376,15 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
         &out.join("normalisers"),
     )?;
     files.extend([png, svg]);
-    let error_series = (0..layers)
-        .map(|l| Series {
-            label: format!("layer {l} (slope {:.2})", error_slope[l]),
-            points: options.features.iter().map(|&m| (m as f64, per_layer(l, m, &|s| s.median_rel_err))).collect(),
+    let error_series = error_slope
+        .iter()
+        .map(|(map, slope)| Series {
+            label: format!("{map} (slope {slope:.2})"),
+            points: options.features.iter().map(|&m| (m as f64, cell(map, None, m, &|s| s.median_rel_err))).collect(),
             errors: None,
         })
         .collect();
-    let (png, svg) = save_error_chart("median relative error of the astrocyte response", error_series, out)?;
+    let (png, svg) = save_error_chart("median relative error of the astrocyte response, mean over heads", error_series, out)?;
     files.extend([png, svg]);
     let (png, svg) = plot::save(
         &Chart {
@@ -336,11 +393,14 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
             y_label: "validation loss".into(),
             log_x: true,
             log_y: false,
-            series: vec![Series {
-                label: "astrocytic (same weights)".into(),
-                points: val_loss.iter().map(|&(m, l)| (m as f64, l)).collect(),
-                errors: None,
-            }],
+            series: map_names
+                .iter()
+                .map(|&map| Series {
+                    label: format!("{map} (same weights)"),
+                    points: val_loss.iter().filter(|(n, _, _)| n == map).map(|&(_, m, l)| (m as f64, l)).collect(),
+                    errors: None,
+                })
+                .collect(),
             references: vec![("softmax".into(), softmax_val_loss)],
         },
         &out.join("loss_vs_m"),

@@ -10,13 +10,15 @@
 
 use std::path::{Path, PathBuf};
 
-use astro_model::attention::{AstrocyticConfig, AttentionConfig, AttentionMask, FeatureMap, InnerAttention};
-use burn::tensor::{Device, Tensor};
+use astro_model::attention::{
+    AstrocyticConfig, Attention, AttentionConfig, AttentionMask, FeatureMap, InnerAttention,
+};
+use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::bert::Bert;
 use crate::error::EvalError;
-use crate::fidelity::{HeadStat, loglog_slope, median, pearson, save_error_chart};
+use crate::fidelity::{HeadStat, head_stats, loglog_slope, mean_of, save_error_chart};
 use crate::plot::{self, Chart, Series};
 
 /// Settings of a replication.
@@ -26,17 +28,25 @@ pub struct ReplicateOptions {
     pub text: String,
     /// Numbers of hidden neurons.
     pub features: Vec<usize>,
-    /// Hidden-neuron map.
-    pub feature_map: FeatureMap,
+    /// Hidden-neuron maps compared side by side.
+    pub feature_maps: Vec<FeatureMap>,
+    /// Text the calibrated maps are fitted on (held out from `text`); its lines of ≥ 20 characters.
+    pub fit_text: Option<String>,
+    /// Lines of `fit_text` used.
+    pub fit_sentences: usize,
+    /// Use ψ = 1 where a calibrated map's closed form is undefined, instead of failing.
+    pub fallback: bool,
     /// Ω seed.
     pub seed: u64,
     /// (layer, head) of the figure, 0-based.
     pub head: (usize, usize),
 }
 
-/// Summary over all heads of one layer (or of the whole model, `layer = None`) at one m.
+/// Summary over all heads of one layer (or of the whole model, `layer = None`) at one (map, m).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
+    /// Hidden-neuron map.
+    pub map: String,
     /// Hidden neurons.
     pub m: usize,
     /// Block index; `None` for all blocks together.
@@ -58,18 +68,14 @@ pub struct ReplicateReport {
     pub heads: Vec<HeadStat>,
     /// Per (m, layer) and per m over the whole model.
     pub summary: Vec<Summary>,
-    /// Log–log slope of the mean median relative error against m (whole model).
-    pub error_slope: f64,
-    /// (m, cosine similarity of each sentence's embedding with the original model's).
-    pub embedding_cosine: Vec<(usize, Vec<f64>)>,
+    /// (map, log–log slope of the mean median relative error against m, whole model).
+    pub error_slope: Vec<(String, f64)>,
+    /// (map, m, cosine similarity of each sentence's embedding with the original model's).
+    pub embedding_cosine: Vec<(String, usize, Vec<f64>)>,
     /// The sentences embedded.
     pub sentences: Vec<String>,
     /// Files written.
     pub files: Vec<PathBuf>,
-}
-
-fn host<const D: usize>(x: Tensor<D>) -> Vec<f64> {
-    x.into_data().try_into_vec_as::<f64>().unwrap_or_default()
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -109,101 +115,120 @@ pub fn run(dir: &Path, options: &ReplicateOptions, out: &Path, device: &Device) 
     }
     let bert = Bert::load(dir, None, device)?;
     let config = bert.encoder.config().clone();
-    let (layers, heads, head_dim) = (config.n_layer, config.n_head, config.head_dim());
+    let (layers, heads) = (config.n_layer, config.n_head);
     if options.head.0 >= layers || options.head.1 >= heads {
         return Err(EvalError::Invalid(format!(
             "--head {},{} does not exist: the model has {layers} layers of {heads} heads (0-based)",
             options.head.0, options.head.1
         )));
     }
+    if options.feature_maps.is_empty() {
+        return Err(EvalError::Invalid("--feature-maps needs at least one map, e.g. positive,shifted_saderf".into()));
+    }
     let (tokens, pad) = bert.batch(std::slice::from_ref(&options.text), device)?;
     let t = tokens.dims()[1];
     let qk = bert.encoder.attention_inputs(tokens, Some(pad.clone()));
     let mask = AttentionMask::bidirectional().with_padding(pad);
+    // Calibration sentences: held out from the text and from the sentences embedded below.
+    let fit: Vec<String> = match &options.fit_text {
+        Some(text) => fit_lines(text, options.fit_sentences),
+        None => Vec::new(),
+    };
+    let needs_fit = options.feature_maps.iter().any(|m| m.is_calibrated());
+    if needs_fit && fit.is_empty() {
+        return Err(EvalError::Invalid(
+            "the calibrated maps (saderf, shifted_saderf) need fitting text with lines of at least 20 characters; \
+             give --fit FILE or a dataset name, or leave them out of --feature-maps"
+                .into(),
+        ));
+    }
+    let fit_batch = if needs_fit { Some(bert.batch(&fit, device)?) } else { None };
+    let sentences = sentences(&options.text);
+    let reference = bert.embed(&sentences, device)?;
 
     let mut stats = Vec::new();
-    let mut figures: Vec<(usize, Vec<Series>)> = Vec::new();
-    for &m in &options.features {
-        let astro = AstrocyticConfig {
-            features: m,
-            feature_map: options.feature_map,
-            seed: options.seed,
-            ..AstrocyticConfig::default()
-        };
-        for (layer, (q, k)) in qk.iter().enumerate() {
-            let attn = astro.init(heads, head_dim, layer, device);
-            let trace = attn.normalisers(q.clone(), k.clone(), &mask);
-            let z = host(trace.softmax_log); //                  [1,H,T] log Z_t
-            let a = host(trace.astrocyte_log.expect("astrocytic traces carry a_t"));
-            let sign = host(trace.astrocyte_sign.expect("astrocytic traces carry the sign"));
-            for h in 0..heads {
-                let zs: Vec<f64> = (0..t).map(|i| z[h * t + i].exp()).collect();
-                let as_: Vec<f64> = (0..t).map(|i| sign[h * t + i] * a[h * t + i].exp()).collect();
-                let rel: Vec<f64> = zs.iter().zip(&as_).map(|(z, a)| (a - z).abs() / z).collect();
-                stats.push(HeadStat { layer, head: h, m, pearson: pearson(&as_, &zs), median_rel_err: median(rel) });
-                if (layer, h) == options.head {
-                    let series = |label: String, ys: &[f64]| Series {
+    let mut figures: Vec<(String, usize, Vec<Series>)> = Vec::new();
+    let mut embedding_cosine = Vec::new();
+    for &map in &options.feature_maps {
+        for &m in &options.features {
+            let astro = AttentionConfig::Astrocytic(AstrocyticConfig {
+                features: m,
+                feature_map: map,
+                seed: options.seed,
+                ..AstrocyticConfig::default()
+            });
+            let mut swapped = Bert::load(dir, Some(astro), device)?;
+            if let Some((fit_tokens, fit_pad)) = &fit_batch {
+                let (encoder, _) = swapped.encoder.calibrate(fit_tokens.clone(), Some(fit_pad.clone()), options.fallback)?;
+                swapped.encoder = encoder;
+            }
+            for (layer, (q, k)) in qk.iter().enumerate() {
+                let Attention::Astrocytic(attn) = &swapped.encoder.trunk.blocks[layer].attn.inner else {
+                    unreachable!("every layer was swapped to astrocytic attention");
+                };
+                let trace = attn.normalisers(q.clone(), k.clone(), &mask);
+                let (head_stats, series) = head_stats(trace, map, layer, m, &|_, _| true);
+                stats.extend(head_stats);
+                if layer == options.head.0 {
+                    let (zs, as_) = &series[options.head.1];
+                    let line = |label: String, ys: &[f64]| Series {
                         label,
                         points: ys.iter().enumerate().map(|(i, &y)| (i as f64, y)).collect(),
                         errors: None,
                     };
                     figures.push((
+                        map.name().to_string(),
                         m,
                         vec![
-                            series("softmax normaliser Z_t".into(), &zs),
-                            series(format!("astrocyte response a_t, m = {m}"), &as_),
+                            line("softmax normaliser Z_t".into(), zs),
+                            line(format!("astrocyte response a_t, {} map, m = {m}", map.name()), as_),
                         ],
                     ));
                 }
             }
+            // The whole-model swap: sentence embeddings against the original model's. One sentence
+            // at a time bounds the [1, H, T, m] activity at large m.
+            let mut cosines = Vec::with_capacity(sentences.len());
+            for (s, r) in sentences.iter().zip(&reference) {
+                let e = swapped.embed(std::slice::from_ref(s), device)?;
+                cosines.push(cosine(&e[0], r));
+            }
+            eprintln!(
+                "{} map, m = {m}: {layers} layers × {heads} heads compared; every layer swapped, sentence-embedding cosine {:.4}",
+                map.name(),
+                cosines.iter().sum::<f64>() / cosines.len() as f64
+            );
+            embedding_cosine.push((map.name().to_string(), m, cosines));
         }
-        eprintln!("m = {m}: normalisers of {layers} layers × {heads} heads compared");
     }
-    let summarise = |m: usize, layer: Option<usize>| {
-        let group: Vec<&HeadStat> = stats.iter().filter(|s| s.m == m && layer.is_none_or(|l| s.layer == l)).collect();
-        let n = group.len().max(1) as f64;
-        Summary {
-            m,
-            layer,
-            mean_pearson: group.iter().map(|s| s.pearson).sum::<f64>() / n,
-            mean_median_rel_err: group.iter().map(|s| s.median_rel_err).sum::<f64>() / n,
-        }
+    let summarise = |map: &str, m: usize, layer: Option<usize>| Summary {
+        map: map.to_string(),
+        m,
+        layer,
+        mean_pearson: mean_of(&stats, |s| s.map == map && s.m == m && layer.is_none_or(|l| s.layer == l), |s| s.pearson),
+        mean_median_rel_err: mean_of(
+            &stats,
+            |s| s.map == map && s.m == m && layer.is_none_or(|l| s.layer == l),
+            |s| s.median_rel_err,
+        ),
     };
     let mut summary = Vec::new();
-    for &m in &options.features {
-        summary.extend((0..layers).map(|l| summarise(m, Some(l))));
-        summary.push(summarise(m, None));
-    }
-    let overall: Vec<(f64, f64)> =
-        summary.iter().filter(|s| s.layer.is_none()).map(|s| (s.m as f64, s.mean_median_rel_err)).collect();
-    let error_slope = loglog_slope(&overall);
-
-    // The whole-model swap: sentence embeddings against the original model's.
-    let sentences = sentences(&options.text);
-    let reference = bert.embed(&sentences, device)?;
-    let mut embedding_cosine = Vec::new();
-    for &m in &options.features {
-        let astro = AttentionConfig::Astrocytic(AstrocyticConfig {
-            features: m,
-            feature_map: options.feature_map,
-            seed: options.seed,
-            ..AstrocyticConfig::default()
-        });
-        let swapped = Bert::load(dir, Some(astro), device)?;
-        // One sentence at a time bounds the [1, H, T, m] activity at large m.
-        let mut cosines = Vec::with_capacity(sentences.len());
-        for (s, r) in sentences.iter().zip(&reference) {
-            let e = swapped.embed(std::slice::from_ref(s), device)?;
-            cosines.push(cosine(&e[0], r));
+    let mut error_slope = Vec::new();
+    for &map in &options.feature_maps {
+        for &m in &options.features {
+            summary.extend((0..layers).map(|l| summarise(map.name(), m, Some(l))));
+            summary.push(summarise(map.name(), m, None));
         }
-        eprintln!(
-            "m = {m}: every layer astrocytic, sentence-embedding cosine to the original: mean {:.4}",
-            cosines.iter().sum::<f64>() / cosines.len() as f64
-        );
-        embedding_cosine.push((m, cosines));
+        let overall: Vec<(f64, f64)> = summary
+            .iter()
+            .filter(|s| s.layer.is_none() && s.map == map.name())
+            .map(|s| (s.m as f64, s.mean_median_rel_err))
+            .collect();
+        error_slope.push((map.name().to_string(), loglog_slope(&overall)));
     }
 
-    let files = write_outputs(out, options, &stats, &summary, &figures, &embedding_cosine, layers, heads)?;
+    let files =
+        write_outputs(out, options, fit.len(), &stats, &summary, &figures, &embedding_cosine, &error_slope, layers, heads)?;
     Ok(ReplicateReport {
         model: dir.to_path_buf(),
         tokens: t,
@@ -216,14 +241,26 @@ pub fn run(dir: &Path, options: &ReplicateOptions, out: &Path, device: &Device) 
     })
 }
 
+/// Up to `n` lines of `text` with at least 20 characters (headings like ` = Title = ` skipped).
+pub fn fit_lines(text: &str, n: usize) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| l.chars().count() >= 20 && !l.starts_with('='))
+        .take(n)
+        .map(|l| l.chars().take(600).collect())
+        .collect()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn write_outputs(
     out: &Path,
     options: &ReplicateOptions,
+    fit_sentences: usize,
     stats: &[HeadStat],
     summary: &[Summary],
-    figures: &[(usize, Vec<Series>)],
-    embedding_cosine: &[(usize, Vec<f64>)],
+    figures: &[(String, usize, Vec<Series>)],
+    embedding_cosine: &[(String, usize, Vec<f64>)],
+    error_slope: &[(String, f64)],
     layers: usize,
     heads: usize,
 ) -> Result<Vec<PathBuf>, EvalError> {
@@ -235,56 +272,51 @@ fn write_outputs(
         files.push(path);
         Ok(())
     };
-    let mut csv = String::from("layer,head,m,pearson,median_rel_err\n");
+    let mut csv = String::from("map,layer,head,m,pearson,median_rel_err\n");
     for s in stats {
-        csv.push_str(&format!("{},{},{},{:.6},{:.6}\n", s.layer, s.head, s.m, s.pearson, s.median_rel_err));
+        csv.push_str(&format!("{},{},{},{},{:.6},{:.6}\n", s.map, s.layer, s.head, s.m, s.pearson, s.median_rel_err));
     }
     write("replicate.csv", csv)?;
-    let ms = || options.features.iter().map(|m| format!(" m = {m} |")).collect::<String>();
-    let rule = || options.features.iter().map(|_| "---:|").collect::<String>();
+    let ms = options.features.iter().map(|m| format!(" m = {m} |")).collect::<String>();
+    let rule = options.features.iter().map(|_| "---:|").collect::<String>();
     let mut md = format!(
-        "# Astrocyte response against softmax's normaliser\n\n{} map, i.i.d. Ω, seed {}; every query of the text, every head. Cells: Pearson r / median |a − Z| / Z.\n\n| layer |{}\n|---:|{}\n",
-        options.feature_map.name(),
+        "# Astrocyte response against softmax's normaliser\n\ni.i.d. Ω, seed {}; every query of the text, every head. Calibrated maps (saderf, shifted_saderf) fitted in closed form on {fit_sentences} held-out lines. Cells: Pearson r / median |a − Z| / Z, mean over heads.\n\n| map | layer |{ms} error slope |\n|---|---:|{rule}---:|\n",
         options.seed,
-        ms(),
-        rule()
     );
-    let cell = |s: &Summary| format!(" {:.3} / {:.3} |", s.mean_pearson, s.mean_median_rel_err);
-    for layer in 0..layers {
-        md.push_str(&format!("| {layer} |"));
-        for &m in &options.features {
-            if let Some(s) = summary.iter().find(|s| s.m == m && s.layer == Some(layer)) {
-                md.push_str(&cell(s));
+    for (map, slope) in error_slope {
+        for layer in (0..layers).map(Some).chain([None]) {
+            md.push_str(&format!("| {map} | {} |", layer.map_or("all".into(), |l| l.to_string())));
+            for &m in &options.features {
+                if let Some(s) = summary.iter().find(|s| &s.map == map && s.m == m && s.layer == layer) {
+                    md.push_str(&format!(" {:.3} / {:.3} |", s.mean_pearson, s.mean_median_rel_err));
+                }
             }
-        }
-        md.push('\n');
-    }
-    md.push_str("| all |");
-    for &m in &options.features {
-        if let Some(s) = summary.iter().find(|s| s.m == m && s.layer.is_none()) {
-            md.push_str(&cell(s));
+            md.push_str(&if layer.is_none() { format!(" {slope:.3} |\n") } else { " |\n".into() });
         }
     }
     let (l, h) = options.head;
     md.push_str(&format!(
-        "\n\nLayer {l}, head {h} (0-based):\n\n| m | Pearson r | median rel. error |\n|---:|---:|---:|\n"
+        "\nLayer {l}, head {h} (0-based):\n\n| map | m | Pearson r | median rel. error |\n|---|---:|---:|---:|\n"
     ));
     for s in stats.iter().filter(|s| (s.layer, s.head) == (l, h)) {
-        md.push_str(&format!("| {} | {:.4} | {:.4} |\n", s.m, s.pearson, s.median_rel_err));
+        md.push_str(&format!("| {} | {} | {:.4} | {:.4} |\n", s.map, s.m, s.pearson, s.median_rel_err));
     }
-    md.push_str("\nWhole-model swap (every layer astrocytic, same weights): cosine similarity of sentence embeddings to the original model's.\n\n| m | mean | min |\n|---:|---:|---:|\n");
-    for (m, c) in embedding_cosine {
+    md.push_str(&format!(
+        "\nWhole-model swap (every layer astrocytic, same weights): cosine similarity of the {} sentence embeddings to the original model's.\n\n| map | m | mean | min |\n|---|---:|---:|---:|\n",
+        embedding_cosine.first().map_or(0, |e| e.2.len())
+    ));
+    for (map, m, c) in embedding_cosine {
         let mean = c.iter().sum::<f64>() / c.len().max(1) as f64;
         let min = c.iter().copied().fold(f64::INFINITY, f64::min);
-        md.push_str(&format!("| {m} | {mean:.4} | {min:.4} |\n"));
+        md.push_str(&format!("| {map} | {m} | {mean:.4} | {min:.4} |\n"));
     }
-    md.push_str(&format!("\n{} heads per layer; per-head numbers in replicate.csv.\n", heads));
+    md.push_str(&format!("\n{heads} heads per layer; per-head numbers in replicate.csv.\n"));
     write("replicate.md", md)?;
-    for (m, series) in figures {
+    for (map, m, series) in figures {
         let log_y = series.iter().all(|s| s.points.iter().all(|p| p.1 > 0.0));
         let (png, svg) = plot::save(
             &Chart {
-                title: format!("layer {l}, head {h}: softmax normaliser and astrocyte response, m = {m}"),
+                title: format!("layer {l}, head {h}: softmax normaliser and astrocyte response, {map}, m = {m}"),
                 x_label: "query position t".into(),
                 y_label: if log_y { "normaliser (log scale)".into() } else { "normaliser".into() },
                 log_x: false,
@@ -292,23 +324,23 @@ fn write_outputs(
                 series: series.clone(),
                 references: vec![],
             },
-            &out.join(format!("normalisers_m{m}")),
+            &out.join(format!("normalisers_{map}_m{m}")),
         )?;
         files.extend([png, svg]);
     }
-    let error_series = (0..layers)
-        .map(|layer| Series {
-            label: format!("layer {layer}"),
+    let error_series = error_slope
+        .iter()
+        .map(|(map, slope)| Series {
+            label: format!("{map} (slope {slope:.2})"),
             points: summary
                 .iter()
-                .filter(|s| s.layer == Some(layer))
+                .filter(|s| &s.map == map && s.layer.is_none())
                 .map(|s| (s.m as f64, s.mean_median_rel_err))
                 .collect(),
             errors: None,
         })
         .collect();
-    let (png, svg) =
-        save_error_chart("median relative error of the astrocyte response (mean over heads)", error_series, out)?;
+    let (png, svg) = save_error_chart("median relative error of the astrocyte response, mean over heads", error_series, out)?;
     files.extend([png, svg]);
     let (png, svg) = plot::save(
         &Chart {
@@ -317,14 +349,18 @@ fn write_outputs(
             y_label: "cosine similarity to the original".into(),
             log_x: true,
             log_y: false,
-            series: vec![Series {
-                label: "mean over sentences".into(),
-                points: embedding_cosine
-                    .iter()
-                    .map(|(m, c)| (*m as f64, c.iter().sum::<f64>() / c.len().max(1) as f64))
-                    .collect(),
-                errors: None,
-            }],
+            series: error_slope
+                .iter()
+                .map(|(map, _)| Series {
+                    label: format!("{map}, mean over sentences"),
+                    points: embedding_cosine
+                        .iter()
+                        .filter(|(n, _, _)| n == map)
+                        .map(|(_, m, c)| (*m as f64, c.iter().sum::<f64>() / c.len().max(1) as f64))
+                        .collect(),
+                    errors: None,
+                })
+                .collect(),
             references: vec![],
         },
         &out.join("cosine_vs_m"),
