@@ -182,7 +182,11 @@ fn replicate_reports_every_head_and_the_swap() {
     checkpoint(&dir);
     let out = root.join("report");
     let fit = root.join("fit.txt");
-    std::fs::write(&fit, "the astrocyte listens to the synapse and the neuron.\na calcium wave rises in the glia and falls again.\n").unwrap();
+    std::fs::write(
+        &fit,
+        "the astrocyte listens to the synapse and the neuron.\na calcium wave rises in the glia and falls again.\n",
+    )
+    .unwrap();
     let json = astro(root)
         .args([
             "replicate",
@@ -234,6 +238,24 @@ fn replicate_reports_every_head_and_the_swap() {
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
+    // The distilled row: shifted_saderf fitted to softmax's attention on the fitting lines.
+    let json = astro(root)
+        .args(["replicate", "--json", "--features", "16", "--feature-maps", "shifted_saderf", "--distill-steps", "3"])
+        .args(["--head", "1,1"])
+        .args(["--text", "the glia fires. a calcium wave of the astrocyte.", "--model"])
+        .arg(&dir)
+        .arg("--fit")
+        .arg(&fit)
+        .arg("--out")
+        .arg(root.join("r3"))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let r: Value = serde_json::from_slice(&json).unwrap();
+    let maps: Vec<&str> = r["embedding_cosine"].as_array().unwrap().iter().map(|c| c[0].as_str().unwrap()).collect();
+    assert_eq!(maps, ["shifted_saderf", "distilled"]);
     astro(root)
         .args(["replicate", "--head", "5,0", "--features", "16", "--feature-maps", "positive", "--model"])
         .arg(&dir)

@@ -137,7 +137,8 @@ fn fidelity_report_on_a_softmax_run() {
     write_corpus(&root.join("corpus.txt"));
     let run = train(root, r#"{ kind = "softmax" }"#, "s");
     let out = astro(root)
-        .args(["fidelity", "--json", "--features", "8,64,512", "--batches", "2", "--sequences", "2", "--run"])
+        .args(["fidelity", "--json", "--features", "8,64,512", "--batches", "2", "--sequences", "2"])
+        .args(["--distill-steps", "5", "--fit-sequences", "4", "--run"])
         .arg(&run)
         .arg("--out")
         .arg(root.join("fid"))
@@ -147,10 +148,10 @@ fn fidelity_report_on_a_softmax_run() {
         .stdout
         .clone();
     let r: Value = serde_json::from_slice(&out).unwrap();
-    // Three maps side by side by default: positive, saderf, shifted_saderf.
-    assert_eq!(r["val_loss"].as_array().unwrap().len(), 3 * 3);
-    assert_eq!(r["heads"].as_array().unwrap().len(), 3 * 2 * 2 * 3);
-    assert_eq!(r["error_slope"].as_array().unwrap().len(), 3);
+    // Three maps side by side by default (positive, saderf, shifted_saderf), and the distilled one.
+    assert_eq!(r["val_loss"].as_array().unwrap().len(), 4 * 3);
+    assert_eq!(r["heads"].as_array().unwrap().len(), 4 * 2 * 2 * 3);
+    assert_eq!(r["error_slope"].as_array().unwrap().len(), 4);
     // With small trained norms the astrocyte response converges: error falls with m.
     let err = |map: &str, m: u64| {
         let hs: Vec<f64> = r["heads"]
@@ -163,7 +164,12 @@ fn fidelity_report_on_a_softmax_run() {
         hs.iter().sum::<f64>() / hs.len() as f64
     };
     for map in ["positive", "saderf", "shifted_saderf"] {
-        assert!(err(map, 512) < err(map, 8), "{map}: median error {} at m=512 vs {} at m=8", err(map, 512), err(map, 8));
+        assert!(
+            err(map, 512) < err(map, 8),
+            "{map}: median error {} at m=512 vs {} at m=8",
+            err(map, 512),
+            err(map, 8)
+        );
     }
     for f in ["fidelity.csv", "fidelity.md", "normalisers.png", "error_vs_m.svg", "loss_vs_m.png"] {
         assert!(root.join("fid").join(f).is_file(), "{f} missing");
@@ -208,4 +214,66 @@ fn task_runs_evaluate_accuracy() {
     assert!(r["accuracy"].as_f64().is_some());
     assert_eq!(r["tokens"].as_u64(), Some(50 * 64));
     let _ = common::repo();
+}
+
+#[test]
+fn distill_fits_astrocytic_attention_to_a_softmax_run() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_corpus(&root.join("corpus.txt"));
+    let run = train(root, r#"{ kind = "softmax" }"#, "s");
+    let before = common::snapshot(&run);
+    let out = root.join("distilled");
+    let distill_m = |out: &Path, m: &str, extra: &[&str]| {
+        let mut cmd = astro(root);
+        cmd.args(["distill", "--json", "--features", m, "--steps", "40", "--lr", "0.01"])
+            .args(["--fit-sequences", "8", "--held-out-sequences", "4", "--batches", "2", "--model"])
+            .arg(&run)
+            .arg("--out")
+            .arg(out)
+            .args(extra);
+        cmd.assert()
+    };
+    let distill = |out: &Path, extra: &[&str]| distill_m(out, "32", extra);
+    let json = distill(&out, &[]).success().get_output().stdout.clone();
+    let r: Value = serde_json::from_slice(&json).unwrap();
+    let layers = r["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    for l in layers {
+        let f = |k: &str| l[k].as_f64().unwrap();
+        assert!(f("fit_after") < f("fit_before"), "distillation lowers the KL it minimises: {l}");
+        assert!(f("held_out_after").is_finite());
+    }
+    // The result is an ordinary run directory: eval reads it, as astrocytic attention.
+    for f in ["config.toml", "tokenizer.json", "model.bpk", "distill.json", "distill.md"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(config.contains("shifted_saderf") && config.contains("astrocytic"), "{config}");
+    let eval: Value = serde_json::from_slice(
+        &astro(root).args(["eval", "--json", "--run"]).arg(&out).assert().success().get_output().stdout.clone(),
+    )
+    .unwrap();
+    let loss = eval["loss"].as_f64().unwrap();
+    assert!((loss - r["distilled_val_loss"].as_f64().unwrap()).abs() < 0.5, "{eval} vs {r}");
+    // The source is untouched; an existing output is never overwritten.
+    assert_eq!(common::snapshot(&run), before);
+    let out_before = common::snapshot(&out);
+    distill(&out, &[]).failure().stderr(predicate::str::contains("already exists"));
+    assert_eq!(common::snapshot(&out), out_before);
+    // Bad input: m = 0, text the tokenizer cannot encode, a non-softmax model.
+    distill_m(&root.join("d0"), "0", &[]).failure().stderr(predicate::str::contains("at least 1"));
+    std::fs::write(root.join("greek.txt"), "αβγδε ".repeat(400)).unwrap();
+    distill(&root.join("d1"), &["--data", root.join("greek.txt").to_str().unwrap()])
+        .failure()
+        .stderr(predicate::str::contains("does not suit the model's tokenizer"));
+    assert!(!root.join("d0").exists() && !root.join("d1").exists());
+    astro(root)
+        .args(["distill", "--model"])
+        .arg(&out)
+        .arg("--out")
+        .arg(root.join("d2"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("softmax-trained"));
 }

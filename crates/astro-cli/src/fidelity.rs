@@ -24,6 +24,10 @@ pub struct FidelityArgs {
     /// Use ψ = 1 where a calibrated map's closed form is undefined, instead of stopping.
     #[arg(long)]
     fallback: bool,
+    /// Adam steps per layer of the `distilled` row (shifted_saderf fitted to softmax's attention,
+    /// as `astro distill` does); 0 leaves it out.
+    #[arg(long, default_value_t = 300)]
+    distill_steps: usize,
     /// Orthogonal Ω.
     #[arg(long)]
     orthogonal: bool,
@@ -74,6 +78,7 @@ pub fn run(args: FidelityArgs, device: Option<&str>) -> anyhow::Result<()> {
         feature_maps,
         fit_sequences: args.fit_sequences,
         fallback: args.fallback,
+        distill: Some(astro_train::distill::DistillOptions { steps: args.distill_steps, ..Default::default() }),
         orthogonal: args.orthogonal,
         seed: args.seed,
         batches: args.batches,

@@ -2,6 +2,7 @@
 
 mod ablate;
 mod bench;
+mod distill;
 mod embed;
 mod eval;
 mod export;
@@ -41,6 +42,8 @@ enum Command {
     Ablate(ablate::AblateArgs),
     /// Swap a softmax-trained model's attention for astrocytic attention (same weights) and report fidelity against m.
     Fidelity(fidelity::FidelityArgs),
+    /// Fit astrocytic attention to a softmax-trained model's attention (astrocyte plasticity).
+    Distill(distill::DistillArgs),
     /// The paper's experiment on a pretrained BERT encoder: astrocyte response against softmax's normaliser, with numbers.
     Replicate(replicate::ReplicateArgs),
     /// Benchmark training/inference throughput, long contexts and generation per attention variant.
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run_bench(args, cli.device.as_deref()),
         Command::Ablate(args) => ablate::run(args, cli.device.as_deref()),
         Command::Fidelity(args) => fidelity::run(args, cli.device.as_deref()),
+        Command::Distill(args) => distill::run(args, cli.device.as_deref()),
         Command::Replicate(args) => replicate::run(args, cli.device.as_deref()),
         Command::Info(args) => info::run(args, cli.device.as_deref()),
     };

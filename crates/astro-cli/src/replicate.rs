@@ -46,6 +46,10 @@ pub struct ReplicateArgs {
     /// Use ψ = 1 where a calibrated map's closed form is undefined, instead of stopping.
     #[arg(long)]
     fallback: bool,
+    /// Adam steps per layer of the `distilled` row (shifted_saderf fitted to softmax's attention on
+    /// the fitting lines); 0 leaves it out.
+    #[arg(long, default_value_t = 0)]
+    distill_steps: usize,
     /// Seed of Ω.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -70,7 +74,7 @@ pub fn run(args: ReplicateArgs, device: Option<&str>) -> anyhow::Result<()> {
         (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
         (None, None) => readme_paragraph(),
     };
-    let fit_text = if feature_maps.iter().any(|m| m.is_calibrated()) {
+    let fit_text = if args.distill_steps > 0 || feature_maps.iter().any(|m| m.is_calibrated()) {
         Some(crate::read_text_source(&args.fit)?)
     } else {
         None
@@ -83,6 +87,7 @@ pub fn run(args: ReplicateArgs, device: Option<&str>) -> anyhow::Result<()> {
         fit_text,
         fit_sentences: args.fit_sentences,
         fallback: args.fallback,
+        distill: Some(astro_train::distill::DistillOptions { steps: args.distill_steps, ..Default::default() }),
         seed: args.seed,
         head: (args.head[0], args.head[1]),
     };

@@ -15,6 +15,7 @@ use astro_data::{BatchSampler, Sampling, split, tokenize_cached};
 use astro_model::attention::{AstrocyticConfig, Attention, AttentionMask, FeatureMap, InnerAttention};
 use astro_model::{AttentionConfig, LanguageModel};
 use astro_train::Net;
+use astro_train::distill::{AttentionInputs, DistillOptions, distill_layer};
 use astro_train::source::{Batch, score};
 use burn::module::Module;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -35,6 +36,9 @@ pub struct FidelityOptions {
     pub fit_sequences: usize,
     /// Use ψ = 1 where a calibrated map's closed form is undefined, instead of failing.
     pub fallback: bool,
+    /// Also distil (astrocyte plasticity, see [`astro_train::distill`]) a shifted-SADERF layer per m
+    /// with these settings, reported as the map `distilled`; `None` or 0 steps: not compared.
+    pub distill: Option<DistillOptions>,
     /// Orthogonal Ω.
     pub orthogonal: bool,
     /// Ω seed.
@@ -54,6 +58,7 @@ impl Default for FidelityOptions {
             feature_maps: vec![FeatureMap::Positive, FeatureMap::Saderf, FeatureMap::ShiftedSaderf],
             fit_sequences: 32,
             fallback: false,
+            distill: None,
             orthogonal: false,
             seed: 0,
             batches: 20,
@@ -147,10 +152,13 @@ fn host(x: Tensor<3>) -> Vec<f64> {
     x.into_data().try_into_vec_as::<f64>().unwrap_or_default()
 }
 
+/// Largest m the `distilled` rows fit (its [batch, heads, seq, m] activity and gradients grow with m).
+pub const DISTILL_MAX_FEATURES: usize = 4096;
+
 /// Per-head Pearson r and median relative error of a_t against Z_t from one layer's trace.
 pub(crate) fn head_stats(
     trace: astro_model::attention::NormaliserTrace,
-    map: FeatureMap,
+    map: &str,
     layer: usize,
     m: usize,
     keep: &dyn Fn(usize, usize) -> bool,
@@ -175,7 +183,7 @@ pub(crate) fn head_stats(
         }
         let rel: Vec<f64> = zs.iter().zip(&as_).map(|(z, a)| (a - z).abs() / z).collect();
         stats.push(HeadStat {
-            map: map.name().into(),
+            map: map.to_string(),
             layer,
             head: h,
             m,
@@ -246,14 +254,27 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
     let mask = AttentionMask::causal();
     let figure_m = options.features[options.features.len() / 2];
 
+    // The maps compared: each of `feature_maps`, and the distilled shifted SADERF when asked.
+    let mut variants: Vec<(String, FeatureMap, bool)> =
+        options.feature_maps.iter().map(|&m| (m.name().to_string(), m, false)).collect();
+    let distill = options.distill.clone().filter(|d| d.steps > 0);
+    if distill.is_some() {
+        variants.push(("distilled".into(), FeatureMap::ShiftedSaderf, true));
+    }
+    let teacher_fit: Vec<(Tensor<4>, Tensor<4>)> =
+        if distill.is_some() { lm.attention_inputs(fit_tokens.clone()) } else { Vec::new() };
     let mut val_loss = Vec::new();
     let mut stats = Vec::new();
     let mut figure: Vec<Series> = Vec::new();
-    for &map in &options.feature_maps {
+    for (label, map, distilled) in &variants {
         for &m in &options.features {
+            if *distilled && m > DISTILL_MAX_FEATURES {
+                eprintln!("{label}: m = {m} skipped (distillation is offered up to m = {DISTILL_MAX_FEATURES})");
+                continue;
+            }
             let astro_cfg = AstrocyticConfig {
                 features: m,
-                feature_map: map,
+                feature_map: *map,
                 orthogonal: options.orthogonal,
                 seed: options.seed,
                 ..AstrocyticConfig::default()
@@ -261,16 +282,28 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
             let mut config = run.config.model.clone();
             config.attention = AttentionConfig::Astrocytic(astro_cfg.clone());
             let swapped = LanguageModel::new(&config, &device)?.transfer_weights(&run.weights)?;
-            let (swapped, _) = swapped.calibrate(fit_tokens.clone(), options.fallback)?;
+            let (mut swapped, _) = swapped.calibrate(fit_tokens.clone(), options.fallback)?;
+            if let (true, Some(d)) = (*distilled, &distill) {
+                for (layer, ((fq, fk), (hq, hk))) in teacher_fit.iter().zip(&qk).enumerate() {
+                    let block = &mut swapped.trunk.blocks[layer];
+                    let Attention::Astrocytic(attn) = &block.attn.inner else {
+                        unreachable!("every layer was swapped to astrocytic attention");
+                    };
+                    let fit = AttentionInputs { q: fq.clone(), k: fk.clone(), mask: mask.clone() };
+                    let held = AttentionInputs { q: hq.clone(), k: hk.clone(), mask: mask.clone() };
+                    let (fitted, _) = distill_layer(attn.clone(), layer, &fit, &held, d, &device)?;
+                    block.attn.inner = Attention::Astrocytic(fitted);
+                }
+            }
             let loss = loss_of(&Net::Lm(swapped.clone()));
-            eprintln!("{} map, m = {m}: validation loss {loss:.4} (softmax {softmax_val_loss:.4})", map.name());
-            val_loss.push((map.name().to_string(), m, loss));
+            eprintln!("{label} map, m = {m}: validation loss {loss:.4} (softmax {softmax_val_loss:.4})");
+            val_loss.push((label.clone(), m, loss));
             for (layer, (q, k)) in qk.iter().enumerate() {
                 let Attention::Astrocytic(attn) = &swapped.trunk.blocks[layer].attn.inner else {
                     unreachable!("every layer was swapped to astrocytic attention");
                 };
                 let trace = attn.normalisers(q.clone(), k.clone(), &mask);
-                let (head_stats, series) = head_stats(trace, map, layer, m, &|_, _| true);
+                let (head_stats, series) = head_stats(trace, label, layer, m, &|_, _| true);
                 stats.extend(head_stats);
                 if layer == options.head.0 && m == figure_m {
                     let (zs, as_) = &series[options.head.1];
@@ -283,7 +316,7 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
                         });
                     }
                     figure.push(Series {
-                        label: format!("astrocyte response, {} map, m = {m}", map.name()),
+                        label: format!("astrocyte response, {label} map, m = {m}"),
                         points: (0..t).map(|i| (i as f64, as_[i])).collect(),
                         errors: None,
                     });
@@ -293,15 +326,19 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
     }
 
     let layers = run.config.model.n_layer;
-    let map_names: Vec<&str> = options.feature_maps.iter().map(|m| m.name()).collect();
+    let map_names: Vec<&str> = variants.iter().map(|v| v.0.as_str()).collect();
     let cell = |map: &str, layer: Option<usize>, m: usize, f: &dyn Fn(&HeadStat) -> f64| {
         mean_of(&stats, |s| s.map == map && s.m == m && layer.is_none_or(|l| s.layer == l), f)
     };
     let error_slope: Vec<(String, f64)> = map_names
         .iter()
         .map(|&map| {
-            let pts: Vec<(f64, f64)> =
-                options.features.iter().map(|&m| (m as f64, cell(map, None, m, &|s| s.median_rel_err))).collect();
+            let pts: Vec<(f64, f64)> = options
+                .features
+                .iter()
+                .filter(|&&m| stats.iter().any(|s| s.map == map && s.m == m))
+                .map(|&m| (m as f64, cell(map, None, m, &|s| s.median_rel_err)))
+                .collect();
             (map.to_string(), loglog_slope(&pts))
         })
         .collect();
@@ -319,7 +356,7 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
     let ms = options.features.iter().map(|m| format!(" m = {m} |")).collect::<String>();
     let rule = "---:|".repeat(options.features.len());
     let mut md = format!(
-        "# Attention fidelity: {} swapped to astrocytic attention\n\nSame weights, no retraining; {} Ω, seed {}. Calibrated maps (saderf, shifted_saderf) fitted in closed form on {} training-split sequences. Validation loss on {} batches of {}×{} tokens; normaliser statistics on {} validation sequences, every query of every head.\n\n## Validation loss (softmax: {:.4})\n\n| map |{ms}\n|---|{rule}\n",
+        "# Attention fidelity: {} swapped to astrocytic attention\n\nSame weights, no retraining; {} Ω, seed {}. Calibrated maps (saderf, shifted_saderf) fitted in closed form on {} training-split sequences; `distilled` is shifted_saderf with Ω, ψ and c then fitted to softmax's attention on the same sequences (a learned kernel: the scale of its a_t is not fitted, so compare its Pearson r and loss, not its relative error). Validation loss on {} batches of {}×{} tokens; normaliser statistics on {} validation sequences, every query of every head.\n\n## Validation loss (softmax: {:.4})\n\n| map |{ms}\n|---|{rule}\n",
         run.dir.display(),
         if options.orthogonal { "orthogonal" } else { "i.i.d." },
         options.seed,
@@ -333,8 +370,9 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
     for &map in &map_names {
         md.push_str(&format!("| {map} |"));
         for &m in &options.features {
-            if let Some((_, _, l)) = val_loss.iter().find(|(n, mm, _)| n == map && *mm == m) {
-                md.push_str(&format!(" {l:.4} ({:+.3}) |", l - softmax_val_loss));
+            match val_loss.iter().find(|(n, mm, _)| n == map && *mm == m) {
+                Some((_, _, l)) => md.push_str(&format!(" {l:.4} ({:+.3}) |", l - softmax_val_loss)),
+                None => md.push_str(" — |"),
             }
         }
         md.push('\n');
@@ -346,11 +384,15 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
         for layer in (0..layers).map(Some).chain([None]) {
             md.push_str(&format!("| {map} | {} |", layer.map_or("all".to_string(), |l| l.to_string())));
             for &m in &options.features {
-                md.push_str(&format!(
-                    " {:.3} / {:.3} |",
-                    cell(map, layer, m, &|s| s.pearson),
-                    cell(map, layer, m, &|s| s.median_rel_err)
-                ));
+                if stats.iter().any(|s| s.map == *map && s.m == m) {
+                    md.push_str(&format!(
+                        " {:.3} / {:.3} |",
+                        cell(map, layer, m, &|s| s.pearson),
+                        cell(map, layer, m, &|s| s.median_rel_err)
+                    ));
+                } else {
+                    md.push_str(" — |");
+                }
             }
             md.push_str(&if layer.is_none() { format!(" {slope:.3} |\n") } else { " |\n".to_string() });
         }
@@ -380,11 +422,17 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
         .iter()
         .map(|(map, slope)| Series {
             label: format!("{map} (slope {slope:.2})"),
-            points: options.features.iter().map(|&m| (m as f64, cell(map, None, m, &|s| s.median_rel_err))).collect(),
+            points: options
+                .features
+                .iter()
+                .filter(|&&m| stats.iter().any(|s| &s.map == map && s.m == m))
+                .map(|&m| (m as f64, cell(map, None, m, &|s| s.median_rel_err)))
+                .collect(),
             errors: None,
         })
         .collect();
-    let (png, svg) = save_error_chart("median relative error of the astrocyte response, mean over heads", error_series, out)?;
+    let (png, svg) =
+        save_error_chart("median relative error of the astrocyte response, mean over heads", error_series, out)?;
     files.extend([png, svg]);
     let (png, svg) = plot::save(
         &Chart {

@@ -6,6 +6,7 @@
 pub mod ablate;
 pub mod bench;
 pub mod bert;
+pub mod distill;
 pub mod error;
 pub mod evaluate;
 pub mod fidelity;

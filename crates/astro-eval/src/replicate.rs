@@ -10,15 +10,15 @@
 
 use std::path::{Path, PathBuf};
 
-use astro_model::attention::{
-    AstrocyticConfig, Attention, AttentionConfig, AttentionMask, FeatureMap, InnerAttention,
-};
+use astro_model::attention::{AstrocyticConfig, Attention, AttentionConfig, AttentionMask, FeatureMap, InnerAttention};
 use burn::tensor::Device;
 use serde::Serialize;
 
+use astro_train::distill::{AttentionInputs, DistillOptions, distill_layer};
+
 use crate::bert::Bert;
 use crate::error::EvalError;
-use crate::fidelity::{HeadStat, head_stats, loglog_slope, mean_of, save_error_chart};
+use crate::fidelity::{DISTILL_MAX_FEATURES, HeadStat, head_stats, loglog_slope, mean_of, save_error_chart};
 use crate::plot::{self, Chart, Series};
 
 /// Settings of a replication.
@@ -36,6 +36,8 @@ pub struct ReplicateOptions {
     pub fit_sentences: usize,
     /// Use ψ = 1 where a calibrated map's closed form is undefined, instead of failing.
     pub fallback: bool,
+    /// Also distil a shifted-SADERF encoder per m on the fitting lines (the map `distilled`).
+    pub distill: Option<DistillOptions>,
     /// Ω seed.
     pub seed: u64,
     /// (layer, head) of the figure, 0-based.
@@ -134,7 +136,13 @@ pub fn run(dir: &Path, options: &ReplicateOptions, out: &Path, device: &Device) 
         Some(text) => fit_lines(text, options.fit_sentences),
         None => Vec::new(),
     };
-    let needs_fit = options.feature_maps.iter().any(|m| m.is_calibrated());
+    let distill = options.distill.clone().filter(|d| d.steps > 0);
+    let mut variants: Vec<(String, FeatureMap, bool)> =
+        options.feature_maps.iter().map(|&m| (m.name().to_string(), m, false)).collect();
+    if distill.is_some() {
+        variants.push(("distilled".into(), FeatureMap::ShiftedSaderf, true));
+    }
+    let needs_fit = variants.iter().any(|v| v.1.is_calibrated());
     if needs_fit && fit.is_empty() {
         return Err(EvalError::Invalid(
             "the calibrated maps (saderf, shifted_saderf) need fitting text with lines of at least 20 characters; \
@@ -143,14 +151,24 @@ pub fn run(dir: &Path, options: &ReplicateOptions, out: &Path, device: &Device) 
         ));
     }
     let fit_batch = if needs_fit { Some(bert.batch(&fit, device)?) } else { None };
+    let teacher_fit: Vec<(burn::tensor::Tensor<4>, burn::tensor::Tensor<4>)> = match (&distill, &fit_batch) {
+        (Some(_), Some((tokens, pad))) => bert.encoder.attention_inputs(tokens.clone(), Some(pad.clone())),
+        _ => Vec::new(),
+    };
+    let fit_mask = fit_batch.as_ref().map(|(_, pad)| AttentionMask::bidirectional().with_padding(pad.clone()));
     let sentences = sentences(&options.text);
     let reference = bert.embed(&sentences, device)?;
 
     let mut stats = Vec::new();
     let mut figures: Vec<(String, usize, Vec<Series>)> = Vec::new();
     let mut embedding_cosine = Vec::new();
-    for &map in &options.feature_maps {
+    for (label, map, distilled) in &variants {
+        let map = *map;
         for &m in &options.features {
+            if *distilled && m > DISTILL_MAX_FEATURES {
+                eprintln!("{label}: m = {m} skipped (distillation is offered up to m = {DISTILL_MAX_FEATURES})");
+                continue;
+            }
             let astro = AttentionConfig::Astrocytic(AstrocyticConfig {
                 features: m,
                 feature_map: map,
@@ -159,15 +177,32 @@ pub fn run(dir: &Path, options: &ReplicateOptions, out: &Path, device: &Device) 
             });
             let mut swapped = Bert::load(dir, Some(astro), device)?;
             if let Some((fit_tokens, fit_pad)) = &fit_batch {
-                let (encoder, _) = swapped.encoder.calibrate(fit_tokens.clone(), Some(fit_pad.clone()), options.fallback)?;
+                let (encoder, _) =
+                    swapped.encoder.calibrate(fit_tokens.clone(), Some(fit_pad.clone()), options.fallback)?;
                 swapped.encoder = encoder;
+            }
+            if let (true, Some(d), Some(fit_mask)) = (*distilled, &distill, &fit_mask) {
+                for (layer, ((fq, fk), (hq, hk))) in teacher_fit.iter().zip(&qk).enumerate() {
+                    let block = &mut swapped.encoder.trunk.blocks[layer];
+                    let Attention::Astrocytic(attn) = &block.attn.inner else {
+                        unreachable!("every layer was swapped to astrocytic attention");
+                    };
+                    let fit = AttentionInputs { q: fq.clone(), k: fk.clone(), mask: fit_mask.clone() };
+                    let held = AttentionInputs { q: hq.clone(), k: hk.clone(), mask: mask.clone() };
+                    let (fitted, report) = distill_layer(attn.clone(), layer, &fit, &held, d, device)?;
+                    eprintln!(
+                        "distilled m = {m}, layer {layer}: attention KL {:.4} → {:.4} on fitting lines, {:.4} → {:.4} on the text",
+                        report.fit_before, report.fit_after, report.held_out_before, report.held_out_after
+                    );
+                    block.attn.inner = Attention::Astrocytic(fitted);
+                }
             }
             for (layer, (q, k)) in qk.iter().enumerate() {
                 let Attention::Astrocytic(attn) = &swapped.encoder.trunk.blocks[layer].attn.inner else {
                     unreachable!("every layer was swapped to astrocytic attention");
                 };
                 let trace = attn.normalisers(q.clone(), k.clone(), &mask);
-                let (head_stats, series) = head_stats(trace, map, layer, m, &|_, _| true);
+                let (head_stats, series) = head_stats(trace, label, layer, m, &|_, _| true);
                 stats.extend(head_stats);
                 if layer == options.head.0 {
                     let (zs, as_) = &series[options.head.1];
@@ -177,11 +212,11 @@ pub fn run(dir: &Path, options: &ReplicateOptions, out: &Path, device: &Device) 
                         errors: None,
                     };
                     figures.push((
-                        map.name().to_string(),
+                        label.clone(),
                         m,
                         vec![
                             line("softmax normaliser Z_t".into(), zs),
-                            line(format!("astrocyte response a_t, {} map, m = {m}", map.name()), as_),
+                            line(format!("astrocyte response a_t, {label} map, m = {m}"), as_),
                         ],
                     ));
                 }
@@ -194,18 +229,21 @@ pub fn run(dir: &Path, options: &ReplicateOptions, out: &Path, device: &Device) 
                 cosines.push(cosine(&e[0], r));
             }
             eprintln!(
-                "{} map, m = {m}: {layers} layers × {heads} heads compared; every layer swapped, sentence-embedding cosine {:.4}",
-                map.name(),
+                "{label} map, m = {m}: {layers} layers × {heads} heads compared; every layer swapped, sentence-embedding cosine {:.4}",
                 cosines.iter().sum::<f64>() / cosines.len() as f64
             );
-            embedding_cosine.push((map.name().to_string(), m, cosines));
+            embedding_cosine.push((label.clone(), m, cosines));
         }
     }
     let summarise = |map: &str, m: usize, layer: Option<usize>| Summary {
         map: map.to_string(),
         m,
         layer,
-        mean_pearson: mean_of(&stats, |s| s.map == map && s.m == m && layer.is_none_or(|l| s.layer == l), |s| s.pearson),
+        mean_pearson: mean_of(
+            &stats,
+            |s| s.map == map && s.m == m && layer.is_none_or(|l| s.layer == l),
+            |s| s.pearson,
+        ),
         mean_median_rel_err: mean_of(
             &stats,
             |s| s.map == map && s.m == m && layer.is_none_or(|l| s.layer == l),
@@ -214,21 +252,34 @@ pub fn run(dir: &Path, options: &ReplicateOptions, out: &Path, device: &Device) 
     };
     let mut summary = Vec::new();
     let mut error_slope = Vec::new();
-    for &map in &options.feature_maps {
+    for (label, _, _) in &variants {
         for &m in &options.features {
-            summary.extend((0..layers).map(|l| summarise(map.name(), m, Some(l))));
-            summary.push(summarise(map.name(), m, None));
+            if !stats.iter().any(|s| &s.map == label && s.m == m) {
+                continue;
+            }
+            summary.extend((0..layers).map(|l| summarise(label, m, Some(l))));
+            summary.push(summarise(label, m, None));
         }
         let overall: Vec<(f64, f64)> = summary
             .iter()
-            .filter(|s| s.layer.is_none() && s.map == map.name())
+            .filter(|s| s.layer.is_none() && &s.map == label)
             .map(|s| (s.m as f64, s.mean_median_rel_err))
             .collect();
-        error_slope.push((map.name().to_string(), loglog_slope(&overall)));
+        error_slope.push((label.clone(), loglog_slope(&overall)));
     }
 
-    let files =
-        write_outputs(out, options, fit.len(), &stats, &summary, &figures, &embedding_cosine, &error_slope, layers, heads)?;
+    let files = write_outputs(
+        out,
+        options,
+        fit.len(),
+        &stats,
+        &summary,
+        &figures,
+        &embedding_cosine,
+        &error_slope,
+        layers,
+        heads,
+    )?;
     Ok(ReplicateReport {
         model: dir.to_path_buf(),
         tokens: t,
@@ -280,15 +331,16 @@ fn write_outputs(
     let ms = options.features.iter().map(|m| format!(" m = {m} |")).collect::<String>();
     let rule = options.features.iter().map(|_| "---:|").collect::<String>();
     let mut md = format!(
-        "# Astrocyte response against softmax's normaliser\n\ni.i.d. Ω, seed {}; every query of the text, every head. Calibrated maps (saderf, shifted_saderf) fitted in closed form on {fit_sentences} held-out lines. Cells: Pearson r / median |a − Z| / Z, mean over heads.\n\n| map | layer |{ms} error slope |\n|---|---:|{rule}---:|\n",
+        "# Astrocyte response against softmax's normaliser\n\ni.i.d. Ω, seed {}; every query of the text, every head. Calibrated maps (saderf, shifted_saderf) fitted in closed form on {fit_sentences} held-out lines; `distilled` is shifted_saderf with Ω, ψ and c then fitted to softmax's attention on those lines (a learned kernel: its a_t's scale is not fitted, compare Pearson r and the embeddings). Cells: Pearson r / median |a − Z| / Z, mean over heads.\n\n| map | layer |{ms} error slope |\n|---|---:|{rule}---:|\n",
         options.seed,
     );
     for (map, slope) in error_slope {
         for layer in (0..layers).map(Some).chain([None]) {
             md.push_str(&format!("| {map} | {} |", layer.map_or("all".into(), |l| l.to_string())));
             for &m in &options.features {
-                if let Some(s) = summary.iter().find(|s| &s.map == map && s.m == m && s.layer == layer) {
-                    md.push_str(&format!(" {:.3} / {:.3} |", s.mean_pearson, s.mean_median_rel_err));
+                match summary.iter().find(|s| &s.map == map && s.m == m && s.layer == layer) {
+                    Some(s) => md.push_str(&format!(" {:.3} / {:.3} |", s.mean_pearson, s.mean_median_rel_err)),
+                    None => md.push_str(" — |"),
                 }
             }
             md.push_str(&if layer.is_none() { format!(" {slope:.3} |\n") } else { " |\n".into() });
@@ -340,7 +392,8 @@ fn write_outputs(
             errors: None,
         })
         .collect();
-    let (png, svg) = save_error_chart("median relative error of the astrocyte response, mean over heads", error_series, out)?;
+    let (png, svg) =
+        save_error_chart("median relative error of the astrocyte response, mean over heads", error_series, out)?;
     files.extend([png, svg]);
     let (png, svg) = plot::save(
         &Chart {

@@ -82,7 +82,7 @@ pub enum CalibrationError {
     #[error(
         "layer {layer}, head {head}: the {side}' {statistic} along dimension {dim} is 0, so the {map} map's \
          ψ = (keys' {statistic} / queries' {statistic})^(1/4) is undefined there; calibrate on more varied text, \
-         or pass --fallback to use ψ = 1 on such dimensions"
+         or pass --fallback (train.calibration_fallback = true when training) to use ψ = 1 on such dimensions"
     )]
     Undefined {
         /// The map.

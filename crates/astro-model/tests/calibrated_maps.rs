@@ -121,7 +121,8 @@ fn calibration_lowers_the_error_on_offset_keys() {
             .collect();
         errs.iter().sum::<f64>() / errs.len() as f64
     };
-    let (positive, saderf, shifted) = (err(FeatureMap::Positive), err(FeatureMap::Saderf), err(FeatureMap::ShiftedSaderf));
+    let (positive, saderf, shifted) =
+        (err(FeatureMap::Positive), err(FeatureMap::Saderf), err(FeatureMap::ShiftedSaderf));
     eprintln!("median relative error: positive {positive:.4}, saderf {saderf:.4}, shifted {shifted:.4}");
     assert!(saderf < positive, "saderf {saderf} should beat positive {positive}");
     assert!(shifted < saderf / 2.0, "shifted {shifted} should beat saderf {saderf} by 2x");

@@ -157,6 +157,13 @@ pub struct TrainSection {
     /// initialisation; its architecture must be the run's `[model]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<PathBuf>,
+    /// Calibrated hidden-neuron maps (saderf, shifted_saderf) are refitted in closed form to the
+    /// current batch's queries and keys at step 0 and every this many steps (0: at step 0 only).
+    #[serde(default = "defaults::calibrate_every")]
+    pub calibrate_every: usize,
+    /// Use ψ = 1 where a calibrated map's closed form is undefined, instead of stopping the run.
+    #[serde(default)]
+    pub calibration_fallback: bool,
 }
 
 mod defaults {
@@ -226,6 +233,9 @@ mod defaults {
     }
     pub fn test_examples() -> usize {
         1000
+    }
+    pub fn calibrate_every() -> usize {
+        100
     }
 }
 

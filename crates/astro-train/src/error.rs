@@ -39,6 +39,19 @@ pub enum TrainError {
         /// Where the last good checkpoint is (a sentence).
         checkpoint: String,
     },
+    /// Distillation of an astrocytic layer produced a NaN or infinite loss.
+    #[error(
+        "distilling layer {layer}: the attention KL became {loss} at step {step}; nothing was written. \
+         Lower --lr or use fewer --steps"
+    )]
+    DistillNonFinite {
+        /// Block index.
+        layer: usize,
+        /// The step that went bad.
+        step: usize,
+        /// The loss value.
+        loss: f64,
+    },
     /// `--resume` cannot continue this run.
     #[error("cannot resume {run}: {reason}")]
     Resume {

@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod distill;
 pub mod error;
 pub mod metrics;
 pub mod net;

@@ -20,6 +20,35 @@ pub enum Net {
 }
 
 impl Net {
+    /// Refits calibrated astrocytic maps (saderf, shifted_saderf) to `batch`'s queries and keys;
+    /// other networks are returned unchanged. Returns the ψ = 1 fallback count.
+    pub fn calibrate(self, batch: &crate::source::Batch, fallback: bool) -> Result<(Self, usize), ModelError> {
+        use crate::source::Batch;
+        match (self, batch) {
+            (Net::Lm(m), Batch::Lm { inputs, .. }) | (Net::Lm(m), Batch::Class { inputs, .. }) => {
+                let (m, n) = m.calibrate(inputs.clone(), fallback)?;
+                Ok((Net::Lm(m), n))
+            }
+            (Net::Classifier(m), Batch::Class { inputs, padding, .. }) => {
+                let (m, n) = m.calibrate(inputs.clone(), padding.clone(), fallback)?;
+                Ok((Net::Classifier(m), n))
+            }
+            (Net::Classifier(m), Batch::Lm { inputs, .. }) => {
+                let (m, n) = m.calibrate(inputs.clone(), None, fallback)?;
+                Ok((Net::Classifier(m), n))
+            }
+        }
+    }
+
+    /// Whether any layer uses a calibrated hidden-neuron map.
+    pub fn is_calibrated(&self) -> bool {
+        let config = match self {
+            Net::Lm(m) => m.config(),
+            Net::Classifier(m) => m.config(),
+        };
+        matches!(&config.attention, astro_model::AttentionConfig::Astrocytic(c) if c.feature_map.is_calibrated())
+    }
+
     /// A freshly initialised network for `config` (`model.vocab_size` must be set).
     pub fn new(config: &RunConfig, device: &Device) -> Result<Self, ModelError> {
         match config.task.as_ref().and_then(|t| t.classes()) {

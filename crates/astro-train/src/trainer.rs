@@ -258,8 +258,17 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
         let mut accum = GradientsAccumulator::<Net>::new();
         let mut loss_sum = 0.0;
         let mut step_tokens = 0u64;
-        for _ in 0..config.optim.grad_accum {
+        for micro in 0..config.optim.grad_accum {
             let batch = source.next_batch(&mut data, &ad);
+            // Calibrated maps: closed-form refit on this batch (deterministic, so resumes agree).
+            let every = config.train.calibrate_every;
+            if micro == 0 && net.is_calibrated() && (step == 0 || (every > 0 && step % every == 0)) {
+                let (calibrated, fallbacks) = net.calibrate(&batch, config.train.calibration_fallback)?;
+                net = calibrated;
+                if fallbacks > 0 {
+                    tracing::warn!(step, fallbacks, "calibration used ψ = 1 on dimensions where it is undefined");
+                }
+            }
             step_tokens += batch.tokens() as u64;
             let loss = score(&net, batch, false).loss;
             loss_sum += loss.clone().into_scalar::<f64>();

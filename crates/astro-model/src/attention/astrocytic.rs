@@ -117,7 +117,8 @@ impl AstrocyticConfig {
         let calibrated = self.feature_map.is_calibrated();
         let log_psi = calibrated.then(|| fixed(Tensor::zeros([heads, head_dim], device)));
         let shift = calibrated.then(|| fixed(Tensor::zeros([heads, head_dim], device)));
-        let gerf_a = calibrated.then(|| Param::from_tensor(Tensor::<1>::zeros([heads], device)).set_require_grad(false));
+        let gerf_a =
+            calibrated.then(|| Param::from_tensor(Tensor::<1>::zeros([heads], device)).set_require_grad(false));
         AstrocyticAttention { omega, phase, log_psi, shift, gerf_a, config: self.clone() }
     }
 }

@@ -260,7 +260,12 @@ impl Trunk {
     /// own queries and keys on `tokens` `[batch, seq]`, block by block: block ℓ is calibrated on the
     /// activity that the already-calibrated blocks before it produce. Returns the model and the number
     /// of dimensions that fell back to ψ = 1 (only with `fallback`). Other variants pass unchanged.
-    pub fn calibrate(mut self, tokens: Tensor<2, Int>, mask: &AttentionMask, fallback: bool) -> Result<(Self, usize), crate::ModelError> {
+    pub fn calibrate(
+        mut self,
+        tokens: Tensor<2, Int>,
+        mask: &AttentionMask,
+        fallback: bool,
+    ) -> Result<(Self, usize), crate::ModelError> {
         let mut x = self.embed(tokens, 0);
         let mut fallbacks = 0;
         let blocks = std::mem::take(&mut self.blocks);
