@@ -29,6 +29,20 @@ from torch import nn
 TRUNCATION = 150.0  # the truncated map's firing-rate ceiling
 
 
+def gerf_logs(x, omega, gerf_a):
+    """SADERF's GERF features in log space (Likhosherstov et al.): x̃ [B,H,T,D] already through Ψ / shift.
+
+    log φ = √(1−4A) ωᵀx − ‖x‖²/2 + A‖ω‖² + (D/4) ln(1−4A) − ½ ln m, A per head.
+    """
+    m, d = omega.shape[1], omega.shape[2]
+    a = gerf_a[None, :, None, None]  # [1,H,1,1]
+    u = torch.einsum("bhtd,hmd->bhtm", x, omega)
+    half_sq = 0.5 * (x * x).sum(-1, keepdim=True)
+    omega_sq = (omega * omega).sum(-1)[None, :, None, :]  # ‖ω_μ‖²: [1,H,1,m]
+    logs = torch.sqrt(1 - 4 * a) * u + a * omega_sq + (d / 4) * torch.log(1 - 4 * a) - half_sq - 0.5 * math.log(m)
+    return torch.ones_like(u), logs
+
+
 def feature_logs(x, omega, phase, kind):
     """Hidden-neuron activity φ(x̃) of x̃ [B,H,T,D] (already scaled) as (g, log_scale): φ = g·exp(log_scale).
 
@@ -88,6 +102,10 @@ class Inner(nn.Module):
                 self.phase = nn.Parameter(torch.zeros(heads, m), requires_grad=False)
             else:
                 self.phase = None
+            if spec.get("feature_map") in ("saderf", "shifted_saderf"):  # calibrated: ψ, c, A
+                self.log_psi = nn.Parameter(torch.zeros(heads, head_dim), requires_grad=False)
+                self.shift = nn.Parameter(torch.zeros(heads, head_dim), requires_grad=False)
+                self.gerf_a = nn.Parameter(torch.zeros(heads), requires_grad=False)
 
     def forward(self, q, k, v, causal):  # [B,H,T,D] each → [B,H,T,D]
         if self.kind == "softmax":
@@ -102,8 +120,14 @@ class Inner(nn.Module):
         kind = self.spec.get("feature_map", "positive")
         omega = self.omega.double()
         phase = None if self.phase is None else self.phase.double()
-        gq, lq = feature_logs(q * scale, omega, phase, kind)
-        gk, lk = feature_logs(k * scale, omega, phase, kind)
+        if kind in ("saderf", "shifted_saderf"):
+            psi = self.log_psi.double().exp()[None, :, None, :]  # [1,H,1,D]
+            c = self.shift.double()[None, :, None, :]
+            gq, lq = gerf_logs(q * scale * psi, omega, self.gerf_a.double())  # query side: ψ ⊙ q̃
+            gk, lk = gerf_logs((k * scale - c) / psi, omega, self.gerf_a.double())  # key side: (k̃ − c) / ψ
+        else:
+            gq, lq = feature_logs(q * scale, omega, phase, kind)
+            gk, lk = feature_logs(k * scale, omega, phase, kind)
         decay = float(self.spec.get("decay", 1.0))
         return kernel_attention(gq, lq, gk, lk, v, causal, decay).to(dtype)
 

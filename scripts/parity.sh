@@ -34,6 +34,8 @@ train astrocytic --set 'model.attention={ kind = "astrocytic", features = 64 }'
 train astrocytic-cosine-rotary --set 'model.attention={ kind = "astrocytic", features = 64, feature_map = "cosine", orthogonal = true, decay = 0.95 }' \
   --set 'model.positions="rotary"' --set model.bias=true
 train linear --set 'model.attention={ kind = "linear" }'
+train shifted-saderf --set 'model.attention={ kind = "astrocytic", features = 64, feature_map = "shifted_saderf" }' \
+  --set train.calibrate_every=50
 train bert-layout --set 'model.attention={ kind = "astrocytic", features = 64 }' --set 'model.norm="post"' \
   --set model.type_vocab_size=2 --set model.embedding_norm=true --set model.layer_norm_eps=1e-12 --set model.bias=true
 train listops-encoder --task listops --set task.max_length=32 --set task.min_length=16 --set 'model.attention={ kind = "astrocytic", features = 32 }'

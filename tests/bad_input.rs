@@ -222,6 +222,42 @@ fn run_case(w: &World, case: &str) -> Output {
             std::fs::copy(w.export.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
             astro(root).arg("eval").arg("--model").arg(&dir).output().unwrap()
         }
+        "distill-zero-features" | "distill-foreign-text" | "distill-existing-out" | "distill-not-softmax" => {
+            let (model, out, extra): (&Path, PathBuf, Vec<String>) = match case {
+                "distill-zero-features" => (&w.soft, root.join("d-zero"), vec!["--features".into(), "0".into()]),
+                "distill-foreign-text" => {
+                    std::fs::write(root.join("greek.txt"), "αβγδε ζηθ ".repeat(300)).unwrap();
+                    (&w.soft, root.join("d-greek"), vec!["--data".into(), root.join("greek.txt").display().to_string()])
+                }
+                "distill-existing-out" => (&w.soft, w.run.clone(), vec![]),
+                _ => (&w.run, root.join("d-astro"), vec![]),
+            };
+            let before = snapshot(&out);
+            let output = astro(root)
+                .args(["distill", "--steps", "2", "--fit-sequences", "2", "--held-out-sequences", "2", "--model"])
+                .arg(model)
+                .arg("--out")
+                .arg(&out)
+                .args(&extra)
+                .output()
+                .unwrap();
+            assert_eq!(snapshot(&out), before, "{case}: the output directory changed");
+            output
+        }
+        "calibration-undefined" => {
+            let data = w.corpus("aaaa.txt", "a".repeat(4000).as_bytes());
+            w.set(&[
+                &data,
+                r#"model.attention={kind="astrocytic",features=8,feature_map="shifted_saderf"}"#,
+                r#"model.positions="none""#,
+                "run.name=\"flat\"",
+            ])
+        }
+        "fidelity-unknown-map" => astro(root)
+            .args(["fidelity", "--feature-maps", "positive,gaussian", "--run"])
+            .arg(&w.soft)
+            .output()
+            .unwrap(),
         other => panic!("docs/bad-input.md names case `{other}`, which tests/bad_input.rs does not implement"),
     }
 }
@@ -254,6 +290,12 @@ const CASES: &[&str] = &[
     "safetensors-truncated",
     "safetensors-garbage",
     "export-without-config",
+    "distill-zero-features",
+    "distill-foreign-text",
+    "distill-existing-out",
+    "distill-not-softmax",
+    "calibration-undefined",
+    "fidelity-unknown-map",
 ];
 
 #[test]

@@ -121,6 +121,8 @@ pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
         }
     }
     let mut out = std::collections::BTreeMap::new();
-    walk(dir, dir, &mut out);
+    if dir.exists() {
+        walk(dir, dir, &mut out);
+    }
     out
 }

@@ -12,6 +12,9 @@
 //! blocks.{i}.attn.{q,k,v,o}_proj.weight   [d, d]   (+ .bias with model.bias)
 //! blocks.{i}.attn.inner.omega     [heads, m, d/heads]   astrocytic: hidden-neuron weights Ω
 //! blocks.{i}.attn.inner.phase     [heads, m]        astrocytic, cosine maps: phases b
+//! blocks.{i}.attn.inner.log_psi   [heads, d/heads]  astrocytic, saderf maps: ln ψ (query ψ⊙q̃, key (k̃ − c)/ψ)
+//! blocks.{i}.attn.inner.shift     [heads, d/heads]  astrocytic, shifted_saderf: key shift c (0 for saderf)
+//! blocks.{i}.attn.inner.gerf_a    [heads]           astrocytic, saderf maps: GERF parameter A
 //! blocks.{i}.ln_2.weight|bias     [d]
 //! blocks.{i}.mlp.fc.weight        [mlp_ratio·d, d]  blocks.{i}.mlp.proj.weight [d, mlp_ratio·d]
 //! ln_f.weight|bias                [d]
