@@ -155,6 +155,9 @@ fn host(x: Tensor<3>) -> Vec<f64> {
 /// Largest m the `distilled` rows fit (its [batch, heads, seq, m] activity and gradients grow with m).
 pub const DISTILL_MAX_FEATURES: usize = 4096;
 
+/// One head's (Z_t, a_t) over the queries kept, in order.
+pub(crate) type Normalisers = (Vec<f64>, Vec<f64>);
+
 /// Per-head Pearson r and median relative error of a_t against Z_t from one layer's trace.
 pub(crate) fn head_stats(
     trace: astro_model::attention::NormaliserTrace,
@@ -162,7 +165,7 @@ pub(crate) fn head_stats(
     layer: usize,
     m: usize,
     keep: &dyn Fn(usize, usize) -> bool,
-) -> (Vec<HeadStat>, Vec<(Vec<f64>, Vec<f64>)>) {
+) -> (Vec<HeadStat>, Vec<Normalisers>) {
     let [b, heads, t] = trace.softmax_log.dims();
     let z = host(trace.softmax_log); //                 [B,H,T] log Z
     let a = host(trace.astrocyte_log.expect("astrocytic traces carry a_t"));

@@ -228,6 +228,20 @@ impl AstrocyticAttention {
         if !self.config.feature_map.is_calibrated() {
             return Ok((self, 0));
         }
+        let mut stats = Vec::new();
+        Self::accumulate(&mut stats, q, k, padding, layer)?;
+        self.calibrate_from(&stats, layer, fallback)
+    }
+
+    /// Adds the statistics of `q`, `k` `[batch, heads, seq, head_dim]` (padding skipped) to `stats`
+    /// (one entry per head, created on first use), so calibration data can arrive in batches.
+    pub fn accumulate(
+        stats: &mut Vec<HeadStats>,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        padding: Option<Tensor<2, Bool>>,
+        layer: usize,
+    ) -> Result<(), CalibrationError> {
         let dims = q.dims();
         let [_, heads, _, d] = dims;
         let host = |x: Tensor<4>| x.detach().into_data().convert::<f64>().try_to_vec::<f64>().unwrap_or_default();
@@ -236,9 +250,26 @@ impl AstrocyticAttention {
             return Err(CalibrationError::NotFinite { layer, what: "a query or key" });
         }
         let pad = padding.map(|p| p.into_data().try_to_vec::<bool>().unwrap_or_default());
-        let mut stats = vec![HeadStats::new(d); heads];
-        calibration::accumulate(&mut stats, &qh, &kh, dims, pad.as_deref());
-        let (params, fallbacks) = calibration::closed_form(self.config.feature_map, &stats, layer, fallback)?;
+        if stats.is_empty() {
+            *stats = vec![HeadStats::new(d); heads];
+        }
+        calibration::accumulate(stats, &qh, &kh, dims, pad.as_deref());
+        Ok(())
+    }
+
+    /// Sets ψ, c and A from accumulated statistics (see [`Self::accumulate`]).
+    pub fn calibrate_from(
+        self,
+        stats: &[HeadStats],
+        layer: usize,
+        fallback: bool,
+    ) -> Result<(Self, usize), CalibrationError> {
+        if !self.config.feature_map.is_calibrated() {
+            return Ok((self, 0));
+        }
+        let heads = stats.len();
+        let d = stats.first().map_or(0, |s| s.q_sum.len());
+        let (params, fallbacks) = calibration::closed_form(self.config.feature_map, stats, layer, fallback)?;
         if params.log_psi.iter().chain(&params.shift).chain(&params.gerf_a).any(|x| !x.is_finite()) {
             return Err(CalibrationError::NotFinite { layer, what: "a fitted parameter" });
         }

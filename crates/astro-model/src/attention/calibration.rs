@@ -194,7 +194,7 @@ mod tests {
         for (mean_sq, d) in [(0.0, 4), (1.0, 4), (37.5, 16), (500.0, 32)] {
             let a = optimal_a(mean_sq, d);
             let rho = mean_sq / d as f64;
-            assert!(a <= 0.0 && a < 0.125);
+            assert!(a <= 0.0);
             assert!((8.0 * a * a + (2.0 * rho - 1.0) * a - rho / 2.0).abs() < 1e-9, "{mean_sq} {d}: {a}");
         }
         assert_eq!(optimal_a(0.0, 8), 0.0);

@@ -138,6 +138,8 @@ pub trait InnerAttention {
 }
 
 /// The attention variant of a layer (an enum module: its weights are saved under the variant name).
+// Boxing the astrocytic variant would change every saved module path; the size is a few handles.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Attention {
     /// Exact softmax attention.

@@ -10,7 +10,7 @@ use burn::tensor::{Device, Int, Tensor};
 
 use super::config::{NormPlacement, Positions, TransformerConfig};
 use crate::attention::layer::{AttentionLayer, AttentionLayerConfig};
-use crate::attention::{Attention, AttentionMask, AttentionState, NormaliserTrace};
+use crate::attention::{AstrocyticAttention, Attention, AttentionMask, AttentionState, NormaliserTrace};
 
 /// GPT-2 initialisation: weights N(0, 0.02).
 pub(crate) const INIT_STD: f64 = 0.02;
@@ -258,27 +258,57 @@ impl Trunk {
 
     /// Fits every calibrated astrocytic layer's map (see [`crate::attention::calibration`]) to its
     /// own queries and keys on `tokens` `[batch, seq]`, block by block: block ℓ is calibrated on the
-    /// activity that the already-calibrated blocks before it produce. Returns the model and the number
-    /// of dimensions that fell back to ψ = 1 (only with `fallback`). Other variants pass unchanged.
+    /// activity that the already-calibrated blocks before it produce. Sequences go through in groups
+    /// small enough that the `[group, heads, seq, m]` hidden activity stays near 2²⁶ floats. Returns
+    /// the model and the number of dimensions that fell back to ψ = 1 (only with `fallback`). Other
+    /// variants pass unchanged.
     pub fn calibrate(
         mut self,
         tokens: Tensor<2, Int>,
         mask: &AttentionMask,
         fallback: bool,
     ) -> Result<(Self, usize), crate::ModelError> {
-        let mut x = self.embed(tokens, 0);
+        let [b, t] = tokens.dims();
+        let widest = self
+            .blocks
+            .iter()
+            .map(|blk| match &blk.attn.inner {
+                Attention::Astrocytic(a) => a.config().features * blk.attn.heads(),
+                _ => 1,
+            })
+            .max()
+            .unwrap_or(1);
+        let group = ((1usize << 26) / (widest * t).max(1)).clamp(1, b.max(1));
+        // Per group: its hidden states and its mask.
+        let mut groups: Vec<(Tensor<3>, AttentionMask)> = (0..b)
+            .step_by(group)
+            .map(|start| {
+                let len = group.min(b - start);
+                let mask = AttentionMask {
+                    causal: mask.causal,
+                    key_padding: mask.key_padding.clone().map(|p| p.narrow(0, start, len)),
+                };
+                (self.embed(tokens.clone().narrow(0, start, len), 0), mask)
+            })
+            .collect();
         let mut fallbacks = 0;
         let blocks = std::mem::take(&mut self.blocks);
         for (layer, mut block) in blocks.into_iter().enumerate() {
             if let Attention::Astrocytic(inner) = &block.attn.inner
                 && inner.config().feature_map.is_calibrated()
             {
-                let (q, k) = block.attn.queries_keys(block.attention_input(x.clone()), self.rope.as_ref());
-                let (calibrated, n) = inner.clone().calibrate(q, k, mask.key_padding.clone(), layer, fallback)?;
+                let mut stats = Vec::new();
+                for (x, m) in &groups {
+                    let (q, k) = block.attn.queries_keys(block.attention_input(x.clone()), self.rope.as_ref());
+                    AstrocyticAttention::accumulate(&mut stats, q, k, m.key_padding.clone(), layer)?;
+                }
+                let (calibrated, n) = inner.clone().calibrate_from(&stats, layer, fallback)?;
                 fallbacks += n;
                 block.attn.inner = Attention::Astrocytic(calibrated);
             }
-            x = block.forward(x, mask, self.rope.as_ref());
+            for (x, m) in groups.iter_mut() {
+                *x = block.forward(x.clone(), m, self.rope.as_ref());
+            }
             self.blocks.push(block);
         }
         Ok((self, fallbacks))
