@@ -279,6 +279,20 @@ impl Trunk {
             .max()
             .unwrap_or(1);
         let group = ((1usize << 26) / (widest * t).max(1)).clamp(1, b.max(1));
+        self.calibrate_in_groups(tokens, mask, fallback, group)
+    }
+
+    /// [`Self::calibrate`] with `group` sequences per forward pass (the result does not depend on it,
+    /// up to float rounding).
+    pub fn calibrate_in_groups(
+        mut self,
+        tokens: Tensor<2, Int>,
+        mask: &AttentionMask,
+        fallback: bool,
+        group: usize,
+    ) -> Result<(Self, usize), crate::ModelError> {
+        let b = tokens.dims()[0];
+        let group = group.max(1);
         // Per group: its hidden states and its mask.
         let mut groups: Vec<(Tensor<3>, AttentionMask)> = (0..b)
             .step_by(group)
