@@ -264,8 +264,9 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
     if distill.is_some() {
         variants.push(("distilled".into(), FeatureMap::ShiftedSaderf, true));
     }
-    let teacher_fit: Vec<(Tensor<4>, Tensor<4>)> =
-        if distill.is_some() { lm.attention_inputs(fit_tokens.clone()) } else { Vec::new() };
+    // The softmax model's own queries and keys on the fitting sequences: calibrated maps are fitted
+    // to their statistics, distilled layers to its attention.
+    let teacher_fit: Vec<(Tensor<4>, Tensor<4>)> = lm.attention_inputs(fit_tokens.clone());
     let mut val_loss = Vec::new();
     let mut stats = Vec::new();
     let mut figure: Vec<Series> = Vec::new();
@@ -284,8 +285,9 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
             };
             let mut config = run.config.model.clone();
             config.attention = AttentionConfig::Astrocytic(astro_cfg.clone());
-            let swapped = LanguageModel::new(&config, &device)?.transfer_weights(&run.weights)?;
-            let (mut swapped, _) = swapped.calibrate(fit_tokens.clone(), options.fallback)?;
+            let mut swapped = LanguageModel::new(&config, &device)?.transfer_weights(&run.weights)?;
+            let (trunk, _) = swapped.trunk.calibrate_from_inputs(&teacher_fit, None, options.fallback)?;
+            swapped.trunk = trunk;
             if let (true, Some(d)) = (*distilled, &distill) {
                 for (layer, ((fq, fk), (hq, hk))) in teacher_fit.iter().zip(&qk).enumerate() {
                     let block = &mut swapped.trunk.blocks[layer];
@@ -359,7 +361,7 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
     let ms = options.features.iter().map(|m| format!(" m = {m} |")).collect::<String>();
     let rule = "---:|".repeat(options.features.len());
     let mut md = format!(
-        "# Attention fidelity: {} swapped to astrocytic attention\n\nSame weights, no retraining; {} Ω, seed {}. Calibrated maps (saderf, shifted_saderf) fitted in closed form on {} training-split sequences; `distilled` is shifted_saderf with Ω, ψ and c then fitted to softmax's attention on the same sequences (a learned kernel: the scale of its a_t is not fitted, so compare its Pearson r and loss, not its relative error). Validation loss on {} batches of {}×{} tokens; normaliser statistics on {} validation sequences, every query of every head.\n\n## Validation loss (softmax: {:.4})\n\n| map |{ms}\n|---|{rule}\n",
+        "# Attention fidelity: {} swapped to astrocytic attention\n\nSame weights, no retraining; {} Ω, seed {}. Calibrated maps (saderf, shifted_saderf) fitted in closed form to the softmax model's queries and keys on {} training-split sequences; `distilled` is shifted_saderf with Ω, ψ and c then fitted to softmax's attention on the same sequences (a learned kernel: the scale of its a_t is not fitted, so compare its Pearson r and loss, not its relative error). Validation loss on {} batches of {}×{} tokens; normaliser statistics on {} validation sequences, every query of every head.\n\n## Validation loss (softmax: {:.4})\n\n| map |{ms}\n|---|{rule}\n",
         run.dir.display(),
         if options.orthogonal { "orthogonal" } else { "i.i.d." },
         options.seed,

@@ -151,9 +151,11 @@ pub fn run(dir: &Path, options: &ReplicateOptions, out: &Path, device: &Device) 
         ));
     }
     let fit_batch = if needs_fit { Some(bert.batch(&fit, device)?) } else { None };
-    let teacher_fit: Vec<(burn::tensor::Tensor<4>, burn::tensor::Tensor<4>)> = match (&distill, &fit_batch) {
-        (Some(_), Some((tokens, pad))) => bert.encoder.attention_inputs(tokens.clone(), Some(pad.clone())),
-        _ => Vec::new(),
+    // The original model's queries and keys on the fitting lines: calibrated maps are fitted to
+    // their statistics (no pass through m hidden neurons), distilled layers to its attention.
+    let teacher_fit: Vec<(burn::tensor::Tensor<4>, burn::tensor::Tensor<4>)> = match &fit_batch {
+        Some((tokens, pad)) => bert.encoder.attention_inputs(tokens.clone(), Some(pad.clone())),
+        None => Vec::new(),
     };
     let fit_mask = fit_batch.as_ref().map(|(_, pad)| AttentionMask::bidirectional().with_padding(pad.clone()));
     let sentences = sentences(&options.text);
@@ -331,7 +333,7 @@ fn write_outputs(
     let ms = options.features.iter().map(|m| format!(" m = {m} |")).collect::<String>();
     let rule = options.features.iter().map(|_| "---:|").collect::<String>();
     let mut md = format!(
-        "# Astrocyte response against softmax's normaliser\n\ni.i.d. Ω, seed {}; every query of the text, every head. Calibrated maps (saderf, shifted_saderf) fitted in closed form on {fit_sentences} held-out lines; `distilled` is shifted_saderf with Ω, ψ and c then fitted to softmax's attention on those lines (a learned kernel: its a_t's scale is not fitted, compare Pearson r and the embeddings). Cells: Pearson r / median |a − Z| / Z, mean over heads.\n\n| map | layer |{ms} error slope |\n|---|---:|{rule}---:|\n",
+        "# Astrocyte response against softmax's normaliser\n\ni.i.d. Ω, seed {}; every query of the text, every head. Calibrated maps (saderf, shifted_saderf) fitted in closed form to the original model's queries and keys on {fit_sentences} held-out lines; `distilled` is shifted_saderf with Ω, ψ and c then fitted to softmax's attention on those lines (a learned kernel: its a_t's scale is not fitted, compare Pearson r and the embeddings). Cells: Pearson r / median |a − Z| / Z, mean over heads.\n\n| map | layer |{ms} error slope |\n|---|---:|{rule}---:|\n",
         options.seed,
     );
     for (map, slope) in error_slope {

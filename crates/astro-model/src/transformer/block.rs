@@ -6,7 +6,7 @@ use burn::nn::{
     RotaryEncoding, RotaryEncodingConfig,
 };
 use burn::tensor::activation::gelu;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor};
 
 use super::config::{NormPlacement, Positions, TransformerConfig};
 use crate::attention::layer::{AttentionLayer, AttentionLayerConfig};
@@ -263,7 +263,7 @@ impl Trunk {
     /// the model and the number of dimensions that fell back to ψ = 1 (only with `fallback`). Other
     /// variants pass unchanged.
     pub fn calibrate(
-        mut self,
+        self,
         tokens: Tensor<2, Int>,
         mask: &AttentionMask,
         fallback: bool,
@@ -280,6 +280,29 @@ impl Trunk {
             .unwrap_or(1);
         let group = ((1usize << 26) / (widest * t).max(1)).clamp(1, b.max(1));
         self.calibrate_in_groups(tokens, mask, fallback, group)
+    }
+
+    /// Fits every calibrated astrocytic layer's map to given per-block queries and keys
+    /// `[batch, heads, seq, head_dim]` (e.g. a softmax teacher's, from [`Self::attention_inputs`]),
+    /// padding `[batch, seq]` skipped. Cheaper than [`Self::calibrate`] at large m: no forward pass
+    /// through the hidden neurons. Returns the model and the count of ψ = 1 fallbacks.
+    pub fn calibrate_from_inputs(
+        mut self,
+        inputs: &[(Tensor<4>, Tensor<4>)],
+        padding: Option<Tensor<2, Bool>>,
+        fallback: bool,
+    ) -> Result<(Self, usize), crate::ModelError> {
+        let mut fallbacks = 0;
+        for (layer, (block, (q, k))) in self.blocks.iter_mut().zip(inputs).enumerate() {
+            if let Attention::Astrocytic(inner) = &block.attn.inner
+                && inner.config().feature_map.is_calibrated()
+            {
+                let (calibrated, n) = inner.clone().calibrate(q.clone(), k.clone(), padding.clone(), layer, fallback)?;
+                fallbacks += n;
+                block.attn.inner = Attention::Astrocytic(calibrated);
+            }
+        }
+        Ok((self, fallbacks))
     }
 
     /// [`Self::calibrate`] with `group` sequences per forward pass (the result does not depend on it,
