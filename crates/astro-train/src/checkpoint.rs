@@ -112,6 +112,18 @@ pub fn remove_stale(root: &Path) {
     }
 }
 
+/// Removes temporary weight files a killed run left in its directory: `.best.bpk.tmp.PID` (written
+/// beside the target, then renamed) and the store's own `….tmp.PID-N.tmp` inside it. The finished
+/// files (`best.bpk`, `model.bpk`) are never touched.
+pub fn remove_stale_weights(run_dir: &Path) {
+    for entry in std::fs::read_dir(run_dir).into_iter().flatten().filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".bpk.tmp.") && entry.path().is_file() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Checkpoint directories under `root`, newest first.
 pub fn list(root: &Path) -> Vec<(usize, PathBuf)> {
     let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(root)
@@ -164,4 +176,24 @@ pub fn latest_valid(root: &Path) -> Option<(PathBuf, CheckpointState)> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_weight_temps_are_removed_and_finished_files_kept() {
+        let dir = std::env::temp_dir().join(format!("astro-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in [".best.bpk.tmp.123", ".best.bpk.tmp.123.123-4.tmp", "best.bpk", "model.bpk", ".keep"] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        remove_stale_weights(&dir);
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, [".keep", "best.bpk", "model.bpk"]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

@@ -119,6 +119,7 @@ fn prepare(config: RunConfig, options: &TrainOptions) -> Result<Setup, TrainErro
             let config = check_resume(dir, config)?;
             let ckpt_root = dir.join("checkpoints");
             checkpoint::remove_stale(&ckpt_root);
+            checkpoint::remove_stale_weights(dir);
             let ckpt = checkpoint::latest_valid(&ckpt_root);
             if ckpt.is_none() {
                 // Killed before its first checkpoint: nothing to continue from, so start it again.

@@ -297,7 +297,8 @@ impl Trunk {
             if let Attention::Astrocytic(inner) = &block.attn.inner
                 && inner.config().feature_map.is_calibrated()
             {
-                let (calibrated, n) = inner.clone().calibrate(q.clone(), k.clone(), padding.clone(), layer, fallback)?;
+                let (calibrated, n) =
+                    inner.clone().calibrate(q.clone(), k.clone(), padding.clone(), layer, fallback)?;
                 fallbacks += n;
                 block.attn.inner = Attention::Astrocytic(calibrated);
             }
