@@ -142,8 +142,13 @@ pub fn distill(run: &Run, request: &DistillRequest, out: &Path, device: &Device)
     };
     let mut config = run.config.clone();
     config.model.attention = AttentionConfig::Astrocytic(astro);
-    let swapped = LanguageModel::new(&config.model, device)?.transfer_weights(&run.weights)?;
-    let (mut swapped, fallbacks) = swapped.calibrate(fit_tokens.clone(), request.fallback)?;
+    // Teacher inputs: the softmax model's own queries and keys, per layer. The closed form starts
+    // from their statistics; the fit matches its attention on them.
+    let fit_qk = lm.attention_inputs(fit_tokens);
+    let held_qk = lm.attention_inputs(held_tokens);
+    let mut swapped = LanguageModel::new(&config.model, device)?.transfer_weights(&run.weights)?;
+    let (trunk, fallbacks) = swapped.trunk.calibrate_from_inputs(&fit_qk, None, request.fallback)?;
+    swapped.trunk = trunk;
     if fallbacks > 0 {
         eprintln!("warning: ψ = 1 on {fallbacks} dimensions where the closed form is undefined (--fallback)");
     }
@@ -154,10 +159,7 @@ pub fn distill(run: &Run, request: &DistillRequest, out: &Path, device: &Device)
         request.features
     );
 
-    // Teacher inputs: the softmax model's own queries and keys, per layer.
     let started = std::time::Instant::now();
-    let fit_qk = lm.attention_inputs(fit_tokens);
-    let held_qk = lm.attention_inputs(held_tokens);
     let mut layers = Vec::new();
     for (layer, ((fq, fk), (hq, hk))) in fit_qk.into_iter().zip(held_qk).enumerate() {
         let block = &mut swapped.trunk.blocks[layer];

@@ -178,10 +178,13 @@ pub fn run(dir: &Path, options: &ReplicateOptions, out: &Path, device: &Device) 
                 ..AstrocyticConfig::default()
             });
             let mut swapped = Bert::load(dir, Some(astro), device)?;
-            if let Some((fit_tokens, fit_pad)) = &fit_batch {
-                let (encoder, _) =
-                    swapped.encoder.calibrate(fit_tokens.clone(), Some(fit_pad.clone()), options.fallback)?;
-                swapped.encoder = encoder;
+            if let Some((_, fit_pad)) = &fit_batch {
+                let (trunk, _) = swapped.encoder.trunk.calibrate_from_inputs(
+                    &teacher_fit,
+                    Some(fit_pad.clone()),
+                    options.fallback,
+                )?;
+                swapped.encoder.trunk = trunk;
             }
             if let (true, Some(d), Some(fit_mask)) = (*distilled, &distill, &fit_mask) {
                 for (layer, ((fq, fk), (hq, hk))) in teacher_fit.iter().zip(&qk).enumerate() {

@@ -256,19 +256,6 @@ impl SentenceEncoder {
     pub fn normalisers(&self, tokens: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>) -> Vec<NormaliserTrace> {
         self.trunk.normalisers(tokens, &mask(padding))
     }
-
-    /// Fits calibrated astrocytic maps to `tokens` `[batch, seq]` (padding skipped); see
-    /// [`super::block::Trunk::calibrate`]. Returns the model and the count of ψ = 1 fallbacks.
-    pub fn calibrate(
-        mut self,
-        tokens: Tensor<2, Int>,
-        padding: Option<Tensor<2, Bool>>,
-        fallback: bool,
-    ) -> Result<(Self, usize), ModelError> {
-        let (trunk, n) = self.trunk.calibrate(tokens, &mask(padding), fallback)?;
-        self.trunk = trunk;
-        Ok((self, n))
-    }
 }
 
 fn mask(padding: Option<Tensor<2, Bool>>) -> AttentionMask {
