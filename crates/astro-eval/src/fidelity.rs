@@ -155,7 +155,7 @@ fn host(x: Tensor<3>) -> Vec<f64> {
 /// Largest m the `distilled` rows fit (its [batch, heads, seq, m] activity and gradients grow with m).
 pub const DISTILL_MAX_FEATURES: usize = 4096;
 
-/// One head's (Z_t, a_t) over the queries kept, in order.
+/// One head's (Z_t, a_t) over every query, in order.
 pub(crate) type Normalisers = (Vec<f64>, Vec<f64>);
 
 /// Per-head Pearson r and median relative error of a_t against Z_t from one layer's trace.
@@ -164,7 +164,6 @@ pub(crate) fn head_stats(
     map: &str,
     layer: usize,
     m: usize,
-    keep: &dyn Fn(usize, usize) -> bool,
 ) -> (Vec<HeadStat>, Vec<Normalisers>) {
     let [b, heads, t] = trace.softmax_log.dims();
     let z = host(trace.softmax_log); //                 [B,H,T] log Z
@@ -176,9 +175,6 @@ pub(crate) fn head_stats(
         let (mut zs, mut as_) = (Vec::new(), Vec::new());
         for bi in 0..b {
             for i in 0..t {
-                if !keep(bi, i) {
-                    continue;
-                }
                 let idx = (bi * heads + h) * t + i;
                 zs.push(z[idx].exp());
                 as_.push(sign[idx] * a[idx].exp());
@@ -308,7 +304,7 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
                     unreachable!("every layer was swapped to astrocytic attention");
                 };
                 let trace = attn.normalisers(q.clone(), k.clone(), &mask);
-                let (head_stats, series) = head_stats(trace, label, layer, m, &|_, _| true);
+                let (head_stats, series) = head_stats(trace, label, layer, m);
                 stats.extend(head_stats);
                 if layer == options.head.0 && m == figure_m {
                     let (zs, as_) = &series[options.head.1];

@@ -207,7 +207,7 @@ pub fn run(dir: &Path, options: &ReplicateOptions, out: &Path, device: &Device) 
                     unreachable!("every layer was swapped to astrocytic attention");
                 };
                 let trace = attn.normalisers(q.clone(), k.clone(), &mask);
-                let (head_stats, series) = head_stats(trace, label, layer, m, &|_, _| true);
+                let (head_stats, series) = head_stats(trace, label, layer, m);
                 stats.extend(head_stats);
                 if layer == options.head.0 {
                     let (zs, as_) = &series[options.head.1];
