@@ -14,12 +14,12 @@ use astro_model::attention::{AstrocyticConfig, Attention, AttentionMask, Feature
 use astro_model::{AttentionConfig, LanguageModel};
 use astro_train::Net;
 use astro_train::distill::{AttentionInputs, DistillOptions, LayerFit, distill_layer};
-use astro_train::source::{Batch, score};
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Serialize;
 
 use crate::error::EvalError;
+use crate::fidelity::ValBatches;
 use crate::run::Run;
 
 /// What to distil.
@@ -116,22 +116,8 @@ pub fn distill(run: &Run, request: &DistillRequest, out: &Path, device: &Device)
     };
     let (fit_tokens, _, _) = tokens_of(train, request.fit_sequences, 0xd157_0001);
     let (held_tokens, _, _) = tokens_of(val.clone(), request.held_out_sequences, 0xd157_0002);
-    let mut sampler = BatchSampler::new(val, block, run.config.optim.batch_size, Sampling::Random, 0xf1de_1177);
-    let batches: Vec<(Tensor<2, Int>, Vec<i64>)> = (0..request.batches.max(1))
-        .map(|_| {
-            let b = sampler.next_batch(&file);
-            (Tensor::from_data(TensorData::new(b.inputs, [b.batch, b.block]), device), b.targets)
-        })
-        .collect();
-    let loss_of = |net: &Net| {
-        batches
-            .iter()
-            .map(|(x, y)| {
-                score(net, Batch::Lm { inputs: x.clone(), targets: y.clone() }, false).loss.into_scalar::<f64>()
-            })
-            .sum::<f64>()
-            / batches.len() as f64
-    };
+    let val_batches = ValBatches::new(&file, val, block, run.config.optim.batch_size, request.batches, device);
+    let loss_of = |net: &Net| val_batches.loss(net);
     let softmax_val_loss = loss_of(&Net::Lm(lm.clone()));
 
     let astro = AstrocyticConfig {

@@ -155,6 +155,42 @@ fn host(x: Tensor<3>) -> Vec<f64> {
 /// Largest m the `distilled` rows fit (its [batch, heads, seq, m] activity and gradients grow with m).
 pub const DISTILL_MAX_FEATURES: usize = 4096;
 
+/// Fixed validation batches (inputs `[batch, block]`, host targets) for comparing models' losses.
+pub(crate) struct ValBatches(pub Vec<(Tensor<2, Int>, Vec<i64>)>);
+
+impl ValBatches {
+    /// `count` random batches from `range` of `file` (a fixed seed: every model sees the same ones).
+    pub(crate) fn new(
+        file: &astro_data::TokenFile,
+        range: std::ops::Range<usize>,
+        block: usize,
+        batch: usize,
+        count: usize,
+        device: &burn::tensor::Device,
+    ) -> Self {
+        let mut sampler = BatchSampler::new(range, block, batch, Sampling::Random, 0xf1de_1177);
+        Self(
+            (0..count.max(1))
+                .map(|_| {
+                    let b = sampler.next_batch(file);
+                    (Tensor::from_data(TensorData::new(b.inputs, [b.batch, b.block]), device), b.targets)
+                })
+                .collect(),
+        )
+    }
+
+    /// Mean next-token loss of `net` over the batches.
+    pub(crate) fn loss(&self, net: &Net) -> f64 {
+        self.0
+            .iter()
+            .map(|(x, y)| {
+                score(net, Batch::Lm { inputs: x.clone(), targets: y.clone() }, false).loss.into_scalar::<f64>()
+            })
+            .sum::<f64>()
+            / self.0.len() as f64
+    }
+}
+
 /// One head's (Z_t, a_t) over every query, in order.
 pub(crate) type Normalisers = (Vec<f64>, Vec<f64>);
 
@@ -223,22 +259,9 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
     let (train, val) = split(file.len(), run.config.data.val_fraction);
     let block = run.config.model.block_size;
     let batch = run.config.optim.batch_size;
-    let mut sampler = BatchSampler::new(val.clone(), block, batch, Sampling::Random, 0xf1de_1177);
-    let batches: Vec<(Tensor<2, Int>, Vec<i64>)> = (0..options.batches.max(1))
-        .map(|_| {
-            let b = sampler.next_batch(&file);
-            (Tensor::from_data(TensorData::new(b.inputs, [b.batch, b.block]), &device), b.targets)
-        })
-        .collect();
-    let loss_of = |net: &Net| {
-        batches
-            .iter()
-            .map(|(x, y)| {
-                score(net, Batch::Lm { inputs: x.clone(), targets: y.clone() }, false).loss.into_scalar::<f64>()
-            })
-            .sum::<f64>()
-            / batches.len() as f64
-    };
+    let val_batches = ValBatches::new(&file, val.clone(), block, batch, options.batches, &device);
+    let batches = &val_batches.0;
+    let loss_of = |net: &Net| val_batches.loss(net);
     let softmax_val_loss = loss_of(&Net::Lm(lm.clone()));
 
     // Calibrated maps are fitted on training-split sequences, never on the evaluation data.
