@@ -7,12 +7,14 @@
 //! - [`attention`]: the inner-attention contract, the variants and their execution forms.
 //! - [`transformer`]: the decoder-only language model and the encoder classifier.
 //! - [`info`]: parameter and decoding-state accounting (`astro info`).
+//! - [`kernels`]: fused CPU kernels (Burn backend extensions) for the flex backend.
 //! - [`device`]: which compute backends are compiled in and how to pick one.
 
 pub mod attention;
 pub mod device;
 pub mod error;
 pub mod info;
+pub mod kernels;
 pub mod transformer;
 
 pub use attention::{AttentionConfig, AttentionMask, InnerAttention};

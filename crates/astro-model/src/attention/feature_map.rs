@@ -178,7 +178,7 @@ impl Features {
         match self {
             Features::Log(l) => {
                 let c = l.clone().detach().max_dim(3);
-                ((l - c.clone()).exp(), Some(c))
+                (crate::kernels::exp(l - c.clone()), Some(c))
             }
             Features::Scaled { g, log_scale } => (g, log_scale.map(|s| s.detach())),
         }
@@ -188,8 +188,8 @@ impl Features {
     /// (`None` means c = 0; ignored by maps without log-scale).
     pub(crate) fn key_side(self, c: Option<Tensor<4>>) -> Tensor<4> {
         match (self, c) {
-            (Features::Log(l), Some(c)) => (l - c).exp(),
-            (Features::Log(l), None) => l.exp(),
+            (Features::Log(l), Some(c)) => crate::kernels::exp(l - c),
+            (Features::Log(l), None) => crate::kernels::exp(l),
             (Features::Scaled { g, log_scale: Some(s) }, Some(c)) => g * (s - c).exp(),
             (Features::Scaled { g, log_scale: Some(s) }, None) => g * s.exp(),
             (Features::Scaled { g, log_scale: None }, Some(c)) => g * c.neg().exp(),

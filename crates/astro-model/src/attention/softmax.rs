@@ -92,6 +92,10 @@ impl SoftmaxAttention {
     }
 
     fn fused(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
+        if mask.key_padding.is_none() && q.dims()[2] == k.dims()[2] {
+            // One sequence, no padding: one operation with a fused backward (on flex).
+            return crate::kernels::fused_attention(q, k, v, mask.causal);
+        }
         let padding = mask.key_padding.as_ref().map(|_| {
             blocked(&q, &k, &AttentionMask { causal: false, key_padding: mask.key_padding.clone() })
                 .expect("padding mask present")

@@ -5,7 +5,6 @@ use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig,
     RotaryEncoding, RotaryEncodingConfig,
 };
-use burn::tensor::activation::gelu;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
 use super::config::{NormPlacement, Positions, TransformerConfig};
@@ -47,7 +46,7 @@ pub struct Mlp {
 impl Mlp {
     /// `[batch, seq, d]` → `[batch, seq, d]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.dropout.forward(self.proj.forward(gelu(self.fc.forward(x))))
+        self.dropout.forward(self.proj.forward(crate::kernels::gelu(self.fc.forward(x))))
     }
 }
 

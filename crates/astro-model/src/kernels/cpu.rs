@@ -1,0 +1,358 @@
+//! The attention backward on host slices: heads in parallel (rayon), five matrix products per head
+//! (the `gemm` crate, which flex itself uses), and the softmax recomputed in cache-resident
+//! `[T, S]` tiles with a vectorised exponential.
+
+use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
+
+/// Sizes of one attention call: `heads` = batch × heads, T queries, S keys, widths D and Dv.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dims {
+    pub heads: usize,
+    pub t: usize,
+    pub s: usize,
+    pub d: usize,
+    pub dv: usize,
+}
+
+/// dQ `[heads, T, D]`, dK `[heads, S, D]`, dV `[heads, S, Dv]`, row-major.
+pub(super) struct Grads {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+/// A row-major matrix view for [`matmul`]: element (i, j) at `ptr + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+struct View {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+impl View {
+    /// Row-major `[rows, cols]` slice.
+    fn rows(x: &[f32], cols: usize) -> Self {
+        View { ptr: x.as_ptr(), rs: cols as isize, cs: 1 }
+    }
+
+    /// The transpose of a row-major `[rows, cols]` slice.
+    fn transposed(x: &[f32], cols: usize) -> Self {
+        View { ptr: x.as_ptr(), rs: 1, cs: cols as isize }
+    }
+}
+
+/// dst `[m, n]` (row-major, overwritten) = `scale` · lhs `[m, k]` · rhs `[k, n]`, on this thread.
+fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: View, rhs: View, scale: f32) {
+    assert!(dst.len() >= m * n, "matmul destination too small");
+    // SAFETY: `dst` holds m·n elements (checked); the views address m·k and k·n elements of
+    // slices that outlive the call (built by `View::rows` / `View::transposed` from them).
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.ptr,
+            lhs.cs,
+            lhs.rs,
+            rhs.ptr,
+            rhs.cs,
+            rhs.rs,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
+/// Largest `[T, S]` score tile the materialising forward builds per head (1 MiB of f32, L2-sized);
+/// longer sequences go to flex's flash attention.
+pub(super) const SCORE_TILE: usize = 256 * 1024;
+
+/// P = softmax(scale · q kᵀ) in place over `p` `[T, S]` (blocked entries 0): row by row, causal
+/// rows only over the keys they read.
+fn softmax_rows(p: &mut [f32], s: usize, offset: usize, causal: bool) {
+    for (i, row) in p.chunks_exact_mut(s).enumerate() {
+        let readable = if causal { (i + offset + 1).min(s) } else { s };
+        let (live, blocked) = row.split_at_mut(readable);
+        blocked.fill(0.0);
+        let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let inv = 1.0 / exp_shifted(live, max);
+        live.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+/// Forward of scaled-dot-product attention for every head: O = softmax(q·kᵀ/√D) · v, the
+/// `[T, S]` probabilities of one head at a time in a reused tile. Returns O `[heads, T, Dv]`.
+pub(super) fn attention_forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims, causal: bool) -> Vec<f32> {
+    let Dims { heads, t, s, d, dv } = dims;
+    let scale = 1.0 / (d as f32).sqrt();
+    let offset = s.saturating_sub(t);
+    let mut out = vec![0f32; heads * t * dv];
+    out.par_chunks_mut(t * dv).enumerate().for_each_init(
+        || vec![0f32; t * s],
+        |p, (head, oh)| {
+            let qh = &q[head * t * d..][..t * d];
+            let kh = &k[head * s * d..][..s * d];
+            let vh = &v[head * s * dv..][..s * dv];
+            matmul(p, t, s, d, View::rows(qh, d), View::transposed(kh, d), scale); //  [T,S]
+            softmax_rows(p, s, offset, causal);
+            matmul(oh, t, dv, s, View::rows(p, s), View::rows(vh, dv), 1.0); //            [T,Dv]
+        },
+    );
+    out
+}
+
+/// Backward of causal (or full) scaled-dot-product attention for every head, given the inputs,
+/// the forward output `o` and its gradient `go`. Per head, with P = softmax(q·kᵀ/√D):
+/// dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ∘ (dP − rowsum(dO ∘ O)) / √D, dQ = dS·K, dK = dSᵀ·Q.
+pub(super) fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    go: &[f32],
+    dims: Dims,
+    causal: bool,
+) -> Grads {
+    let Dims { heads, t, s, d, dv } = dims;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut grads = Grads { q: vec![0.0; heads * t * d], k: vec![0.0; heads * s * d], v: vec![0.0; heads * s * dv] };
+    // Query i reads keys j ≤ i + offset when causal (bottom-right aligned, as Burn's mask).
+    let offset = s.saturating_sub(t);
+    grads
+        .q
+        .par_chunks_mut(t * d)
+        .zip(grads.k.par_chunks_mut(s * d))
+        .zip(grads.v.par_chunks_mut(s * dv))
+        .enumerate()
+        .for_each_init(
+            || (vec![0f32; t * s], vec![0f32; t * s]),
+            |(p, dp), (head, ((dq, dk), dvh))| {
+                let qh = &q[head * t * d..][..t * d];
+                let kh = &k[head * s * d..][..s * d];
+                let vh = &v[head * s * dv..][..s * dv];
+                let oh = &o[head * t * dv..][..t * dv];
+                let goh = &go[head * t * dv..][..t * dv];
+                // P = softmax(scale · q kᵀ), row by row:                        [T,S]
+                matmul(p, t, s, d, View::rows(qh, d), View::transposed(kh, d), scale);
+                softmax_rows(p, s, offset, causal);
+                // dV = Pᵀ dO:                                                    [S,Dv]
+                matmul(dvh, s, dv, t, View::transposed(p, s), View::rows(goh, dv), 1.0);
+                // dP = dO Vᵀ:                                                    [T,S]
+                matmul(dp, t, s, dv, View::rows(goh, dv), View::transposed(vh, dv), 1.0);
+                // dS = P ∘ (dP − δ) · scale, δ_i = Σ_c dO_ic O_ic (stored over dP).
+                for i in 0..t {
+                    let delta: f32 = goh[i * dv..][..dv].iter().zip(&oh[i * dv..][..dv]).map(|(a, b)| a * b).sum();
+                    let (pr, dr) = (&p[i * s..][..s], &mut dp[i * s..][..s]);
+                    dr.iter_mut().zip(pr).for_each(|(g, &pv)| *g = pv * (*g - delta) * scale);
+                }
+                // dQ = dS K,  dK = dSᵀ Q:                                        [T,D], [S,D]
+                matmul(dq, t, d, s, View::rows(dp, s), View::rows(kh, d), 1.0);
+                matmul(dk, s, d, t, View::transposed(dp, s), View::rows(qh, d), 1.0);
+            },
+        );
+    grads
+}
+
+/// x ← exp(x − shift) in place; returns Σ x. Vectorised (AVX2 + FMA where the CPU has them).
+pub(super) fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for (checked above).
+        return unsafe { exp_shifted_avx2(x, shift) };
+    }
+    exp_shifted_portable(x, shift)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_shifted_avx2(x: &mut [f32], shift: f32) -> f32 {
+    exp_shifted_portable(x, shift)
+}
+
+#[inline(always)]
+fn exp_shifted_portable(x: &mut [f32], shift: f32) -> f32 {
+    for v in x.iter_mut() {
+        *v = exp_approx(*v - shift);
+    }
+    // Eight partial sums, so the reduction vectorises.
+    let mut acc = [0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+/// e^x for f32 without a libm call (branch-free, so loops over it vectorise): x = n·ln2 + r with
+/// |r| ≤ ln2/2, e^r by its degree-6 Taylor polynomial (relative error < 2e-7), 2^n from the
+/// exponent bits. Inputs below −87 give 0 (libm gives denormals down to −103.9, then 0), above 88
+/// saturate near f32::MAX; NaN stays NaN.
+#[inline(always)]
+pub(super) fn exp_approx(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
+    let xc = x.clamp(-87.0, 88.0);
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let y = if x < -87.0 { 0.0 } else { p * scale };
+    if x.is_nan() { x } else { y }
+}
+
+/// Elements per parallel task of the element-wise kernels (big enough to amortise rayon).
+const GRAIN: usize = 1 << 14;
+
+/// Runs `f` on matching chunks of `out` and `x` (and `g`), in parallel, with AVX2 + FMA when the
+/// CPU has them.
+macro_rules! elementwise {
+    ($name:ident, $avx:ident, |$o:ident, $x:ident $(, $g:ident)?| $body:block) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx($o: &mut [f32], $x: &[f32] $(, $g: &[f32])?) $body
+
+        fn $name($o: &mut [f32], $x: &[f32] $(, $g: &[f32])?) {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports the features the function is compiled for (checked above).
+                return unsafe { $avx($o, $x $(, $g)?) };
+            }
+            $body
+        }
+    };
+}
+
+elementwise!(gelu_chunk, gelu_chunk_avx2, |out, x| {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = v * normal_cdf(v);
+    }
+});
+
+elementwise!(gelu_backward_chunk, gelu_backward_chunk_avx2, |out, x, g| {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    for ((o, &v), &gv) in out.iter_mut().zip(x).zip(g) {
+        *o = gv * (normal_cdf(v) + v * INV_SQRT_2PI * exp_approx(-0.5 * v * v));
+    }
+});
+
+elementwise!(exp_chunk, exp_chunk_avx2, |out, x| {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = exp_approx(v);
+    }
+});
+
+/// e^x element-wise in parallel ([`exp_approx`]).
+pub(super) fn exp(x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(GRAIN).zip(x.par_chunks(GRAIN)).for_each(|(o, x)| exp_chunk(o, x));
+    out
+}
+
+/// Exact (erf) GELU, x·Φ(x), element-wise in parallel.
+pub(super) fn gelu(x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(GRAIN).zip(x.par_chunks(GRAIN)).for_each(|(o, x)| gelu_chunk(o, x));
+    out
+}
+
+/// Gradient of exact GELU: g·(Φ(x) + x·φ(x)).
+pub(super) fn gelu_backward(x: &[f32], g: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(GRAIN)
+        .zip(x.par_chunks(GRAIN))
+        .zip(g.par_chunks(GRAIN))
+        .for_each(|((o, x), g)| gelu_backward_chunk(o, x, g));
+    out
+}
+
+/// Standard normal CDF Φ(x) = ½·erfc(−x/√2), branch-free (so loops vectorise). erfc by the
+/// Chebyshev fit of Press et al., Numerical Recipes §6.2 (`erfcc`, fractional error < 1.2e−7 for
+/// every z ≥ 0), evaluated at |x|/√2; the negative side uses erfc directly, so Φ keeps its relative
+/// precision in the left tail.
+#[inline(always)]
+fn normal_cdf(x: f32) -> f32 {
+    let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -1.265_512_2
+        + t * (1.000_023_7
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_204 + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let half_erfc = 0.5 * t * exp_approx(-z * z + poly);
+    if x >= 0.0 { 1.0 - half_erfc } else { half_erfc }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_approx_matches_libm() {
+        let mut worst = 0f32;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (a, b) = (exp_approx(x), x.exp());
+            worst = worst.max(((a - b) / b).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 4e-7, "worst relative error {worst}");
+        assert_eq!(exp_approx(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_approx(-1.0e30), 0.0);
+        assert!(exp_approx(f32::NAN).is_nan());
+        assert_eq!(exp_approx(0.0), 1.0);
+    }
+
+    #[test]
+    fn exp_shifted_sums_what_it_writes() {
+        let mut x: Vec<f32> = (0..37).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let expected: Vec<f32> = x.iter().map(|v| (v - 1.5).exp()).collect();
+        let sum = exp_shifted(&mut x, 1.5);
+        for (a, b) in x.iter().zip(&expected) {
+            assert!((a - b).abs() <= 4e-7 * b, "{a} vs {b}");
+        }
+        assert!((sum - expected.iter().sum::<f32>()).abs() < 1e-5 * sum);
+    }
+
+    #[test]
+    fn gelu_matches_the_erf_definition() {
+        let xs: Vec<f32> = (0..4001).map(|i| (i as f32 - 2000.0) * 0.005).chain([-30.0, 30.0, 0.0]).collect();
+        let y = gelu(&xs);
+        let ones = vec![1f32; xs.len()];
+        let dy = gelu_backward(&xs, &ones);
+        for ((&x, &a), &da) in xs.iter().zip(&y).zip(&dy) {
+            let x64 = x as f64;
+            let cdf = 0.5 * (1.0 + erf64(x64 / std::f64::consts::SQRT_2));
+            let b = x64 * cdf;
+            let db = cdf + x64 * (-0.5 * x64 * x64).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            assert!((a as f64 - b).abs() <= 4e-6 * b.abs().max(1e-3), "gelu({x}) = {a}, expected {b}");
+            assert!((da as f64 - db).abs() <= 2e-6, "gelu'({x}) = {da}, expected {db}");
+        }
+    }
+
+    /// erf in f64 as the oracle: erf'(t) = 2/√π·e^{−t²} integrated by Simpson's rule.
+    fn erf64(x: f64) -> f64 {
+        let n = 2000;
+        let h = x / n as f64;
+        let f = |t: f64| (-t * t).exp();
+        let mut sum = f(0.0) + f(x);
+        for i in 1..n {
+            sum += f(i as f64 * h) * if i % 2 == 1 { 4.0 } else { 2.0 };
+        }
+        sum * h / 3.0 * 2.0 / std::f64::consts::PI.sqrt()
+    }
+}

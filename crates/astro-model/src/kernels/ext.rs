@@ -1,0 +1,345 @@
+//! The backend extension behind [`super::fused_attention`]: a trait with the forward and the
+//! backward as primitive operations, implemented for flex (the kernels in [`super::cpu`]) and for
+//! `Autodiff<B>` (which records one graph node whose backward calls the inner backend's kernel).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::ops::{ActivationOps, FloatTensorOps, ModuleOps};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, DType, Dispatch, DispatchDevice, ExtensionType, Flex, TensorMetadata, backend_extension};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bytes, Shape, Tensor, TensorData};
+
+/// Gradients of attention with respect to its three inputs, shaped like them.
+#[derive(ExtensionType)]
+pub struct AttentionGrads<B: Backend> {
+    /// dL/dq, `[batch, heads, T, D]`.
+    pub q: FloatTensor<B>,
+    /// dL/dk, `[batch, heads, T, D]`.
+    pub k: FloatTensor<B>,
+    /// dL/dv, `[batch, heads, T, Dv]`.
+    pub v: FloatTensor<B>,
+}
+
+/// Fused scaled-dot-product attention as backend primitives.
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedOps: Backend {
+    /// softmax(q·kᵀ/√D, causal) · v; `q`, `k` `[B,H,T,D]`, `v` `[B,H,T,Dv]` → `[B,H,T,Dv]`.
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        causal: bool,
+    ) -> FloatTensor<Self>;
+
+    /// Gradients of attention given its output `out` and the output's gradient `grad` (both
+    /// `[B,H,T,Dv]`). The default body composes generic operations (the reference).
+    fn fused_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        causal: bool,
+    ) -> AttentionGrads<Self> {
+        reference_backward::<Self>(q, k, v, out, grad, causal)
+    }
+
+    /// e^x element-wise (any shape).
+    fn fused_exp(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_exp(x)
+    }
+
+    /// Exact GELU, x·Φ(x), element-wise (any shape).
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::gelu(x)
+    }
+
+    /// `grad`·GELU′(`x`), element-wise.
+    fn fused_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::gelu_backward(x, grad)
+    }
+}
+
+/// The attention backward written as algebra on generic operations (nanoGPT-style), with
+/// P = softmax(S), S = q·kᵀ/√D:
+///
+/// ```text
+/// dV = Pᵀ·dO    dP = dO·Vᵀ    δ_t = Σ_c dO_tc O_tc    dS = P ∘ (dP − δ) / √D    dQ = dS·K    dK = dSᵀ·Q
+/// ```
+fn reference_backward<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    out: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    causal: bool,
+) -> AttentionGrads<B> {
+    let [_, _, t, d] = q.shape().dims::<4>();
+    let s_len = k.shape().dims::<4>()[2];
+    let scale = 1.0 / (d as f64).sqrt();
+    let scores = B::float_mul_scalar(B::float_matmul(q.clone(), B::float_transpose(k.clone())), scale.into()); // [B,H,T,S]
+    let scores = if causal {
+        // Additive mask, bottom-right aligned: query t reads keys τ ≤ t + (S − T).
+        let offset = s_len - t;
+        let blocked: Vec<f32> =
+            (0..t).flat_map(|i| (0..s_len).map(move |j| if j > i + offset { -1.0e30 } else { 0.0 })).collect();
+        let device = scores.device();
+        let mask = B::float_from_data(TensorData::new(blocked, [1, 1, t, s_len]), &device);
+        let mask = B::float_cast(mask, scores.dtype().into());
+        B::float_add(scores, mask)
+    } else {
+        scores
+    };
+    let max = B::float_max_dim(scores.clone(), 3); //                              [B,H,T,1]
+    let e = B::float_exp(B::float_sub(scores, max)); //                            [B,H,T,S]
+    let p = B::float_div(e.clone(), B::float_sum_dim(e, 3)); //                    [B,H,T,S]
+    let dv = B::float_matmul(B::float_transpose(p.clone()), grad.clone()); //       [B,H,S,Dv]
+    let dp = B::float_matmul(grad.clone(), B::float_transpose(v)); //               [B,H,T,S]
+    let delta = B::float_sum_dim(B::float_mul(grad, out), 3); //                    [B,H,T,1]
+    let ds = B::float_mul_scalar(B::float_mul(p, B::float_sub(dp, delta)), scale.into()); // [B,H,T,S]
+    let dq = B::float_matmul(ds.clone(), k); //                                     [B,H,T,D]
+    let dk = B::float_matmul(B::float_transpose(ds), q); //                         [B,H,S,D]
+    AttentionGrads { q: dq, k: dk, v: dv }
+}
+
+/// The elements of a tensor made contiguous by `to_contiguous` (so the view always exists).
+fn view(x: &FlexTensor) -> &[f32] {
+    x.as_slice::<f32>().expect("contiguous f32 tensor")
+}
+
+fn options(causal: bool) -> AttentionModuleOptions {
+    AttentionModuleOptions { scale: None, softcap: None, is_causal: causal }
+}
+
+impl FusedOps for Flex {
+    fn fused_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, causal: bool) -> FlexTensor {
+        let [b, h, t, d] = q.shape().dims::<4>();
+        let [_, _, s, dv] = v.shape().dims::<4>();
+        let all_f32 = [&q, &k, &v].iter().all(|x| x.dtype() == DType::F32);
+        if !all_f32 || t * s > super::cpu::SCORE_TILE {
+            // Long sequences: flex's flash attention (no [T, S] tile).
+            return <Flex as ModuleOps<Flex>>::attention(q, k, v, None, None, options(causal));
+        }
+        let dims = super::cpu::Dims { heads: b * h, t, s, d, dv };
+        let (q, k, v) = (q.to_contiguous(), k.to_contiguous(), v.to_contiguous());
+        let out = super::cpu::attention_forward(view(&q), view(&k), view(&v), dims, causal);
+        FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(Shape::new([b, h, t, dv])), DType::F32)
+    }
+
+    fn fused_attention_backward(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        out: FlexTensor,
+        grad: FlexTensor,
+        causal: bool,
+    ) -> AttentionGrads<Flex> {
+        let all_f32 = [&q, &k, &v, &out, &grad].iter().all(|x| x.dtype() == DType::F32);
+        if !all_f32 {
+            return reference_backward::<Flex>(q, k, v, out, grad, causal);
+        }
+        let [b, h, t, d] = q.shape().dims::<4>();
+        let [_, _, s, dv] = v.shape().dims::<4>();
+        let dims = super::cpu::Dims { heads: b * h, t, s, d, dv };
+        let (q, k, v, out, grad) =
+            (q.to_contiguous(), k.to_contiguous(), v.to_contiguous(), out.to_contiguous(), grad.to_contiguous());
+        let grads = super::cpu::attention_backward(view(&q), view(&k), view(&v), view(&out), view(&grad), dims, causal);
+        let tensor = |data: Vec<f32>, shape: [usize; 4]| {
+            FlexTensor::new(Bytes::from_elems(data), Layout::contiguous(Shape::new(shape)), DType::F32)
+        };
+        AttentionGrads {
+            q: tensor(grads.q, [b, h, t, d]),
+            k: tensor(grads.k, [b, h, s, d]),
+            v: tensor(grads.v, [b, h, s, dv]),
+        }
+    }
+
+    fn fused_exp(x: FlexTensor) -> FlexTensor {
+        if x.dtype() != DType::F32 {
+            return Flex::float_exp(x);
+        }
+        let x = x.to_contiguous();
+        let out = super::cpu::exp(view(&x));
+        FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(x.shape()), DType::F32)
+    }
+
+    fn fused_gelu(x: FlexTensor) -> FlexTensor {
+        if x.dtype() != DType::F32 {
+            return Flex::gelu(x);
+        }
+        let x = x.to_contiguous();
+        let out = super::cpu::gelu(view(&x));
+        FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(x.shape()), DType::F32)
+    }
+
+    fn fused_gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        if x.dtype() != DType::F32 || grad.dtype() != DType::F32 || x.shape() != grad.shape() {
+            return Flex::gelu_backward(x, grad);
+        }
+        let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
+        let out = super::cpu::gelu_backward(view(&x), view(&grad));
+        FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(x.shape()), DType::F32)
+    }
+}
+
+/// One graph node for the whole attention; its backward calls the inner backend's kernel.
+#[derive(Debug)]
+struct FusedAttentionBackward;
+
+impl<B: FusedOps> Backward<B, 3> for FusedAttentionBackward {
+    // Checkpointed q, k, v; the output; causal.
+    type State = (NodeId, NodeId, NodeId, FloatTensor<B>, bool);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (q, k, v, out, causal) = ops.state;
+        let q: FloatTensor<B> = checkpointer.retrieve_node_output(q);
+        let k: FloatTensor<B> = checkpointer.retrieve_node_output(k);
+        let v: FloatTensor<B> = checkpointer.retrieve_node_output(v);
+        let g = B::fused_attention_backward(q, k, v, out, grad, causal);
+        if let Some(node) = node_q {
+            grads.register::<B>(node.id, g.q);
+        }
+        if let Some(node) = node_k {
+            grads.register::<B>(node.id, g.k);
+        }
+        if let Some(node) = node_v {
+            grads.register::<B>(node.id, g.v);
+        }
+    }
+}
+
+impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        match FusedAttentionBackward.prepare::<C>([q.node(), k.node(), v.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let (sq, sk, sv) = (prep.checkpoint(&q), prep.checkpoint(&k), prep.checkpoint(&v));
+                let out = B::fused_attention(q.into_primitive(), k.into_primitive(), v.into_primitive(), causal);
+                prep.finish((sq, sk, sv, out.clone(), causal), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fused_attention(q.into_primitive(), k.into_primitive(), v.into_primitive(), causal))
+            }
+        }
+    }
+
+    fn fused_exp(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match FusedExpBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let out = B::fused_exp(x.into_primitive());
+                prep.finish(out.clone(), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_exp(x.into_primitive())),
+        }
+    }
+
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match FusedGeluBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let state = prep.checkpoint(&x);
+                prep.finish(state, B::fused_gelu(x.into_primitive()))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_gelu(x.into_primitive())),
+        }
+    }
+}
+
+/// exp's graph node: d e^x = e^x dx, from the saved output.
+#[derive(Debug)]
+struct FusedExpBackward;
+
+impl<B: FusedOps> Backward<B, 1> for FusedExpBackward {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = node {
+            grads.register::<B>(node.id, B::float_mul(grad, ops.state));
+        }
+    }
+}
+
+/// GELU's graph node: its backward is one fused pass g·GELU′(x).
+#[derive(Debug)]
+struct FusedGeluBackward;
+
+impl<B: FusedOps> Backward<B, 1> for FusedGeluBackward {
+    type State = NodeId;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(ops.state);
+        if let Some(node) = node {
+            grads.register::<B>(node.id, B::fused_gelu_backward(x, grad));
+        }
+    }
+}
+
+/// Whether `device` is flex, with or without autodiff.
+fn on_flex(device: &burn::tensor::Device) -> bool {
+    #[allow(unreachable_patterns)]
+    match device.as_dispatch() {
+        DispatchDevice::Flex(_) => true,
+        DispatchDevice::Autodiff(inner) => matches!(**inner, DispatchDevice::Flex(_)),
+        _ => false,
+    }
+}
+
+/// Whether `q`, `k` can take the fused path: flex (with or without autodiff), f32, one sequence
+/// (as many queries as keys).
+pub(super) fn supported(q: &Tensor<4>, k: &Tensor<4>) -> bool {
+    on_flex(&q.device()) && q.dtype() == DType::F32 && q.dims()[2] == k.dims()[2] && q.dims()[3] == k.dims()[3]
+}
+
+/// Whether `x` can take the fused element-wise path: flex (with or without autodiff), f32.
+pub(super) fn supported_elementwise<const D: usize>(x: &Tensor<D>) -> bool {
+    on_flex(&x.device()) && x.dtype() == DType::F32
+}
+
+/// [`FusedOps::fused_exp`] on tensors.
+pub(super) fn exp<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(Dispatch::fused_exp(x.into_dispatch()))
+}
+
+/// [`FusedOps::fused_gelu`] on tensors.
+pub(super) fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(Dispatch::fused_gelu(x.into_dispatch()))
+}
+
+/// [`FusedOps::fused_attention`] on tensors.
+pub(super) fn fused_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
+    Tensor::from_dispatch(Dispatch::fused_attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch(), causal))
+}
+
+/// [`FusedOps::fused_attention_backward`] on tensors (the output is recomputed here).
+pub(super) fn grads(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    grad: Tensor<4>,
+    causal: bool,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let out = fused_attention(q.clone(), k.clone(), v.clone(), causal);
+    let g = Dispatch::fused_attention_backward(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        out.into_dispatch(),
+        grad.into_dispatch(),
+        causal,
+    );
+    (Tensor::from_dispatch(g.q), Tensor::from_dispatch(g.k), Tensor::from_dispatch(g.v))
+}

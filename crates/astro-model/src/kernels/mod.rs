@@ -1,0 +1,78 @@
+//! Fused CPU kernels: Burn backend extensions for the operations whose generic composition is the
+//! bottleneck on the flex backend.
+//!
+//! Under autodiff, Burn 0.22 decomposes `attention` into a dozen tensor operations (scale, causal
+//! mask, max, exp, sum, divide, two matrix products), each a pass over a `[batch, heads, T, T]`
+//! tensor that is also kept for the backward pass. [`fused_attention`] is one operation with a
+//! hand-written backward: the forward is flex's own fused attention, the backward recomputes the
+//! probabilities head by head (as FlashAttention does) and runs five matrix products per head on
+//! cache-resident tiles ([`cpu`]).
+//!
+//! The extension is compiled for flex only; on other backends [`fused_attention`] is Burn's
+//! `attention` (the decomposed path), so results agree everywhere and tests compare the two.
+//! [`exp`] and [`gelu`] are e^x and exact GELU in one vectorised pass each way (flex's own call scalar libm `expf` / `erff`;
+//! the astrocyte's hidden activity is exp of a `[batch, heads, T, m]` tensor).
+//!
+//! Written by hand because no crate offers a fused attention backward for Burn's CPU backends.
+
+#[cfg(feature = "flex")]
+mod cpu;
+#[cfg(feature = "flex")]
+mod ext;
+
+use burn::tensor::Tensor;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+/// softmax(q·kᵀ/√D [causal]) · v for `q` `[batch, heads, T, D]`, `k` `[batch, heads, T, D]`,
+/// `v` `[batch, heads, T, Dv]` → `[batch, heads, T, Dv]` (queries and keys of one sequence).
+///
+/// On flex (with or without autodiff) this is one fused operation with a fused backward; elsewhere
+/// Burn's `attention`.
+pub fn fused_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if ext::supported(&q, &k) {
+        return ext::fused_attention(q, k, v, causal);
+    }
+    let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
+    attention(q, k, v, None, None, options)
+}
+
+/// e^x element-wise. On flex (f32) a vectorised polynomial (relative error < 2e-7, 0 below
+/// e^−87); elsewhere Burn's `exp`.
+pub fn exp<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if ext::supported_elementwise(&x) {
+        return ext::exp(x);
+    }
+    x.exp()
+}
+
+/// Exact GELU, x·Φ(x) with Φ the standard normal CDF (erf form, as PyTorch's default), any shape.
+///
+/// On flex (f32) one vectorised pass forward and one backward; elsewhere Burn's `gelu`.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if ext::supported_elementwise(&x) {
+        return ext::gelu(x);
+    }
+    burn::tensor::activation::gelu(x)
+}
+
+/// Gradients (dq, dk, dv) of `sum(fused_attention(q, k, v, causal) ∘ grad)` through the fused
+/// kernel (flex) — exposed so tests can compare the hand-written backward with autodiff's.
+/// `grad`: `[batch, heads, T, Dv]`. `None` where the kernel does not apply (other backends, dtypes).
+pub fn fused_attention_grads(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    grad: Tensor<4>,
+    causal: bool,
+) -> Option<(Tensor<4>, Tensor<4>, Tensor<4>)> {
+    #[cfg(feature = "flex")]
+    if ext::supported(&q, &k) {
+        return Some(ext::grads(q, k, v, grad, causal));
+    }
+    let _ = (q, k, v, grad, causal);
+    None
+}

@@ -1,0 +1,130 @@
+//! The fused kernels (`astro_model::kernels`) compute what the plainly written paths compute:
+//! softmax attention's output and, through autodiff, its gradients with respect to q, k and v.
+//!
+//! On flex these exercise the hand-written backward; on other backends the fused entry point is
+//! Burn's own attention and the comparisons still hold.
+
+mod common;
+
+use astro_model::attention::{AttentionMask, InnerAttention, SoftmaxConfig};
+use astro_model::kernels::{fused_attention, fused_attention_grads};
+use burn::tensor::{DType, Device, Tensor};
+use common::{device, host, normal4, rel_err};
+
+/// max|a − b| / max(max|b|, 1): relative where the reference is large, absolute where it is near 0
+/// (a one-token softmax has dq = 0 exactly in the reference and ~1e-8 from rounding in a kernel).
+fn err(a: &Tensor<4>, b: &Tensor<4>) -> f64 {
+    let (a, b) = (host(a), host(b));
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    diff / b.iter().map(|y| y.abs()).fold(1.0, f64::max)
+}
+
+/// (output, dq, dk, dv) of `sum(attention(q, k, v) ∘ w)` through either path, on an autodiff device.
+fn run(
+    shape: [usize; 4],
+    causal: bool,
+    fused: bool,
+    dtype: DType,
+    dev: &Device,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>, Tensor<4>) {
+    let ad = dev.clone().autodiff();
+    let q = normal4(shape, 1.0, 1, dtype, &ad).require_grad();
+    let k = normal4(shape, 1.0, 2, dtype, &ad).require_grad();
+    let v = normal4(shape, 1.0, 3, dtype, &ad).require_grad();
+    let w = normal4(shape, 1.0, 4, dtype, &ad);
+    let mask = if causal { AttentionMask::causal() } else { AttentionMask::bidirectional() };
+    let out = if fused {
+        fused_attention(q.clone(), k.clone(), v.clone(), causal)
+    } else {
+        SoftmaxConfig::default().init().forward_reference(q.clone(), k.clone(), v.clone(), &mask)
+    };
+    let grads = (out.clone() * w).sum().backward();
+    let g = |x: &Tensor<4>| x.grad(&grads).expect("input receives a gradient");
+    (out.inner(), g(&q), g(&k), g(&v))
+}
+
+#[test]
+fn fused_attention_and_its_gradients_match_the_reference_path() {
+    let dev = device();
+    for causal in [true, false] {
+        for shape in [[2, 3, 37, 8], [1, 2, 1, 4], [1, 1, 70, 32]] {
+            let fused = run(shape, causal, true, DType::F32, &dev);
+            let reference = run(shape, causal, false, DType::F32, &dev);
+            let label = format!("causal={causal} shape={shape:?}");
+            for (name, a, b) in [
+                ("output", &fused.0, &reference.0),
+                ("dq", &fused.1, &reference.1),
+                ("dk", &fused.2, &reference.2),
+                ("dv", &fused.3, &reference.3),
+            ] {
+                let e = err(a, b);
+                assert!(e < 2e-5, "{label}: {name} differs from the reference by {e:e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_attention_is_causal() {
+    // Changing the last token's key and value must not change any earlier output or gradient.
+    let dev = device();
+    let shape = [1, 2, 9, 4];
+    let q = normal4(shape, 1.0, 1, DType::F32, &dev);
+    let k = normal4(shape, 1.0, 2, DType::F32, &dev);
+    let v = normal4(shape, 1.0, 3, DType::F32, &dev);
+    let bump = |x: Tensor<4>| {
+        let last = x.clone().narrow(2, 8, 1).add_scalar(5.0);
+        Tensor::cat(vec![x.narrow(2, 0, 8), last], 2)
+    };
+    let a = fused_attention(q.clone(), k.clone(), v.clone(), true).narrow(2, 0, 8);
+    let b = fused_attention(q, bump(k), bump(v), true).narrow(2, 0, 8);
+    assert!(rel_err(&a, &b) < 1e-7, "an earlier output read the last token");
+}
+
+#[test]
+fn f64_inputs_take_the_generic_path_and_agree() {
+    let dev = device();
+    let fused = run([1, 2, 11, 8], true, true, DType::F64, &dev);
+    let reference = run([1, 2, 11, 8], true, false, DType::F64, &dev);
+    for (a, b) in
+        [(&fused.0, &reference.0), (&fused.1, &reference.1), (&fused.2, &reference.2), (&fused.3, &reference.3)]
+    {
+        assert!(err(a, b) < 1e-6, "f64 paths differ by {:e}", err(a, b));
+    }
+}
+
+#[test]
+fn the_kernel_backward_is_offered_where_it_applies() {
+    let dev = device();
+    let shape = [1, 1, 5, 4];
+    let x = normal4(shape, 1.0, 1, DType::F32, &dev);
+    let grads = fused_attention_grads(x.clone(), x.clone(), x.clone(), x.clone(), true);
+    let flex = matches!(astro_model::device::BackendKind::default_kind(), Ok(astro_model::device::BackendKind::Flex));
+    assert_eq!(grads.is_some(), flex, "the fused backward applies exactly on flex");
+    if let Some((dq, dk, dv)) = grads {
+        assert_eq!([dq.dims(), dk.dims(), dv.dims()], [shape; 3]);
+    }
+}
+
+#[test]
+fn fused_exp_and_gelu_match_burn_with_gradients() {
+    let dev = device();
+    let ad = dev.clone().autodiff();
+    let shape = [2, 3, 17, 9];
+    for (name, scale) in [("exp", 3.0), ("gelu", 4.0)] {
+        let x = normal4(shape, scale, 7, DType::F32, &ad).require_grad();
+        let w = normal4(shape, 1.0, 8, DType::F32, &ad);
+        let (ours, theirs) = match name {
+            "exp" => (astro_model::kernels::exp(x.clone()), x.clone().exp()),
+            _ => (astro_model::kernels::gelu(x.clone()), burn::tensor::activation::gelu(x.clone())),
+        };
+        assert!(rel_err(&ours, &theirs) < 1e-6, "{name}: values differ by {:e}", rel_err(&ours, &theirs));
+        let g_ours = x.grad(&(ours * w.clone()).sum().backward()).expect("gradient");
+        let g_theirs = x.grad(&(theirs * w).sum().backward()).expect("gradient");
+        assert!(rel_err(&g_ours, &g_theirs) < 1e-5, "{name}: gradients differ by {:e}", rel_err(&g_ours, &g_theirs));
+    }
+    // Very negative log-activities ("no activity") are exactly 0, as with libm.
+    let x = Tensor::<1>::from_floats([-1.0e30, -200.0, 0.0], &dev);
+    let y = astro_model::kernels::exp(x).into_data().try_to_vec::<f32>().expect("f32");
+    assert_eq!(y, vec![0.0, 0.0, 1.0]);
+}
