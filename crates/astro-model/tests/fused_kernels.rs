@@ -128,3 +128,34 @@ fn fused_exp_and_gelu_match_burn_with_gradients() {
     let y = astro_model::kernels::exp(x).into_data().try_to_vec::<f32>().expect("f32");
     assert_eq!(y, vec![0.0, 0.0, 1.0]);
 }
+
+#[test]
+fn fused_layer_norm_matches_burn_with_gradients() {
+    use burn::nn::LayerNormConfig;
+    let dev = device();
+    let ad = dev.clone().autodiff();
+    for (bias, eps) in [(true, 1e-5), (false, 1e-12)] {
+        let mut ln = LayerNormConfig::new(24).with_bias(bias).with_epsilon(eps).init(&ad);
+        // Non-trivial γ, β so their gradients and effects are tested.
+        ln.gamma = burn::module::Param::from_tensor(normal4([1, 1, 1, 24], 1.0, 5, DType::F32, &ad).reshape([24]));
+        if bias {
+            ln.beta =
+                Some(burn::module::Param::from_tensor(normal4([1, 1, 1, 24], 1.0, 6, DType::F32, &ad).reshape([24])));
+        }
+        let x = normal4([2, 3, 17, 24], 2.0, 7, DType::F32, &ad).add_scalar(3.0).require_grad();
+        let w = normal4([2, 3, 17, 24], 1.0, 8, DType::F32, &ad);
+        let ours = astro_model::kernels::layer_norm(x.clone(), &ln, eps);
+        let theirs = ln.forward(x.clone());
+        assert!(err(&ours, &theirs) < 1e-5, "bias={bias}: values differ by {:e}", err(&ours, &theirs));
+        let (g1, g2) = ((ours * w.clone()).sum().backward(), (theirs * w).sum().backward());
+        let dx = |g| x.grad(g).expect("dx");
+        assert!(err(&dx(&g1), &dx(&g2)) < 1e-5, "bias={bias}: dx differs by {:e}", err(&dx(&g1), &dx(&g2)));
+        let lift = |t: Tensor<1>| t.reshape([1, 1, 1, 24]);
+        let dgamma = |g| lift(ln.gamma.val().grad(g).expect("dγ"));
+        assert!(err(&dgamma(&g1), &dgamma(&g2)) < 1e-5, "bias={bias}: dγ differs");
+        if let Some(beta) = &ln.beta {
+            let dbeta = |g| lift(beta.val().grad(g).expect("dβ"));
+            assert!(err(&dbeta(&g1), &dbeta(&g2)) < 1e-5, "bias={bias}: dβ differs");
+        }
+    }
+}

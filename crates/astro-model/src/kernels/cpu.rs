@@ -278,6 +278,73 @@ pub(super) fn gelu_backward(x: &[f32], g: &[f32]) -> Vec<f32> {
     out
 }
 
+/// Rows per parallel task of the LayerNorm kernels.
+const ROWS: usize = 64;
+
+/// Mean and 1/√(var + ε) of one row (biased variance, as LayerNorm and Burn's composition).
+#[inline(always)]
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// LayerNorm over the last axis: rows of `x` `[rows, c]` → (x − μ)/√(σ² + ε) · γ + β.
+pub(super) fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
+    let c = gamma.len();
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(c * ROWS).zip(x.par_chunks(c * ROWS)).for_each(|(o, x)| {
+        for (orow, xrow) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+            let (mean, rstd) = row_stats(xrow, eps);
+            for (((y, &v), &g), &b) in orow.iter_mut().zip(xrow).zip(gamma).zip(beta) {
+                *y = (v - mean) * rstd * g + b;
+            }
+        }
+    });
+    out
+}
+
+/// Gradients of LayerNorm given the output's gradient `grad` `[rows, c]`: with x̂ = (x − μ)·r and
+/// ĝ = grad·γ, dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)), dγ = Σ_rows grad·x̂, dβ = Σ_rows grad.
+pub(super) fn layer_norm_backward(x: &[f32], gamma: &[f32], grad: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let c = gamma.len();
+    let mut dx = vec![0f32; x.len()];
+    // Per task: partial dγ, dβ; summed afterwards (in task order, so the result is deterministic).
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+        .par_chunks_mut(c * ROWS)
+        .zip(x.par_chunks(c * ROWS))
+        .zip(grad.par_chunks(c * ROWS))
+        .map(|((dx, x), g)| {
+            let (mut dgamma, mut dbeta) = (vec![0f32; c], vec![0f32; c]);
+            let mut xhat = vec![0f32; c];
+            for ((dxrow, xrow), grow) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(g.chunks_exact(c)) {
+                let (mean, rstd) = row_stats(xrow, eps);
+                let (mut m1, mut m2) = (0f32, 0f32);
+                for i in 0..c {
+                    xhat[i] = (xrow[i] - mean) * rstd;
+                    let gg = grow[i] * gamma[i];
+                    m1 += gg;
+                    m2 += gg * xhat[i];
+                    dgamma[i] += grow[i] * xhat[i];
+                    dbeta[i] += grow[i];
+                }
+                let (m1, m2) = (m1 / c as f32, m2 / c as f32);
+                for i in 0..c {
+                    dxrow[i] = rstd * (grow[i] * gamma[i] - m1 - xhat[i] * m2);
+                }
+            }
+            (dgamma, dbeta)
+        })
+        .collect();
+    let (mut dgamma, mut dbeta) = (vec![0f32; c], vec![0f32; c]);
+    for (pg, pb) in partials {
+        dgamma.iter_mut().zip(pg).for_each(|(a, b)| *a += b);
+        dbeta.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+    }
+    (dx, dgamma, dbeta)
+}
+
 /// Standard normal CDF Φ(x) = ½·erfc(−x/√2), branch-free (so loops vectorise). erfc by the
 /// Chebyshev fit of Press et al., Numerical Recipes §6.2 (`erfcc`, fractional error < 1.2e−7 for
 /// every z ≥ 0), evaluated at |x|/√2; the negative side uses erfc directly, so Φ keeps its relative

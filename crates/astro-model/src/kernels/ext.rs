@@ -25,7 +25,18 @@ pub struct AttentionGrads<B: Backend> {
     pub v: FloatTensor<B>,
 }
 
-/// Fused scaled-dot-product attention as backend primitives.
+/// Gradients of LayerNorm with respect to its input and parameters.
+#[derive(ExtensionType)]
+pub struct LayerNormGrads<B: Backend> {
+    /// dL/dx, shaped like x.
+    pub x: FloatTensor<B>,
+    /// dL/dγ, `[C]`.
+    pub gamma: FloatTensor<B>,
+    /// dL/dβ, `[C]`.
+    pub beta: FloatTensor<B>,
+}
+
+/// Fused scaled-dot-product attention, element-wise maps and LayerNorm as backend primitives.
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedOps: Backend {
     /// softmax(q·kᵀ/√D, causal) · v; `q`, `k` `[B,H,T,D]`, `v` `[B,H,T,Dv]` → `[B,H,T,Dv]`.
@@ -47,6 +58,27 @@ pub trait FusedOps: Backend {
         causal: bool,
     ) -> AttentionGrads<Self> {
         reference_backward::<Self>(q, k, v, out, grad, causal)
+    }
+
+    /// LayerNorm over the last axis of `x` `[.., C]` with `gamma`, `beta` `[C]`.
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        Self::layer_norm(x, gamma, Some(beta), epsilon)
+    }
+
+    /// Gradients of LayerNorm given the output's gradient `grad` (shaped like `x`). The default
+    /// body composes generic operations (the reference).
+    fn fused_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> LayerNormGrads<Self> {
+        layer_norm_reference_backward::<Self>(x, gamma, grad, epsilon)
     }
 
     /// e^x element-wise (any shape).
@@ -112,6 +144,33 @@ fn view(x: &FlexTensor) -> &[f32] {
     x.as_slice::<f32>().expect("contiguous f32 tensor")
 }
 
+/// LayerNorm's backward as algebra on generic operations: x̂ = (x − μ)·r, ĝ = grad·γ,
+/// dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)), dγ = Σ_rows grad·x̂, dβ = Σ_rows grad.
+fn layer_norm_reference_backward<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    epsilon: f64,
+) -> LayerNormGrads<B> {
+    let shape = x.shape();
+    let c = shape[shape.num_dims() - 1];
+    let rows = shape.num_elements() / c.max(1);
+    let x2 = B::float_reshape(x, Shape::new([rows, c])); //                                  [N,C]
+    let g2 = B::float_reshape(grad, Shape::new([rows, c])); //                               [N,C]
+    let gamma = B::float_reshape(gamma, Shape::new([1, c])); //                              [1,C]
+    let centered = B::float_sub(x2.clone(), B::float_mean_dim(x2, 1));
+    let var = B::float_mean_dim(B::float_mul(centered.clone(), centered.clone()), 1); //      [N,1]
+    let rstd = B::float_recip(B::float_sqrt(B::float_add_scalar(var, epsilon.into()))); //  [N,1]
+    let xhat = B::float_mul(centered, rstd.clone()); //                                      [N,C]
+    let gg = B::float_mul(g2.clone(), gamma); //                                             [N,C]
+    let m1 = B::float_mean_dim(gg.clone(), 1); //                                            [N,1]
+    let m2 = B::float_mean_dim(B::float_mul(gg.clone(), xhat.clone()), 1); //                [N,1]
+    let dx = B::float_mul(rstd, B::float_sub(B::float_sub(gg, m1), B::float_mul(xhat.clone(), m2)));
+    let dgamma = B::float_reshape(B::float_sum_dim(B::float_mul(g2.clone(), xhat), 0), Shape::new([c]));
+    let dbeta = B::float_reshape(B::float_sum_dim(g2, 0), Shape::new([c]));
+    LayerNormGrads { x: B::float_reshape(dx, shape), gamma: dgamma, beta: dbeta }
+}
+
 fn options(causal: bool) -> AttentionModuleOptions {
     AttentionModuleOptions { scale: None, softcap: None, is_causal: causal }
 }
@@ -156,6 +215,36 @@ impl FusedOps for Flex {
             q: tensor(grads.q, [b, h, t, d]),
             k: tensor(grads.k, [b, h, s, d]),
             v: tensor(grads.v, [b, h, s, dv]),
+        }
+    }
+
+    fn fused_layer_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64) -> FlexTensor {
+        if [&x, &gamma, &beta].iter().any(|t| t.dtype() != DType::F32) {
+            return Flex::layer_norm(x, gamma, Some(beta), epsilon);
+        }
+        let (x, gamma, beta) = (x.to_contiguous(), gamma.to_contiguous(), beta.to_contiguous());
+        let out = super::cpu::layer_norm(view(&x), view(&gamma), view(&beta), epsilon as f32);
+        FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(x.shape()), DType::F32)
+    }
+
+    fn fused_layer_norm_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        grad: FlexTensor,
+        epsilon: f64,
+    ) -> LayerNormGrads<Flex> {
+        if [&x, &gamma, &grad].iter().any(|t| t.dtype() != DType::F32) || x.shape() != grad.shape() {
+            return layer_norm_reference_backward::<Flex>(x, gamma, grad, epsilon);
+        }
+        let (x, gamma, grad) = (x.to_contiguous(), gamma.to_contiguous(), grad.to_contiguous());
+        let (dx, dgamma, dbeta) = super::cpu::layer_norm_backward(view(&x), view(&gamma), view(&grad), epsilon as f32);
+        let c = dgamma.len();
+        let vector =
+            |data: Vec<f32>| FlexTensor::new(Bytes::from_elems(data), Layout::contiguous(Shape::new([c])), DType::F32);
+        LayerNormGrads {
+            x: FlexTensor::new(Bytes::from_elems(dx), Layout::contiguous(x.shape()), DType::F32),
+            gamma: vector(dgamma),
+            beta: vector(dbeta),
         }
     }
 
@@ -234,6 +323,28 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        match FusedLayerNormBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let (sx, sg) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
+                let out =
+                    B::fused_layer_norm(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), epsilon);
+                prep.finish((sx, sg, epsilon), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_layer_norm(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                epsilon,
+            )),
+        }
+    }
+
     fn fused_exp(x: FloatTensor<Self>) -> FloatTensor<Self> {
         match FusedExpBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
@@ -251,6 +362,33 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish(state, B::fused_gelu(x.into_primitive()))
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_gelu(x.into_primitive())),
+        }
+    }
+}
+
+/// LayerNorm's graph node: one fused backward pass for x, γ and β.
+#[derive(Debug)]
+struct FusedLayerNormBackward;
+
+impl<B: FusedOps> Backward<B, 3> for FusedLayerNormBackward {
+    // Checkpointed x and γ; ε.
+    type State = (NodeId, NodeId, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (sx, sg, epsilon) = ops.state;
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(sx);
+        let gamma: FloatTensor<B> = checkpointer.retrieve_node_output(sg);
+        let g = B::fused_layer_norm_backward(x, gamma, grad, epsilon);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, g.x);
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<B>(node.id, g.gamma);
+        }
+        if let Some(node) = node_beta {
+            grads.register::<B>(node.id, g.beta);
         }
     }
 }
@@ -307,6 +445,16 @@ pub(super) fn supported(q: &Tensor<4>, k: &Tensor<4>) -> bool {
 /// Whether `x` can take the fused element-wise path: flex (with or without autodiff), f32.
 pub(super) fn supported_elementwise<const D: usize>(x: &Tensor<D>) -> bool {
     on_flex(&x.device()) && x.dtype() == DType::F32
+}
+
+/// [`FusedOps::fused_layer_norm`] on tensors.
+pub(super) fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Tensor<1>, epsilon: f64) -> Tensor<D> {
+    Tensor::from_dispatch(Dispatch::fused_layer_norm(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+    ))
 }
 
 /// [`FusedOps::fused_exp`] on tensors.

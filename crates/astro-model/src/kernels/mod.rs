@@ -10,7 +10,7 @@
 //!
 //! The extension is compiled for flex only; on other backends [`fused_attention`] is Burn's
 //! `attention` (the decomposed path), so results agree everywhere and tests compare the two.
-//! [`exp`] and [`gelu`] are e^x and exact GELU in one vectorised pass each way (flex's own call scalar libm `expf` / `erff`;
+//! [`layer_norm`] is one pass each way. [`exp`] and [`gelu`] are e^x and exact GELU in one vectorised pass each way (flex's own call scalar libm `expf` / `erff`;
 //! the astrocyte's hidden activity is exp of a `[batch, heads, T, m]` tensor).
 //!
 //! Written by hand because no crate offers a fused attention backward for Burn's CPU backends.
@@ -36,6 +36,24 @@ pub fn fused_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -
     }
     let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
     attention(q, k, v, None, None, options)
+}
+
+/// LayerNorm over the last axis of `x` `[.., C]` with the module's γ, β (β absent: 0) and `epsilon`
+/// (`burn::nn::LayerNorm` keeps its ε private, so the caller passes the one it was built with).
+///
+/// On flex (f32) one pass forward and one backward (Burn composes about eight operations each way).
+pub fn layer_norm<const D: usize>(x: Tensor<D>, ln: &burn::nn::LayerNorm, epsilon: f64) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if ext::supported_elementwise(&x) && ln.gamma.val().dtype() == x.dtype() {
+        let gamma = ln.gamma.val();
+        let beta = match &ln.beta {
+            Some(b) => b.val(),
+            None => gamma.zeros_like(),
+        };
+        return ext::layer_norm(x, gamma, beta, epsilon);
+    }
+    let _ = epsilon;
+    ln.forward(x)
 }
 
 /// e^x element-wise. On flex (f32) a vectorised polynomial (relative error < 2e-7, 0 below

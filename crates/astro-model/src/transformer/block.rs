@@ -66,6 +66,9 @@ pub struct Block {
     /// LayerNorms after the residual additions (BERT) instead of before the sublayers.
     #[module(skip)]
     post_norm: bool,
+    /// ε of the LayerNorms (`burn::nn::LayerNorm` keeps its own private).
+    #[module(skip)]
+    eps: f64,
 }
 
 impl Block {
@@ -98,27 +101,33 @@ impl Block {
             ln_2: mlp.as_ref().map(|_| norm()),
             mlp,
             post_norm: config.norm == NormPlacement::Post,
+            eps: config.layer_norm_eps,
         }
+    }
+
+    /// `ln` applied to `x` (the fused kernel where it applies).
+    fn norm(&self, ln: &LayerNorm, x: Tensor<3>) -> Tensor<3> {
+        crate::kernels::layer_norm(x, ln, self.eps)
     }
 
     /// The MLP half of the block around its residual: pre-LN x + mlp(LN x), post-LN LN(x + mlp(x)).
     fn feed_forward(&self, x: Tensor<3>) -> Tensor<3> {
         match (&self.ln_2, &self.mlp) {
-            (Some(ln), Some(mlp)) if self.post_norm => ln.forward(x.clone() + mlp.forward(x)),
-            (Some(ln), Some(mlp)) => x.clone() + mlp.forward(ln.forward(x)),
+            (Some(ln), Some(mlp)) if self.post_norm => self.norm(ln, x.clone() + mlp.forward(x)),
+            (Some(ln), Some(mlp)) => x.clone() + mlp.forward(self.norm(ln, x)),
             _ => x,
         }
     }
 
     /// The input of the attention (LN x before it in pre-LN blocks, x itself in post-LN ones).
     fn attention_input(&self, x: Tensor<3>) -> Tensor<3> {
-        if self.post_norm { x } else { self.ln_1.forward(x) }
+        if self.post_norm { x } else { self.norm(&self.ln_1, x) }
     }
 
     /// The attention output `a` added to the residual `x` (then normalised in post-LN blocks).
     fn attention_residual(&self, x: Tensor<3>, a: Tensor<3>) -> Tensor<3> {
         let y = x + self.attn_dropout.forward(a);
-        if self.post_norm { self.ln_1.forward(y) } else { y }
+        if self.post_norm { self.norm(&self.ln_1, y) } else { y }
     }
 
     /// `x`: `[batch, seq, d]` → `[batch, seq, d]`.
@@ -158,6 +167,9 @@ pub struct Trunk {
     pub blocks: Vec<Block>,
     /// Final LayerNorm (pre-LN models; post-LN blocks end normalised).
     pub ln_f: Option<LayerNorm>,
+    /// ε of the LayerNorms.
+    #[module(skip)]
+    eps: f64,
 }
 
 impl Trunk {
@@ -177,6 +189,7 @@ impl Trunk {
             drop: DropoutConfig::new(config.dropout).init(),
             blocks: (0..config.n_layer).map(|layer| Block::init(config, layer, device)).collect(),
             ln_f: (config.norm == NormPlacement::Pre).then(|| layer_norm(config, device)),
+            eps: config.layer_norm_eps,
         }
     }
 
@@ -208,7 +221,7 @@ impl Trunk {
             None => x,
         };
         let x = match &self.ln_emb {
-            Some(ln) => ln.forward(x),
+            Some(ln) => crate::kernels::layer_norm(x, ln, self.eps),
             None => x,
         };
         self.drop.forward(x)
@@ -217,7 +230,7 @@ impl Trunk {
     /// The final LayerNorm, where the model has one.
     fn final_norm(&self, x: Tensor<3>) -> Tensor<3> {
         match &self.ln_f {
-            Some(ln) => ln.forward(x),
+            Some(ln) => crate::kernels::layer_norm(x, ln, self.eps),
             None => x,
         }
     }
