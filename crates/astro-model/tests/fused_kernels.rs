@@ -159,3 +159,24 @@ fn fused_layer_norm_matches_burn_with_gradients() {
         }
     }
 }
+
+#[test]
+fn fused_exp_sub_matches_the_composition_and_treats_the_shift_as_constant() {
+    let dev = device();
+    let ad = dev.clone().autodiff();
+    let x = normal4([2, 3, 5, 16], 4.0, 9, DType::F32, &ad).require_grad();
+    let w = normal4([2, 3, 5, 16], 1.0, 10, DType::F32, &ad);
+    // A row-wise and a block-wise (per head) stabiliser, as the astrocyte's query and key sides use.
+    for shift in [x.clone().detach().max_dim(3), x.clone().detach().max_dim(3).max_dim(2)] {
+        let ours = astro_model::kernels::exp_sub(x.clone(), shift.clone());
+        let theirs = (x.clone() - shift).exp();
+        assert!(err(&ours, &theirs) < 1e-6, "values differ by {:e}", err(&ours, &theirs));
+        let g_ours = x.grad(&(ours * w.clone()).sum().backward()).expect("gradient");
+        let g_theirs = x.grad(&(theirs * w.clone()).sum().backward()).expect("gradient");
+        assert!(err(&g_ours, &g_theirs) < 1e-6, "gradients differ by {:e}", err(&g_ours, &g_theirs));
+    }
+    // A shift that is not a trailing broadcast takes the composed path and still agrees.
+    let middle = x.clone().detach().max_dim(2); // [2,3,1,16]
+    let ours = astro_model::kernels::exp_sub(x.clone(), middle.clone());
+    assert!(err(&ours, &(x - middle).exp()) < 1e-6);
+}

@@ -120,17 +120,18 @@ impl FeatureMap {
         match self {
             FeatureMap::Saderf | FeatureMap::ShiftedSaderf => {
                 let Some(a) = gerf_a else {
-                    return Features::Log((u - half_sq).sub_scalar(0.5 * ln_m));
+                    return Features::Log(u - half_sq.add_scalar(0.5 * ln_m));
                 };
                 // log φ = √(1 − 4A) ωᵀx + A‖ω‖² − ‖x‖²/2 + (D/4) ln(1 − 4A) − ½ ln m
                 let a = a.cast(dtype).reshape([1, h, 1, 1]); //                       [1,H,1,1]
                 let one_minus = a.clone().mul_scalar(-4.0).add_scalar(1.0); //       1 − 4A
                 let omega_sq = omega.cast(dtype).square().sum_dim(2).reshape([1, h, 1, m]); // ‖ω_μ‖²: [1,H,1,m]
                 let log = u * one_minus.clone().sqrt() + omega_sq * a + one_minus.log().mul_scalar(d as f64 / 4.0);
-                Features::Log((log - half_sq).sub_scalar(0.5 * ln_m))
+                Features::Log(log - half_sq.add_scalar(0.5 * ln_m))
             }
-            FeatureMap::Positive => Features::Log((u - half_sq).sub_scalar(0.5 * ln_m)),
-            FeatureMap::Truncated => Features::Log((u.clamp_max(TRUNCATION.ln()) - half_sq).sub_scalar(0.5 * ln_m)),
+            // The constant joins the per-token term ([B,H,T,1]): one pass over [B,H,T,m] instead of two.
+            FeatureMap::Positive => Features::Log(u - half_sq.add_scalar(0.5 * ln_m)),
+            FeatureMap::Truncated => Features::Log(u.clamp_max(TRUNCATION.ln()) - half_sq.add_scalar(0.5 * ln_m)),
             FeatureMap::Cosine => Features::Scaled {
                 g: with_phase(u).cos().mul_scalar((2.0 / m as f64).sqrt()),
                 log_scale: Some(half_sq),
@@ -178,7 +179,7 @@ impl Features {
         match self {
             Features::Log(l) => {
                 let c = l.clone().detach().max_dim(3);
-                (crate::kernels::exp(l - c.clone()), Some(c))
+                (crate::kernels::exp_sub(l, c.clone()), Some(c))
             }
             Features::Scaled { g, log_scale } => (g, log_scale.map(|s| s.detach())),
         }
@@ -188,7 +189,7 @@ impl Features {
     /// (`None` means c = 0; ignored by maps without log-scale).
     pub(crate) fn key_side(self, c: Option<Tensor<4>>) -> Tensor<4> {
         match (self, c) {
-            (Features::Log(l), Some(c)) => crate::kernels::exp(l - c),
+            (Features::Log(l), Some(c)) => crate::kernels::exp_sub(l, c),
             (Features::Log(l), None) => crate::kernels::exp(l),
             (Features::Scaled { g, log_scale: Some(s) }, Some(c)) => g * (s - c).exp(),
             (Features::Scaled { g, log_scale: Some(s) }, None) => g * s.exp(),

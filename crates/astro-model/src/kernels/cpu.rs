@@ -261,6 +261,45 @@ pub(super) fn exp(x: &[f32]) -> Vec<f32> {
     out
 }
 
+/// out = e^{x − shift}, one shift per block of `x.len() / shift.len()` consecutive elements.
+fn exp_sub_block(out: &mut [f32], x: &[f32], shift: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for (checked above).
+        return unsafe { exp_sub_block_avx2(out, x, shift) };
+    }
+    exp_sub_block_portable(out, x, shift)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_sub_block_avx2(out: &mut [f32], x: &[f32], shift: f32) {
+    exp_sub_block_portable(out, x, shift)
+}
+
+#[inline(always)]
+fn exp_sub_block_portable(out: &mut [f32], x: &[f32], shift: f32) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = exp_approx(v - shift);
+    }
+}
+
+/// e^{x − shift} where each entry of `shift` applies to one block of `x.len() / shift.len()`
+/// consecutive elements (a shift broadcast over trailing axes), in parallel.
+pub(super) fn exp_sub(x: &[f32], shift: &[f32]) -> Vec<f32> {
+    let block = x.len() / shift.len().max(1);
+    let mut out = vec![0f32; x.len()];
+    if block == 0 {
+        return out;
+    }
+    out.par_chunks_mut(block)
+        .zip(x.par_chunks(block))
+        .zip(shift.par_iter())
+        .with_min_len((GRAIN / block).max(1))
+        .for_each(|((o, x), &c)| exp_sub_block(o, x, c));
+    out
+}
+
 /// Exact (erf) GELU, x·Φ(x), element-wise in parallel.
 pub(super) fn gelu(x: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];

@@ -86,6 +86,12 @@ pub trait FusedOps: Backend {
         Self::float_exp(x)
     }
 
+    /// e^{x − shift} with `shift` broadcast over trailing axes of `x` (its shape is x's with a
+    /// suffix of axes set to 1). No gradient flows to `shift`: callers pass constants.
+    fn fused_exp_sub(x: FloatTensor<Self>, shift: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_exp(Self::float_sub(x, shift))
+    }
+
     /// Exact GELU, x·Φ(x), element-wise (any shape).
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::gelu(x)
@@ -137,6 +143,16 @@ fn reference_backward<B: Backend>(
     let dq = B::float_matmul(ds.clone(), k); //                                     [B,H,T,D]
     let dk = B::float_matmul(B::float_transpose(ds), q); //                         [B,H,S,D]
     AttentionGrads { q: dq, k: dk, v: dv }
+}
+
+/// Whether `shift` is `x`'s shape with a (possibly empty) suffix of axes set to 1.
+fn trailing_broadcast(shift: &Shape, x: &Shape) -> bool {
+    let rank = x.num_dims();
+    if shift.num_dims() != rank {
+        return false;
+    }
+    let split = (0..rank).position(|i| shift[i] != x[i]).unwrap_or(rank);
+    (split..rank).all(|i| shift[i] == 1)
 }
 
 /// The elements of a tensor made contiguous by `to_contiguous` (so the view always exists).
@@ -257,6 +273,15 @@ impl FusedOps for Flex {
         FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(x.shape()), DType::F32)
     }
 
+    fn fused_exp_sub(x: FlexTensor, shift: FlexTensor) -> FlexTensor {
+        if x.dtype() != DType::F32 || shift.dtype() != DType::F32 || !trailing_broadcast(&shift.shape(), &x.shape()) {
+            return Flex::float_exp(Flex::float_sub(x, shift));
+        }
+        let (x, shift) = (x.to_contiguous(), shift.to_contiguous());
+        let out = super::cpu::exp_sub(view(&x), view(&shift));
+        FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(x.shape()), DType::F32)
+    }
+
     fn fused_gelu(x: FlexTensor) -> FlexTensor {
         if x.dtype() != DType::F32 {
             return Flex::gelu(x);
@@ -355,6 +380,17 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
+    fn fused_exp_sub(x: FloatTensor<Self>, shift: FloatTensor<Self>) -> FloatTensor<Self> {
+        // Only x is a parent: the shift is a constant (see the trait).
+        match FusedExpBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let out = B::fused_exp_sub(x.into_primitive(), shift.into_primitive());
+                prep.finish(out.clone(), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_exp_sub(x.into_primitive(), shift.into_primitive())),
+        }
+    }
+
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         match FusedGeluBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
@@ -393,7 +429,7 @@ impl<B: FusedOps> Backward<B, 3> for FusedLayerNormBackward {
     }
 }
 
-/// exp's graph node: d e^x = e^x dx, from the saved output.
+/// exp's (and exp_sub's) graph node: d e^x = e^x dx, from the saved output.
 #[derive(Debug)]
 struct FusedExpBackward;
 
@@ -460,6 +496,11 @@ pub(super) fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: T
 /// [`FusedOps::fused_exp`] on tensors.
 pub(super) fn exp<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(Dispatch::fused_exp(x.into_dispatch()))
+}
+
+/// [`FusedOps::fused_exp_sub`] on tensors.
+pub(super) fn exp_sub<const D: usize>(x: Tensor<D>, shift: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(Dispatch::fused_exp_sub(x.into_dispatch(), shift.into_dispatch()))
 }
 
 /// [`FusedOps::fused_gelu`] on tensors.

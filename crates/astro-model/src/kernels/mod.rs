@@ -66,6 +66,18 @@ pub fn exp<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x.exp()
 }
 
+/// e^{x − shift} with `shift` `[.., 1, …, 1]` broadcast over trailing axes of `x` and treated as a
+/// constant (detached: the stabilising maxima of the astrocyte's log-activities, whose gradient
+/// cancels). On flex (f32) one vectorised pass instead of a broadcast subtraction and an exp.
+pub fn exp_sub<const D: usize>(x: Tensor<D>, shift: Tensor<D>) -> Tensor<D> {
+    let shift = shift.detach();
+    #[cfg(feature = "flex")]
+    if ext::supported_elementwise(&x) {
+        return ext::exp_sub(x, shift);
+    }
+    (x - shift).exp()
+}
+
 /// Exact GELU, x·Φ(x) with Φ the standard normal CDF (erf form, as PyTorch's default), any shape.
 ///
 /// On flex (f32) one vectorised pass forward and one backward; elsewhere Burn's `gelu`.
