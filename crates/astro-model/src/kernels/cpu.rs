@@ -205,10 +205,13 @@ pub(super) fn exp_approx(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
     let xc = x.clamp(-87.0, 88.0);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let shifted = xc * LOG2E + ROUND; // 1.5·2²³ + n with n = round(x·log2 e)
+    let n = shifted - ROUND;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from the low mantissa bits of `shifted`, which hold n in two's complement (its ulp is 1):
+    // integer arithmetic only, because a saturating float→int cast (`as i32`) does not vectorise.
+    let scale = f32::from_bits(shifted.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23);
     let y = if x < -87.0 { 0.0 } else { p * scale };
     if x.is_nan() { x } else { y }
 }
