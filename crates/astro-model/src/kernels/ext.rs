@@ -155,6 +155,11 @@ fn trailing_broadcast(shift: &Shape, x: &Shape) -> bool {
     (split..rank).all(|i| shift[i] == 1)
 }
 
+/// A contiguous f32 flex tensor holding `data` in `shape`.
+fn f32_tensor(data: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::new(Bytes::from_elems(data), Layout::contiguous(shape), DType::F32)
+}
+
 /// The elements of a tensor made contiguous by `to_contiguous` (so the view always exists).
 fn view(x: &FlexTensor) -> &[f32] {
     x.as_slice::<f32>().expect("contiguous f32 tensor")
@@ -203,7 +208,7 @@ impl FusedOps for Flex {
         let dims = super::cpu::Dims { heads: b * h, t, s, d, dv };
         let (q, k, v) = (q.to_contiguous(), k.to_contiguous(), v.to_contiguous());
         let out = super::cpu::attention_forward(view(&q), view(&k), view(&v), dims, causal);
-        FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(Shape::new([b, h, t, dv])), DType::F32)
+        f32_tensor(out, Shape::new([b, h, t, dv]))
     }
 
     fn fused_attention_backward(
@@ -224,9 +229,7 @@ impl FusedOps for Flex {
         let (q, k, v, out, grad) =
             (q.to_contiguous(), k.to_contiguous(), v.to_contiguous(), out.to_contiguous(), grad.to_contiguous());
         let grads = super::cpu::attention_backward(view(&q), view(&k), view(&v), view(&out), view(&grad), dims, causal);
-        let tensor = |data: Vec<f32>, shape: [usize; 4]| {
-            FlexTensor::new(Bytes::from_elems(data), Layout::contiguous(Shape::new(shape)), DType::F32)
-        };
+        let tensor = |data: Vec<f32>, shape: [usize; 4]| f32_tensor(data, Shape::new(shape));
         AttentionGrads {
             q: tensor(grads.q, [b, h, t, d]),
             k: tensor(grads.k, [b, h, s, d]),
@@ -240,7 +243,7 @@ impl FusedOps for Flex {
         }
         let (x, gamma, beta) = (x.to_contiguous(), gamma.to_contiguous(), beta.to_contiguous());
         let out = super::cpu::layer_norm(view(&x), view(&gamma), view(&beta), epsilon as f32);
-        FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(x.shape()), DType::F32)
+        f32_tensor(out, x.shape())
     }
 
     fn fused_layer_norm_backward(
@@ -255,13 +258,8 @@ impl FusedOps for Flex {
         let (x, gamma, grad) = (x.to_contiguous(), gamma.to_contiguous(), grad.to_contiguous());
         let (dx, dgamma, dbeta) = super::cpu::layer_norm_backward(view(&x), view(&gamma), view(&grad), epsilon as f32);
         let c = dgamma.len();
-        let vector =
-            |data: Vec<f32>| FlexTensor::new(Bytes::from_elems(data), Layout::contiguous(Shape::new([c])), DType::F32);
-        LayerNormGrads {
-            x: FlexTensor::new(Bytes::from_elems(dx), Layout::contiguous(x.shape()), DType::F32),
-            gamma: vector(dgamma),
-            beta: vector(dbeta),
-        }
+        let vector = |data: Vec<f32>| f32_tensor(data, Shape::new([c]));
+        LayerNormGrads { x: f32_tensor(dx, x.shape()), gamma: vector(dgamma), beta: vector(dbeta) }
     }
 
     fn fused_exp(x: FlexTensor) -> FlexTensor {
@@ -270,7 +268,7 @@ impl FusedOps for Flex {
         }
         let x = x.to_contiguous();
         let out = super::cpu::exp(view(&x));
-        FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(x.shape()), DType::F32)
+        f32_tensor(out, x.shape())
     }
 
     fn fused_exp_sub(x: FlexTensor, shift: FlexTensor) -> FlexTensor {
@@ -279,7 +277,7 @@ impl FusedOps for Flex {
         }
         let (x, shift) = (x.to_contiguous(), shift.to_contiguous());
         let out = super::cpu::exp_sub(view(&x), view(&shift));
-        FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(x.shape()), DType::F32)
+        f32_tensor(out, x.shape())
     }
 
     fn fused_gelu(x: FlexTensor) -> FlexTensor {
@@ -288,7 +286,7 @@ impl FusedOps for Flex {
         }
         let x = x.to_contiguous();
         let out = super::cpu::gelu(view(&x));
-        FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(x.shape()), DType::F32)
+        f32_tensor(out, x.shape())
     }
 
     fn fused_gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
@@ -297,7 +295,7 @@ impl FusedOps for Flex {
         }
         let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
         let out = super::cpu::gelu_backward(view(&x), view(&grad));
-        FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(x.shape()), DType::F32)
+        f32_tensor(out, x.shape())
     }
 }
 
@@ -371,24 +369,13 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     }
 
     fn fused_exp(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        match FusedExpBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let out = B::fused_exp(x.into_primitive());
-                prep.finish(out.clone(), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_exp(x.into_primitive())),
-        }
+        exp_node::<B, C>(x, B::fused_exp)
     }
 
     fn fused_exp_sub(x: FloatTensor<Self>, shift: FloatTensor<Self>) -> FloatTensor<Self> {
         // Only x is a parent: the shift is a constant (see the trait).
-        match FusedExpBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let out = B::fused_exp_sub(x.into_primitive(), shift.into_primitive());
-                prep.finish(out.clone(), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_exp_sub(x.into_primitive(), shift.into_primitive())),
-        }
+        let shift = shift.into_primitive();
+        exp_node::<B, C>(x, |x| B::fused_exp_sub(x, shift))
     }
 
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -426,6 +413,21 @@ impl<B: FusedOps> Backward<B, 3> for FusedLayerNormBackward {
         if let Some(node) = node_beta {
             grads.register::<B>(node.id, g.beta);
         }
+    }
+}
+
+/// Records e^(…x…) computed by `forward` on the inner backend as one node with parent `x`, whose
+/// backward is grad · output.
+fn exp_node<B: FusedOps, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    forward: impl FnOnce(FloatTensor<B>) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>> {
+    match FusedExpBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let out = forward(x.into_primitive());
+            prep.finish(out.clone(), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(x.into_primitive())),
     }
 }
 

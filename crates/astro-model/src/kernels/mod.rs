@@ -4,16 +4,17 @@
 //! Under autodiff, Burn 0.22 decomposes `attention` into a dozen tensor operations (scale, causal
 //! mask, max, exp, sum, divide, two matrix products), each a pass over a `[batch, heads, T, T]`
 //! tensor that is also kept for the backward pass. [`fused_attention`] is one operation with a
-//! hand-written backward: the forward is flex's own fused attention, the backward recomputes the
-//! probabilities head by head (as FlashAttention does) and runs five matrix products per head on
-//! cache-resident tiles ([`cpu`]).
+//! hand-written backward: the forward runs per head gemm → vectorised softmax → gemm in a reused
+//! `[T, S]` tile (flex's flash attention beyond 1 MiB per tile), the backward recomputes the
+//! probabilities head by head (as FlashAttention does) and runs five matrix products per head
+//! (`cpu.rs`). [`layer_norm`] is one pass each way (Burn composes about eight operations each way).
+//! [`exp`], [`exp_sub`] and [`gelu`] are single vectorised passes where flex calls scalar libm
+//! `expf` / `erff` (the astrocyte's hidden activity is e^{x−c} of a `[batch, heads, T, m]` tensor).
 //!
-//! The extension is compiled for flex only; on other backends [`fused_attention`] is Burn's
-//! `attention` (the decomposed path), so results agree everywhere and tests compare the two.
-//! [`layer_norm`] is one pass each way. [`exp`] and [`gelu`] are e^x and exact GELU in one vectorised pass each way (flex's own call scalar libm `expf` / `erff`;
-//! the astrocyte's hidden activity is exp of a `[batch, heads, T, m]` tensor).
-//!
-//! Written by hand because no crate offers a fused attention backward for Burn's CPU backends.
+//! The extension (`ext.rs`) is compiled for flex only; on other backends, for f64, or where a kernel
+//! does not apply, the functions here are Burn's own operations, so every backend computes the same
+//! function and the tests compare the two. Written by hand because no crate offers these fused
+//! forward/backward pairs for Burn's CPU backends.
 
 #[cfg(feature = "flex")]
 mod cpu;
