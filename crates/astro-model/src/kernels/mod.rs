@@ -25,7 +25,7 @@ use burn::tensor::Tensor;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
-/// softmax(q·kᵀ/√D [causal]) · v for `q` `[batch, heads, T, D]`, `k` `[batch, heads, T, D]`,
+/// softmax(q·kᵀ/√D, causal when asked) · v for `q` `[batch, heads, T, D]`, `k` `[batch, heads, T, D]`,
 /// `v` `[batch, heads, T, Dv]` → `[batch, heads, T, Dv]` (queries and keys of one sequence).
 ///
 /// On flex (with or without autodiff) this is one fused operation with a fused backward; elsewhere
