@@ -155,6 +155,15 @@ fn trailing_broadcast(shift: &Shape, x: &Shape) -> bool {
     (split..rank).all(|i| shift[i] == 1)
 }
 
+/// An element-wise map: `kernel` on f32 data, `fallback` (flex's own op) for other dtypes.
+fn unary_f32(x: FlexTensor, kernel: fn(&[f32]) -> Vec<f32>, fallback: fn(FlexTensor) -> FlexTensor) -> FlexTensor {
+    if x.dtype() != DType::F32 {
+        return fallback(x);
+    }
+    let x = x.to_contiguous();
+    f32_tensor(kernel(view(&x)), x.shape())
+}
+
 /// A contiguous f32 flex tensor holding `data` in `shape`.
 fn f32_tensor(data: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::new(Bytes::from_elems(data), Layout::contiguous(shape), DType::F32)
@@ -263,12 +272,7 @@ impl FusedOps for Flex {
     }
 
     fn fused_exp(x: FlexTensor) -> FlexTensor {
-        if x.dtype() != DType::F32 {
-            return Flex::float_exp(x);
-        }
-        let x = x.to_contiguous();
-        let out = super::cpu::exp(view(&x));
-        f32_tensor(out, x.shape())
+        unary_f32(x, super::cpu::exp, Flex::float_exp)
     }
 
     fn fused_exp_sub(x: FlexTensor, shift: FlexTensor) -> FlexTensor {
@@ -281,12 +285,7 @@ impl FusedOps for Flex {
     }
 
     fn fused_gelu(x: FlexTensor) -> FlexTensor {
-        if x.dtype() != DType::F32 {
-            return Flex::gelu(x);
-        }
-        let x = x.to_contiguous();
-        let out = super::cpu::gelu(view(&x));
-        f32_tensor(out, x.shape())
+        unary_f32(x, super::cpu::gelu, Flex::gelu)
     }
 
     fn fused_gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
