@@ -363,8 +363,36 @@ pub enum ExecutionForm {
     Quadratic,
 }
 
-/// Full-sequence attention with the chosen form.
+/// The fused operation ([`crate::kernels::kernelised_attention`]: the chunked or parallel form in
+/// one pass with a hand-written backward) where it applies — flex, f32, no padding, log-activity
+/// (exponential maps) or activity without a log-scale (elu+1); otherwise the input back.
+fn fused(input: KernelInput, causal: bool, chunk: usize) -> Result<Tensor<4>, KernelInput> {
+    if input.pad.is_some() || !crate::kernels::kernelised_supported(&input.v) {
+        return Err(input);
+    }
+    let KernelInput { q, k, v, pad, decay } = input;
+    let (fq, fk, log) = match (q, k) {
+        (Features::Log(q), Features::Log(k)) => (q, k, true),
+        (Features::Scaled { g: q, log_scale: None }, Features::Scaled { g: k, log_scale: None }) => (q, k, false),
+        (q, k) => return Err(KernelInput { q, k, v, pad, decay }),
+    };
+    let options = crate::kernels::KernelisedOptions { chunk, decay, log, causal };
+    crate::kernels::kernelised_attention(fq, fk, v, options).map_err(|(fq, fk, v)| {
+        let wrap = |x| if log { Features::Log(x) } else { Features::Scaled { g: x, log_scale: None } };
+        KernelInput { q: wrap(fq), k: wrap(fk), v, pad, decay }
+    })
+}
+
+/// Full-sequence attention with the chosen form. `Fast` is the fused operation where it applies,
+/// else the composed chunked (causal) or parallel (bidirectional) form.
 pub(crate) fn forward(form: ExecutionForm, input: KernelInput, causal: bool, chunk: usize) -> Tensor<4> {
+    let input = match form {
+        ExecutionForm::Fast => match fused(input, causal, chunk) {
+            Ok(y) => return y,
+            Err(input) => input,
+        },
+        _ => input,
+    };
     match (form, causal) {
         (ExecutionForm::Fast, true) => chunked(input, chunk, None).0,
         (ExecutionForm::Fast, false) => parallel(input),

@@ -24,7 +24,7 @@ pub(super) struct Grads {
 
 /// A row-major matrix view for [`matmul`]: element (i, j) at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
-struct View {
+pub(super) struct View {
     ptr: *const f32,
     rs: isize,
     cs: isize,
@@ -32,21 +32,47 @@ struct View {
 
 impl View {
     /// Row-major `[rows, cols]` slice.
-    fn rows(x: &[f32], cols: usize) -> Self {
+    pub(super) fn rows(x: &[f32], cols: usize) -> Self {
         View { ptr: x.as_ptr(), rs: cols as isize, cs: 1 }
     }
 
     /// The transpose of a row-major `[rows, cols]` slice.
-    fn transposed(x: &[f32], cols: usize) -> Self {
+    pub(super) fn transposed(x: &[f32], cols: usize) -> Self {
         View { ptr: x.as_ptr(), rs: 1, cs: cols as isize }
+    }
+
+    /// The first columns of a row-major slice whose rows are `stride` long (`[rows, ≤ stride]`).
+    pub(super) fn strided(x: &[f32], stride: usize) -> Self {
+        View { ptr: x.as_ptr(), rs: stride as isize, cs: 1 }
+    }
+
+    /// The transpose of this view.
+    pub(super) fn t(self) -> Self {
+        View { ptr: self.ptr, rs: self.cs, cs: self.rs }
     }
 }
 
 /// dst `[m, n]` (row-major, overwritten) = `scale` · lhs `[m, k]` · rhs `[k, n]`, on this thread.
-fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: View, rhs: View, scale: f32) {
+pub(super) fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: View, rhs: View, scale: f32) {
+    matmul_acc(dst, m, n, k, lhs, rhs, None, scale);
+}
+
+/// dst `[m, n]` (row-major) = `keep` · dst + `scale` · lhs `[m, k]` · rhs `[k, n]` (`keep` `None`:
+/// dst is overwritten), on this thread.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul_acc(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: View,
+    rhs: View,
+    keep: Option<f32>,
+    scale: f32,
+) {
     assert!(dst.len() >= m * n, "matmul destination too small");
     // SAFETY: `dst` holds m·n elements (checked); the views address m·k and k·n elements of
-    // slices that outlive the call (built by `View::rows` / `View::transposed` from them).
+    // slices that outlive the call (built by the `View` constructors from them).
     unsafe {
         gemm(
             m,
@@ -55,14 +81,14 @@ fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: View, rhs: View, s
             dst.as_mut_ptr(),
             1,
             n as isize,
-            false,
+            keep.is_some(),
             lhs.ptr,
             lhs.cs,
             lhs.rs,
             rhs.ptr,
             rhs.cs,
             rhs.rs,
-            0.0,
+            keep.unwrap_or(0.0),
             scale,
             false,
             false,
@@ -264,8 +290,8 @@ pub(super) fn exp(x: &[f32]) -> Vec<f32> {
     out
 }
 
-/// out = e^{x − shift}, one shift per block of `x.len() / shift.len()` consecutive elements.
-fn exp_sub_block(out: &mut [f32], x: &[f32], shift: f32) {
+/// out = e^{x − shift} element-wise (vectorised).
+pub(super) fn exp_sub_block(out: &mut [f32], x: &[f32], shift: f32) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features the function is compiled for (checked above).

@@ -14,6 +14,8 @@ use burn::backend::{Backend, DType, Dispatch, DispatchDevice, ExtensionType, Fle
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bytes, Shape, Tensor, TensorData};
 
+use super::kernelised::KernelDims;
+
 /// Gradients of attention with respect to its three inputs, shaped like them.
 #[derive(ExtensionType)]
 pub struct AttentionGrads<B: Backend> {
@@ -58,6 +60,38 @@ pub trait FusedOps: Backend {
         causal: bool,
     ) -> AttentionGrads<Self> {
         reference_backward::<Self>(q, k, v, out, grad, causal)
+    }
+
+    /// Kernelised attention over hidden activity (`kernelised.rs`): `fq`, `fk` `[B,H,T,m]` (log
+    /// activities when `log`), `v` `[B,H,T,Dv]` → `[B,H,T,Dv]`, in chunks of `chunk` tokens, with
+    /// calcium decay `decay`, causal or bidirectional.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_kernelised(
+        fq: FloatTensor<Self>,
+        fk: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        chunk: usize,
+        decay: f64,
+        log: bool,
+        causal: bool,
+    ) -> FloatTensor<Self>;
+
+    /// Gradients of [`Self::fused_kernelised`] given the output's gradient `grad` `[B,H,T,Dv]`.
+    /// Only flex computes it; the public entry point (`kernels::kernelised_attention`) routes
+    /// every other backend to the composed chunked form, whose gradients autodiff derives.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_kernelised_backward(
+        fq: FloatTensor<Self>,
+        fk: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        chunk: usize,
+        decay: f64,
+        log: bool,
+        causal: bool,
+    ) -> AttentionGrads<Self> {
+        let _ = (fq, fk, v, grad, chunk, decay, log, causal);
+        unreachable!("the fused kernelised backward runs on flex only; callers check `supported_kernelised`")
     }
 
     /// LayerNorm over the last axis of `x` `[.., C]` with `gamma`, `beta` `[C]`.
@@ -246,6 +280,44 @@ impl FusedOps for Flex {
         }
     }
 
+    fn fused_kernelised(
+        fq: FlexTensor,
+        fk: FlexTensor,
+        v: FlexTensor,
+        chunk: usize,
+        decay: f64,
+        log: bool,
+        causal: bool,
+    ) -> FlexTensor {
+        let [b, h, t, m] = fq.shape().dims::<4>();
+        let dv = v.shape().dims::<4>()[3];
+        let dims = KernelDims { heads: b * h, t, m, dv, chunk, decay: decay as f32, log, causal };
+        let (fq, fk, v) = (fq.to_contiguous(), fk.to_contiguous(), v.to_contiguous());
+        f32_tensor(super::kernelised::forward(view(&fq), view(&fk), view(&v), dims), Shape::new([b, h, t, dv]))
+    }
+
+    fn fused_kernelised_backward(
+        fq: FlexTensor,
+        fk: FlexTensor,
+        v: FlexTensor,
+        grad: FlexTensor,
+        chunk: usize,
+        decay: f64,
+        log: bool,
+        causal: bool,
+    ) -> AttentionGrads<Flex> {
+        let [b, h, t, m] = fq.shape().dims::<4>();
+        let dv = v.shape().dims::<4>()[3];
+        let dims = KernelDims { heads: b * h, t, m, dv, chunk, decay: decay as f32, log, causal };
+        let (fq, fk, v, grad) = (fq.to_contiguous(), fk.to_contiguous(), v.to_contiguous(), grad.to_contiguous());
+        let g = super::kernelised::backward(view(&fq), view(&fk), view(&v), view(&grad), dims);
+        AttentionGrads {
+            q: f32_tensor(g.q, Shape::new([b, h, t, m])),
+            k: f32_tensor(g.k, Shape::new([b, h, t, m])),
+            v: f32_tensor(g.v, Shape::new([b, h, t, dv])),
+        }
+    }
+
     fn fused_layer_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64) -> FlexTensor {
         if [&x, &gamma, &beta].iter().any(|t| t.dtype() != DType::F32) {
             return Flex::layer_norm(x, gamma, Some(beta), epsilon);
@@ -345,6 +417,29 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
+    fn fused_kernelised(
+        fq: FloatTensor<Self>,
+        fk: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        chunk: usize,
+        decay: f64,
+        log: bool,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        let settings = KernelisedSettings { chunk, decay, log, causal };
+        let run = |fq: FloatTensor<B>, fk: FloatTensor<B>, v: FloatTensor<B>| {
+            B::fused_kernelised(fq, fk, v, chunk, decay, log, causal)
+        };
+        match FusedKernelisedBackward.prepare::<C>([fq.node(), fk.node(), v.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let (sq, sk, sv) = (prep.checkpoint(&fq), prep.checkpoint(&fk), prep.checkpoint(&v));
+                let out = run(fq.into_primitive(), fk.into_primitive(), v.into_primitive());
+                prep.finish((sq, sk, sv, settings), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(run(fq.into_primitive(), fk.into_primitive(), v.into_primitive())),
+        }
+    }
+
     fn fused_layer_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -384,6 +479,40 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish(state, B::fused_gelu(x.into_primitive()))
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_gelu(x.into_primitive())),
+        }
+    }
+}
+
+/// Settings of a kernelised attention call, kept for its backward.
+#[derive(Debug, Clone, Copy)]
+struct KernelisedSettings {
+    chunk: usize,
+    decay: f64,
+    log: bool,
+    causal: bool,
+}
+
+/// One graph node for the whole kernelised attention; its backward recomputes the activity chunk
+/// by chunk in the inner backend's kernel.
+#[derive(Debug)]
+struct FusedKernelisedBackward;
+
+impl<B: FusedOps> Backward<B, 3> for FusedKernelisedBackward {
+    // Checkpointed query and key activity and values; the settings.
+    type State = (NodeId, NodeId, NodeId, KernelisedSettings);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (sq, sk, sv, s) = ops.state;
+        let fq: FloatTensor<B> = checkpointer.retrieve_node_output(sq);
+        let fk: FloatTensor<B> = checkpointer.retrieve_node_output(sk);
+        let v: FloatTensor<B> = checkpointer.retrieve_node_output(sv);
+        let g = B::fused_kernelised_backward(fq, fk, v, grad, s.chunk, s.decay, s.log, s.causal);
+        for (node, grad) in [(node_q, g.q), (node_k, g.k), (node_v, g.v)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
         }
     }
 }
@@ -482,6 +611,25 @@ pub(super) fn supported(q: &Tensor<4>, k: &Tensor<4>) -> bool {
 /// Whether `x` can take the fused element-wise path: flex (with or without autodiff), f32.
 pub(super) fn supported_elementwise<const D: usize>(x: &Tensor<D>) -> bool {
     on_flex(&x.device()) && x.dtype() == DType::F32
+}
+
+/// Whether kernelised attention over `fq` `[B,H,T,m]` can take the fused path: flex (with or
+/// without autodiff), f32.
+pub(super) fn supported_kernelised(fq: &Tensor<4>) -> bool {
+    on_flex(&fq.device()) && fq.dtype() == DType::F32
+}
+
+/// [`FusedOps::fused_kernelised`] on tensors.
+pub(super) fn kernelised(fq: Tensor<4>, fk: Tensor<4>, v: Tensor<4>, o: super::KernelisedOptions) -> Tensor<4> {
+    Tensor::from_dispatch(Dispatch::fused_kernelised(
+        fq.into_dispatch(),
+        fk.into_dispatch(),
+        v.into_dispatch(),
+        o.chunk,
+        o.decay,
+        o.log,
+        o.causal,
+    ))
 }
 
 /// [`FusedOps::fused_layer_norm`] on tensors.

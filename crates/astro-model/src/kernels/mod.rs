@@ -20,6 +20,8 @@
 mod cpu;
 #[cfg(feature = "flex")]
 mod ext;
+#[cfg(feature = "flex")]
+mod kernelised;
 
 use burn::tensor::Tensor;
 use burn::tensor::module::attention;
@@ -37,6 +39,50 @@ pub fn fused_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -
     }
     let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
     attention(q, k, v, None, None, options)
+}
+
+/// Settings of [`kernelised_attention`].
+#[derive(Debug, Clone, Copy)]
+pub struct KernelisedOptions {
+    /// Tokens per chunk.
+    pub chunk: usize,
+    /// Calcium decay γ ∈ (0, 1] (1 = none).
+    pub decay: f64,
+    /// `fq`, `fk` are log-activities (φ = e^l, exponential maps) rather than activities (elu+1).
+    pub log: bool,
+    /// Query t reads keys τ ≤ t (else every key).
+    pub causal: bool,
+}
+
+/// Whether [`kernelised_attention`] runs as one fused operation for activity like `fq` (flex, f32).
+pub fn kernelised_supported(fq: &Tensor<4>) -> bool {
+    #[cfg(feature = "flex")]
+    if ext::supported_kernelised(fq) {
+        return true;
+    }
+    let _ = fq;
+    false
+}
+
+/// y_t = Σ_τ w_tτ (φq_t·φk_τ) v_τ / Σ_τ w_tτ (φq_t·φk_τ) as one operation with a hand-written
+/// backward (`kernelised.rs`), for query and key activity `fq`, `fk` `[batch, heads, T, m]` (their
+/// logs when `options.log`) and values `v` `[batch, heads, T, Dv]` → `[batch, heads, T, Dv]`.
+///
+/// Gives the inputs back where [`kernelised_supported`] is false: the caller then uses the composed
+/// forms of `attention::kernel`, which are also the reference this operation is tested against.
+#[allow(clippy::type_complexity)]
+pub fn kernelised_attention(
+    fq: Tensor<4>,
+    fk: Tensor<4>,
+    v: Tensor<4>,
+    options: KernelisedOptions,
+) -> Result<Tensor<4>, (Tensor<4>, Tensor<4>, Tensor<4>)> {
+    #[cfg(feature = "flex")]
+    if ext::supported_kernelised(&fq) {
+        return Ok(ext::kernelised(fq, fk, v, options));
+    }
+    let _ = options;
+    Err((fq, fk, v))
 }
 
 /// LayerNorm over the last axis of `x` `[.., C]` with the module's γ, β (β absent: 0) and `epsilon`

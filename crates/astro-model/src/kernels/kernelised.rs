@@ -1,0 +1,508 @@
+//! Kernelised attention (the astrocyte's random features, elu+1) as one pass over chunks, on host
+//! slices: the fused forward and its hand-written backward.
+//!
+//! Per head (batch × heads in parallel), with φq, φk the hidden activity of queries and keys and
+//! w_tτ = γ^{t−τ}·[τ ≤ t] (causal) or γ^{T−1−τ} (bidirectional):
+//!
+//! ```text
+//! y_t = Σ_τ w_tτ (φq_t·φk_τ) v_τ / Σ_τ w_tτ (φq_t·φk_τ)
+//! ```
+//!
+//! Inputs are the log-activities l (exponential maps, φ = e^l: each query row is divided by its
+//! largest entry, each chunk of keys by its largest, and the carried memory is kept relative to a
+//! running log-scale, as `attention::kernel::chunked` does) or the activities themselves (elu+1).
+//! Values carry a column of ones, so the astrocyte's calcium p and its response a_t are the last
+//! column of the synapse matrix [H | p] and of the read-out: one product gives numerator and
+//! denominator. Inside a chunk the masked `[c, c]` scores, across chunks the carried memory.
+//!
+//! Backward, with g = dL/dy, D_t the denominator, ĝ_t = g_t / D_t, δ_t = ĝ_t·y_t and
+//! gx_t = [ĝ_t | −δ_t] (vx_τ = [v_τ | 1]):
+//!
+//! ```text
+//! dφq_t = Σ_τ w_tτ (gx_t·vx_τ) φk_τ     a forward scan: the same memory, read with gx
+//! dφk_τ = Σ_t w_tτ (gx_t·vx_τ) φq_t     a reverse scan: the memory of later queries, Σ φq gxᵀ
+//! dv_τ  = Σ_t w_tτ (φq_t·φk_τ) ĝ_t
+//! ```
+//!
+//! and dl = dφ ⊙ φ for log inputs. Activities are computed once per chunk; nothing `[T, T]` is built.
+//! Written by hand: no crate offers chunked linear attention with this normaliser on the CPU.
+
+use rayon::prelude::*;
+
+use super::cpu::{View, exp_approx, exp_sub_block, matmul, matmul_acc};
+
+/// Denominators below this magnitude are underflows: output 0 and no gradient (as `safe_div`).
+const TINY: f32 = 1.0e-30;
+/// The log-scale of an empty memory.
+const NEG: f32 = -1.0e30;
+
+/// Sizes and settings of one call.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct KernelDims {
+    /// batch × heads.
+    pub heads: usize,
+    /// Sequence length T.
+    pub t: usize,
+    /// Hidden neurons m (features per token).
+    pub m: usize,
+    /// Value width.
+    pub dv: usize,
+    /// Tokens per chunk.
+    pub chunk: usize,
+    /// Calcium decay γ ∈ (0, 1].
+    pub decay: f32,
+    /// Inputs are log-activities (φ = e^l) rather than activities.
+    pub log: bool,
+    /// Query t reads keys τ ≤ t (else every key).
+    pub causal: bool,
+}
+
+impl KernelDims {
+    /// (first token, length) of each chunk.
+    fn chunks(&self) -> Vec<(usize, usize)> {
+        let c = self.chunk.clamp(1, self.t.max(1));
+        (0..self.t.div_ceil(c)).map(|j| (j * c, c.min(self.t - j * c))).collect()
+    }
+
+    fn chunk_len(&self) -> usize {
+        self.chunk.clamp(1, self.t.max(1))
+    }
+}
+
+/// Gradients of one call: d(l or φ) of queries and keys `[heads, T, m]`, of values `[heads, T, dv]`.
+pub(super) struct KernelGrads {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+/// Per-thread scratch for one head.
+struct Work {
+    /// Query activity of the chunk, each row ÷ its largest entry, `[c, m]`.
+    fq: Vec<f32>,
+    /// Key activity of the chunk ÷ the chunk's largest entry, `[c, m]`.
+    fk: Vec<f32>,
+    /// Weighted activity for memory writes, `[c, m]`.
+    fw: Vec<f32>,
+    /// Values with a column of ones, `[c, dv + 1]`.
+    vx: Vec<f32>,
+    /// Masked, decayed scores φq·φk inside the chunk, `[c, c]`.
+    a: Vec<f32>,
+    /// Read-out [numerator | denominator], `[c, dv + 1]`.
+    nx: Vec<f32>,
+    /// Scratch `[c, max(m, dv + 1)]`.
+    tmp: Vec<f32>,
+    /// The memory [H | p] (Σ φk vxᵀ), relative to e^r, `[m, dv + 1]`.
+    sx: Vec<f32>,
+    /// log-scale of the memory.
+    r: f32,
+    /// γ^k for k = 0..=c.
+    pow: Vec<f32>,
+}
+
+impl Work {
+    fn new(d: &KernelDims) -> Self {
+        let (c, m, dw) = (d.chunk_len(), d.m, d.dv + 1);
+        Work {
+            fq: vec![0.0; c * m],
+            fk: vec![0.0; c * m],
+            fw: vec![0.0; c * m],
+            vx: vec![0.0; c * dw],
+            a: vec![0.0; c * c],
+            nx: vec![0.0; c * dw],
+            tmp: vec![0.0; c * m.max(dw)],
+            sx: vec![0.0; m * dw],
+            r: NEG,
+            pow: (0..=c as i32).map(|k| d.decay.powi(k)).collect(),
+        }
+    }
+
+    /// An empty memory.
+    fn reset(&mut self) {
+        self.sx.fill(0.0);
+        self.r = NEG;
+    }
+}
+
+/// The largest entry of `x`, or 0 when there is none that is finite (so shifts stay finite).
+fn finite_max(x: &[f32]) -> f32 {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max.is_finite() { max } else { 0.0 }
+}
+
+/// Query-side activity of rows `[n, m]`: e^{l − max of the row} (log inputs) or a copy.
+fn query_activity(dst: &mut [f32], src: &[f32], m: usize, log: bool) {
+    if !log {
+        dst.copy_from_slice(src);
+        return;
+    }
+    for (d, s) in dst.chunks_exact_mut(m).zip(src.chunks_exact(m)) {
+        exp_sub_block(d, s, finite_max(s));
+    }
+}
+
+/// Key-side activity of a chunk `[n, m]`: e^{l − s}, s its largest log-activity (log inputs), or a
+/// copy with s = 0. Returns s.
+fn key_activity(dst: &mut [f32], src: &[f32], log: bool) -> f32 {
+    if !log {
+        dst.copy_from_slice(src);
+        return 0.0;
+    }
+    let s = finite_max(src);
+    exp_sub_block(dst, src, s);
+    s
+}
+
+/// `[n, dv]` values → `[n, dv + 1]` with a last column of ones.
+fn with_ones(dst: &mut [f32], v: &[f32], dv: usize) {
+    for (d, s) in dst.chunks_exact_mut(dv + 1).zip(v.chunks_exact(dv)) {
+        d[..dv].copy_from_slice(s);
+        d[dv] = 1.0;
+    }
+}
+
+/// Keeps the lower triangle (κ ≤ i) of `a` `[n, n]`, weighted by γ^{i−κ}.
+fn causal_mask(a: &mut [f32], n: usize, pow: &[f32], decay: bool) {
+    for (i, row) in a.chunks_exact_mut(n).enumerate() {
+        row[i + 1..].fill(0.0);
+        if decay {
+            row[..=i].iter_mut().enumerate().for_each(|(k, x)| *x *= pow[i - k]);
+        }
+    }
+}
+
+/// Writes a chunk of keys into the memory: H ← γ^n H + Σ_κ γ^{n−1−κ} vx_κ φk_κᵀ (as `[m, dv + 1]`),
+/// with the chunk's activity `fk` `[n, m]` relative to e^s and the memory rescaled to the larger scale.
+#[allow(clippy::too_many_arguments)]
+fn write_chunk(sx: &mut [f32], r: &mut f32, fw: &mut [f32], fk: &[f32], vx: &[f32], pow: &[f32], n: usize, d: &KernelDims, s: f32) {
+    let (m, dw) = (d.m, d.dv + 1);
+    let aged = *r + n as f32 * d.decay.ln();
+    let r_new = aged.max(s);
+    let (keep, scale) = (exp_approx(aged - r_new), exp_approx(s - r_new));
+    let weighted = if d.decay < 1.0 {
+        for (k, (w, f)) in fw.chunks_exact_mut(m).zip(fk.chunks_exact(m)).take(n).enumerate() {
+            w.iter_mut().zip(f).for_each(|(w, f)| *w = f * pow[n - 1 - k]);
+        }
+        &fw[..n * m]
+    } else {
+        &fk[..n * m]
+    };
+    // sx [m, dw] = keep·sx + scale·φkᵀ [m, n] · vx [n, dw]
+    matmul_acc(sx, m, dw, n, View::transposed(weighted, m), View::rows(vx, dw), Some(keep), scale);
+    *r = r_new;
+}
+
+/// Scales of one causal chunk: its keys' log-scale s, the common scale of its read-out and the
+/// weights α (memory) and β (inside the chunk) that bring both parts to it.
+#[derive(Debug, Clone, Copy)]
+struct ChunkScales {
+    s: f32,
+    common: f32,
+    alpha: f32,
+    beta: f32,
+}
+
+/// Reads one causal chunk (queries `lq`, keys `lk` `[n, m]`, values `v` `[n, dv]`) against the
+/// memory before it: activities into `w.fq`/`w.fk`, masked scores into `w.a`, values with ones into
+/// `w.vx`, and [numerator | denominator] into `w.nx`.
+fn read_causal(w: &mut Work, lq: &[f32], lk: &[f32], v: &[f32], n: usize, d: &KernelDims) -> ChunkScales {
+    let (m, dv, dw) = (d.m, d.dv, d.dv + 1);
+    let decay = d.decay < 1.0;
+    query_activity(&mut w.fq[..n * m], lq, m, d.log);
+    let s = key_activity(&mut w.fk[..n * m], lk, d.log);
+    with_ones(&mut w.vx[..n * dw], v, dv);
+    let common = w.r.max(s);
+    let (alpha, beta) = (exp_approx(w.r - common), exp_approx(s - common));
+    // Inside the chunk: A = (φq φkᵀ) ∘ L,  nx = β·A·vx                         [n,n], [n,dw]
+    matmul(&mut w.a, n, n, m, View::rows(&w.fq, m), View::transposed(&w.fk, m), 1.0);
+    causal_mask(&mut w.a[..n * n], n, &w.pow, decay);
+    matmul(&mut w.nx, n, dw, n, View::rows(&w.a, n), View::rows(&w.vx, dw), beta);
+    // From the memory: query i reads it aged by γ^{i+1}:  nx += α γ^{i+1} φq sx   [n,dw]
+    if alpha > 0.0 {
+        if decay {
+            matmul(&mut w.tmp, n, dw, m, View::rows(&w.fq, m), View::rows(&w.sx, dw), alpha);
+            for (i, (o, t)) in w.nx.chunks_exact_mut(dw).zip(w.tmp.chunks_exact(dw)).take(n).enumerate() {
+                o.iter_mut().zip(t).for_each(|(o, t)| *o += t * w.pow[i + 1]);
+            }
+        } else {
+            matmul_acc(&mut w.nx, n, dw, m, View::rows(&w.fq, m), View::rows(&w.sx, dw), Some(1.0), alpha);
+        }
+    }
+    ChunkScales { s, common, alpha, beta }
+}
+
+/// y = numerator / denominator per row of `nx` `[n, dv + 1]` (0 where the denominator underflowed).
+fn divide(nx: &[f32], y: &mut [f32], n: usize, dv: usize) {
+    for (o, row) in y.chunks_exact_mut(dv).zip(nx.chunks_exact(dv + 1)).take(n) {
+        let den = row[dv];
+        if den.abs() < TINY {
+            o.fill(0.0);
+        } else {
+            let inv = 1.0 / den;
+            o.iter_mut().zip(&row[..dv]).for_each(|(o, x)| *o = x * inv);
+        }
+    }
+}
+
+/// gx = [g/den | −(g/den)·y] per row, from the read-out `nx` and the output gradient `g` `[n, dv]`.
+fn output_grad(gx: &mut [f32], nx: &[f32], g: &[f32], n: usize, dv: usize) {
+    let dw = dv + 1;
+    for ((gx, row), g) in gx.chunks_exact_mut(dw).zip(nx.chunks_exact(dw)).zip(g.chunks_exact(dv)).take(n) {
+        let den = row[dv];
+        if den.abs() < TINY {
+            gx.fill(0.0);
+            continue;
+        }
+        let inv = 1.0 / den;
+        let mut delta = 0.0;
+        for c in 0..dv {
+            gx[c] = g[c] * inv;
+            delta += gx[c] * row[c] * inv;
+        }
+        gx[dv] = -delta;
+    }
+}
+
+/// dl = dφ ⊙ φ (log inputs) in place; activities' gradients stay as they are.
+fn through_exp(grad: &mut [f32], activity: &[f32], log: bool) {
+    if log {
+        grad.iter_mut().zip(activity).for_each(|(g, f)| *g *= f);
+    }
+}
+
+/// Forward of one head: `lq`, `lk` `[T, m]`, `v` `[T, dv]` → `y` `[T, dv]`.
+fn head_forward(lq: &[f32], lk: &[f32], v: &[f32], y: &mut [f32], w: &mut Work, d: &KernelDims) {
+    let (m, dv, dw) = (d.m, d.dv, d.dv + 1);
+    w.reset();
+    if d.causal {
+        for (t0, n) in d.chunks() {
+            let sc = read_causal(w, &lq[t0 * m..][..n * m], &lk[t0 * m..][..n * m], &v[t0 * dv..][..n * dv], n, d);
+            divide(&w.nx, &mut y[t0 * dv..][..n * dv], n, dv);
+            write_chunk(&mut w.sx, &mut w.r, &mut w.fw, &w.fk, &w.vx, &w.pow, n, d, sc.s);
+        }
+        return;
+    }
+    // Bidirectional: write every key, then read every query against the whole memory.
+    for (t0, n) in d.chunks() {
+        let s = key_activity(&mut w.fk[..n * m], &lk[t0 * m..][..n * m], d.log);
+        with_ones(&mut w.vx[..n * dw], &v[t0 * dv..][..n * dv], dv);
+        write_chunk(&mut w.sx, &mut w.r, &mut w.fw, &w.fk, &w.vx, &w.pow, n, d, s);
+    }
+    for (t0, n) in d.chunks() {
+        query_activity(&mut w.fq[..n * m], &lq[t0 * m..][..n * m], m, d.log);
+        matmul(&mut w.nx, n, dw, m, View::rows(&w.fq, m), View::rows(&w.sx, dw), 1.0);
+        divide(&w.nx, &mut y[t0 * dv..][..n * dv], n, dv);
+    }
+}
+
+/// y `[heads, T, dv]` for `lq`, `lk` `[heads, T, m]` and `v` `[heads, T, dv]`.
+pub(super) fn forward(lq: &[f32], lk: &[f32], v: &[f32], d: KernelDims) -> Vec<f32> {
+    let (t, m, dv) = (d.t, d.m, d.dv);
+    let mut y = vec![0f32; d.heads * t * dv];
+    if t == 0 {
+        return y;
+    }
+    y.par_chunks_mut(t * dv).enumerate().for_each_init(
+        || Work::new(&d),
+        |w, (head, yh)| {
+            let (qh, kh, vh) = (&lq[head * t * m..][..t * m], &lk[head * t * m..][..t * m], &v[head * t * dv..][..t * dv]);
+            head_forward(qh, kh, vh, yh, w, &d);
+        },
+    );
+    y
+}
+
+/// Per-thread buffers of the backward beyond [`Work`].
+struct BackWork {
+    work: Work,
+    /// Key activity of every chunk, `[T, m]`.
+    fk_all: Vec<f32>,
+    /// Query activity of every chunk, `[T, m]`.
+    fq_all: Vec<f32>,
+    /// gx of every query, `[T, dv + 1]`.
+    gx_all: Vec<f32>,
+    /// Masked gradient of the scores inside a chunk, `[c, c]`.
+    b: Vec<f32>,
+    /// Memory of later queries Σ φq gxᵀ, `[m, dv + 1]`.
+    gs: Vec<f32>,
+    /// Scratch `[c, dv + 1]`.
+    tmp2: Vec<f32>,
+}
+
+impl BackWork {
+    fn new(d: &KernelDims) -> Self {
+        let (c, m, dw) = (d.chunk_len(), d.m, d.dv + 1);
+        BackWork {
+            work: Work::new(d),
+            fk_all: vec![0.0; d.t * m],
+            fq_all: vec![0.0; d.t * m],
+            gx_all: vec![0.0; d.t * dw],
+            b: vec![0.0; c * c],
+            gs: vec![0.0; m * dw],
+            tmp2: vec![0.0; c * dw],
+        }
+    }
+}
+
+/// Inputs of one head's backward.
+struct HeadInputs<'a> {
+    lq: &'a [f32],
+    lk: &'a [f32],
+    v: &'a [f32],
+    g: &'a [f32],
+}
+
+/// Gradients of one head, written in place.
+struct HeadGrads<'a> {
+    q: &'a mut [f32],
+    k: &'a mut [f32],
+    v: &'a mut [f32],
+}
+
+/// Causal backward of one head: a forward scan for dq and the in-chunk parts, a reverse scan over
+/// the later queries' memory for dk and dv.
+fn head_backward_causal(x: &HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, d: &KernelDims) {
+    let (m, dv, dw) = (d.m, d.dv, d.dv + 1);
+    let decay = d.decay < 1.0;
+    let lg = d.decay.ln();
+    let chunks = d.chunks();
+    let mut scales = Vec::with_capacity(chunks.len());
+    let BackWork { work: w, fk_all, fq_all, gx_all, b, gs, tmp2 } = bw;
+    w.reset();
+    for &(t0, n) in &chunks {
+        let sc = read_causal(w, &x.lq[t0 * m..][..n * m], &x.lk[t0 * m..][..n * m], &x.v[t0 * dv..][..n * dv], n, d);
+        let gx = &mut gx_all[t0 * dw..][..n * dw];
+        output_grad(gx, &w.nx, &x.g[t0 * dv..][..n * dv], n, dv);
+        // B = β·(gx vxᵀ) ∘ L: the gradient of the in-chunk scores                          [n,n]
+        matmul(b, n, n, dw, View::rows(gx, dw), View::transposed(&w.vx, dw), sc.beta);
+        causal_mask(&mut b[..n * n], n, &w.pow, decay);
+        // dφq = B φk + α γ^{i+1} gx sxᵀ                                                     [n,m]
+        let dq = &mut out.q[t0 * m..][..n * m];
+        matmul(dq, n, m, n, View::rows(b, n), View::rows(&w.fk, m), 1.0);
+        if sc.alpha > 0.0 {
+            if decay {
+                matmul(&mut w.tmp, n, m, dw, View::rows(gx, dw), View::transposed(&w.sx, dw), sc.alpha);
+                for (i, (o, t)) in dq.chunks_exact_mut(m).zip(w.tmp.chunks_exact(m)).enumerate() {
+                    o.iter_mut().zip(t).for_each(|(o, t)| *o += t * w.pow[i + 1]);
+                }
+            } else {
+                matmul_acc(dq, n, m, dw, View::rows(gx, dw), View::transposed(&w.sx, dw), Some(1.0), sc.alpha);
+            }
+        }
+        through_exp(dq, &w.fq[..n * m], d.log);
+        // In-chunk parts of the key side: dφk = Bᵀ φq, dv = β Aᵀ ĝ                        [n,m], [n,dv]
+        matmul(&mut out.k[t0 * m..][..n * m], n, m, n, View::rows(b, n).t(), View::rows(&w.fq, m), 1.0);
+        matmul(&mut out.v[t0 * dv..][..n * dv], n, dv, n, View::rows(&w.a, n).t(), View::strided(gx, dw), sc.beta);
+        fq_all[t0 * m..][..n * m].copy_from_slice(&w.fq[..n * m]);
+        fk_all[t0 * m..][..n * m].copy_from_slice(&w.fk[..n * m]);
+        scales.push(sc);
+        write_chunk(&mut w.sx, &mut w.r, &mut w.fw, &w.fk, &w.vx, &w.pow, n, d, sc.s);
+    }
+    // Reverse scan: gs = Σ_{t after the chunk} γ^{t − last} e^{−common_t} φq_t gx_tᵀ, relative to e^q.
+    gs.fill(0.0);
+    let mut q = NEG;
+    for (&(t0, n), sc) in chunks.iter().zip(&scales).rev() {
+        let (fk, fq, gx) = (&fk_all[t0 * m..][..n * m], &fq_all[t0 * m..][..n * m], &gx_all[t0 * dw..][..n * dw]);
+        let dk = &mut out.k[t0 * m..][..n * m];
+        if q > NEG / 2.0 {
+            with_ones(&mut w.vx[..n * dw], &x.v[t0 * dv..][..n * dv], dv);
+            // key κ reads the later queries with weight e^{s + q} γ^{n−1−κ}
+            matmul(&mut w.tmp, n, m, dw, View::rows(&w.vx, dw), View::transposed(gs, dw), 1.0); // [n,m] vx gsᵀ
+            matmul(tmp2, n, dw, m, View::rows(fk, m), View::rows(gs, dw), 1.0); //                   [n,dw] φk gs
+            let dvc = &mut out.v[t0 * dv..][..n * dv];
+            for k in 0..n {
+                let coef = exp_approx(sc.s + q + (n - 1 - k) as f32 * lg);
+                dk[k * m..][..m].iter_mut().zip(&w.tmp[k * m..][..m]).for_each(|(o, t)| *o += coef * t);
+                dvc[k * dv..][..dv].iter_mut().zip(&tmp2[k * dw..][..dv]).for_each(|(o, t)| *o += coef * t);
+            }
+        }
+        through_exp(dk, fk, d.log);
+        // Add this chunk's queries (query i has weight γ^{i+1} e^{−common} relative to the chunk before).
+        let aged = q + n as f32 * lg;
+        let top = -sc.common + lg;
+        let q_new = aged.max(top);
+        for (i, (wrow, frow)) in w.fw.chunks_exact_mut(m).zip(fq.chunks_exact(m)).take(n).enumerate() {
+            let scale = exp_approx(-sc.common + (i + 1) as f32 * lg - q_new);
+            wrow.iter_mut().zip(frow).for_each(|(o, f)| *o = f * scale);
+        }
+        matmul_acc(gs, m, dw, n, View::transposed(&w.fw, m), View::rows(gx, dw), Some(exp_approx(aged - q_new)), 1.0);
+        q = q_new;
+    }
+}
+
+/// Bidirectional backward of one head: the memory of all keys, then all queries' gs = Σ φq gxᵀ.
+fn head_backward_bidirectional(x: &HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, d: &KernelDims) {
+    let (m, dv, dw) = (d.m, d.dv, d.dv + 1);
+    let lg = d.decay.ln();
+    let chunks = d.chunks();
+    let mut key_scales = Vec::with_capacity(chunks.len());
+    let BackWork { work: w, fk_all, gx_all, gs, tmp2, .. } = bw;
+    w.reset();
+    for &(t0, n) in &chunks {
+        let fk = &mut fk_all[t0 * m..][..n * m];
+        let s = key_activity(fk, &x.lk[t0 * m..][..n * m], d.log);
+        with_ones(&mut w.vx[..n * dw], &x.v[t0 * dv..][..n * dv], dv);
+        write_chunk(&mut w.sx, &mut w.r, &mut w.fw, fk, &w.vx, &w.pow, n, d, s);
+        key_scales.push(s);
+    }
+    gs.fill(0.0);
+    for &(t0, n) in &chunks {
+        query_activity(&mut w.fq[..n * m], &x.lq[t0 * m..][..n * m], m, d.log);
+        matmul(&mut w.nx, n, dw, m, View::rows(&w.fq, m), View::rows(&w.sx, dw), 1.0);
+        let gx = &mut gx_all[t0 * dw..][..n * dw];
+        output_grad(gx, &w.nx, &x.g[t0 * dv..][..n * dv], n, dv);
+        let dq = &mut out.q[t0 * m..][..n * m];
+        matmul(dq, n, m, dw, View::rows(gx, dw), View::transposed(&w.sx, dw), 1.0); // [n,m] gx sxᵀ
+        through_exp(dq, &w.fq[..n * m], d.log);
+        matmul_acc(gs, m, dw, n, View::transposed(&w.fq, m), View::rows(gx, dw), Some(1.0), 1.0);
+    }
+    let t = d.t;
+    for (&(t0, n), &s) in chunks.iter().zip(&key_scales) {
+        let fk = &fk_all[t0 * m..][..n * m];
+        with_ones(&mut w.vx[..n * dw], &x.v[t0 * dv..][..n * dv], dv);
+        matmul(&mut w.tmp, n, m, dw, View::rows(&w.vx, dw), View::transposed(gs, dw), 1.0); // [n,m] vx gsᵀ
+        matmul(tmp2, n, dw, m, View::rows(fk, m), View::rows(gs, dw), 1.0); //                   [n,dw] φk gs
+        let dk = &mut out.k[t0 * m..][..n * m];
+        let dvc = &mut out.v[t0 * dv..][..n * dv];
+        for k in 0..n {
+            let coef = exp_approx(s - w.r + (t - 1 - t0 - k) as f32 * lg);
+            dk[k * m..][..m].iter_mut().zip(&w.tmp[k * m..][..m]).for_each(|(o, t)| *o = coef * t);
+            dvc[k * dv..][..dv].iter_mut().zip(&tmp2[k * dw..][..dv]).for_each(|(o, t)| *o = coef * t);
+        }
+        through_exp(dk, fk, d.log);
+    }
+}
+
+/// Gradients of `sum(forward(lq, lk, v) ∘ g)` with respect to `lq`, `lk` `[heads, T, m]` and
+/// `v` `[heads, T, dv]`; `g` `[heads, T, dv]`.
+pub(super) fn backward(lq: &[f32], lk: &[f32], v: &[f32], g: &[f32], d: KernelDims) -> KernelGrads {
+    let (t, m, dv) = (d.t, d.m, d.dv);
+    let mut grads = KernelGrads { q: vec![0.0; d.heads * t * m], k: vec![0.0; d.heads * t * m], v: vec![0.0; d.heads * t * dv] };
+    if t == 0 {
+        return grads;
+    }
+    grads
+        .q
+        .par_chunks_mut(t * m)
+        .zip(grads.k.par_chunks_mut(t * m))
+        .zip(grads.v.par_chunks_mut(t * dv))
+        .enumerate()
+        .for_each_init(
+            || BackWork::new(&d),
+            |bw, (head, ((dq, dk), dvh))| {
+                let x = HeadInputs {
+                    lq: &lq[head * t * m..][..t * m],
+                    lk: &lk[head * t * m..][..t * m],
+                    v: &v[head * t * dv..][..t * dv],
+                    g: &g[head * t * dv..][..t * dv],
+                };
+                let mut out = HeadGrads { q: dq, k: dk, v: dvh };
+                if d.causal {
+                    head_backward_causal(&x, &mut out, bw, &d);
+                } else {
+                    head_backward_bidirectional(&x, &mut out, bw, &d);
+                }
+            },
+        );
+    grads
+}
