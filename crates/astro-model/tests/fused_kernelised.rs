@@ -9,7 +9,7 @@
 mod common;
 
 use astro_model::attention::{AstrocyticConfig, AttentionMask, FeatureMap, InnerAttention, LinearConfig};
-use astro_model::kernels::{KernelisedOptions, kernelised_attention, kernelised_supported};
+use astro_model::kernels::{KernelMap, KernelisedOptions, kernelised_attention, kernelised_supported};
 use burn::tensor::{DType, Device, Tensor};
 use common::{all_finite, device, host, normal4};
 
@@ -165,7 +165,7 @@ fn fused_kernelised_attention_is_causal() {
         let last = x.clone().narrow(2, 10, 1).add_scalar(4.0);
         Tensor::cat(vec![x.narrow(2, 0, 10), last], 2)
     };
-    let options = KernelisedOptions { chunk: 4, decay: 1.0, log: true, causal: true };
+    let options = KernelisedOptions { chunk: 4, decay: 1.0, map: KernelMap::Exp, causal: true };
     let run = |fk: Tensor<4>, v: Tensor<4>| {
         kernelised_attention(fq.clone(), fk, v, options).ok().expect("fused on flex").narrow(2, 0, 10)
     };

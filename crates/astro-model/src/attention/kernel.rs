@@ -21,6 +21,7 @@
 use burn::tensor::{Bool, Tensor, TensorData};
 
 use super::feature_map::{Features, NEG};
+use crate::kernels::KernelMap;
 
 /// Smallest denominator magnitude used; anything below is an underflow, not a real response.
 pub(crate) const TINY: f64 = 1.0e-30;
@@ -371,14 +372,19 @@ fn fused(input: KernelInput, causal: bool, chunk: usize) -> Result<Tensor<4>, Ke
         return Err(input);
     }
     let KernelInput { q, k, v, pad, decay } = input;
-    let (fq, fk, log) = match (q, k) {
-        (Features::Log(q), Features::Log(k)) => (q, k, true),
-        (Features::Scaled { g: q, log_scale: None }, Features::Scaled { g: k, log_scale: None }) => (q, k, false),
+    let (fq, fk, map) = match (q, k) {
+        (Features::Log(q), Features::Log(k)) => (q, k, KernelMap::Exp),
+        (Features::Scaled { g: q, log_scale: None }, Features::Scaled { g: k, log_scale: None }) => {
+            (q, k, KernelMap::Identity)
+        }
         (q, k) => return Err(KernelInput { q, k, v, pad, decay }),
     };
-    let options = crate::kernels::KernelisedOptions { chunk, decay, log, causal };
+    let options = crate::kernels::KernelisedOptions { chunk, decay, map, causal };
     crate::kernels::kernelised_attention(fq, fk, v, options).map_err(|(fq, fk, v)| {
-        let wrap = |x| if log { Features::Log(x) } else { Features::Scaled { g: x, log_scale: None } };
+        let wrap = |x| match map {
+            KernelMap::Exp => Features::Log(x),
+            _ => Features::Scaled { g: x, log_scale: None },
+        };
         KernelInput { q: wrap(fq), k: wrap(fk), v, pad, decay }
     })
 }

@@ -6,6 +6,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::feature_map::elu_plus_one;
+use crate::kernels::{KernelMap, KernelisedOptions, kernelised_attention};
 use super::kernel::{self, ExecutionForm, KernelInput};
 use super::{AttentionMask, AttentionState, InnerAttention, NormaliserTrace};
 use crate::error::ConfigError;
@@ -59,6 +60,16 @@ impl LinearAttention {
 
 impl InnerAttention for LinearAttention {
     fn forward(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
+        // The fused operation computes elu(x) + 1 itself, chunk by chunk (flex, f32, no padding).
+        let (q, k, v) = if mask.key_padding.is_none() {
+            let options = KernelisedOptions { chunk: self.chunk_size, decay: 1.0, map: KernelMap::EluPlusOne, causal: mask.causal };
+            match kernelised_attention(q, k, v, options) {
+                Ok(y) => return y,
+                Err(inputs) => inputs,
+            }
+        } else {
+            (q, k, v)
+        };
         kernel::forward(ExecutionForm::Fast, self.input(q, k, v, mask), mask.causal, self.chunk_size)
     }
 

@@ -14,7 +14,7 @@ use burn::backend::{Backend, DType, Dispatch, DispatchDevice, ExtensionType, Fle
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bytes, Shape, Tensor, TensorData};
 
-use super::kernelised::KernelDims;
+use super::kernelised::{Activation, KernelDims};
 
 /// Gradients of attention with respect to its three inputs, shaped like them.
 #[derive(ExtensionType)]
@@ -62,7 +62,7 @@ pub trait FusedOps: Backend {
         reference_backward::<Self>(q, k, v, out, grad, causal)
     }
 
-    /// Kernelised attention over hidden activity (`kernelised.rs`): `fq`, `fk` `[B,H,T,m]` (log
+    /// Kernelised attention over hidden activity (`kernelised.rs`): `fq`, `fk` `[B,H,T,m]` (map
     /// activities when `log`), `v` `[B,H,T,Dv]` → `[B,H,T,Dv]`, in chunks of `chunk` tokens, with
     /// calcium decay `decay`, causal or bidirectional.
     #[allow(clippy::too_many_arguments)]
@@ -72,7 +72,7 @@ pub trait FusedOps: Backend {
         v: FloatTensor<Self>,
         chunk: usize,
         decay: f64,
-        log: bool,
+        map: u8,
         causal: bool,
     ) -> FloatTensor<Self>;
 
@@ -87,10 +87,10 @@ pub trait FusedOps: Backend {
         grad: FloatTensor<Self>,
         chunk: usize,
         decay: f64,
-        log: bool,
+        map: u8,
         causal: bool,
     ) -> AttentionGrads<Self> {
-        let _ = (fq, fk, v, grad, chunk, decay, log, causal);
+        let _ = (fq, fk, v, grad, chunk, decay, map, causal);
         unreachable!("the fused kernelised backward runs on flex only; callers check `supported_kernelised`")
     }
 
@@ -286,12 +286,12 @@ impl FusedOps for Flex {
         v: FlexTensor,
         chunk: usize,
         decay: f64,
-        log: bool,
+        map: u8,
         causal: bool,
     ) -> FlexTensor {
         let [b, h, t, m] = fq.shape().dims::<4>();
         let dv = v.shape().dims::<4>()[3];
-        let dims = KernelDims { heads: b * h, t, m, dv, chunk, decay: decay as f32, log, causal };
+        let dims = KernelDims { heads: b * h, t, m, dv, chunk, decay: decay as f32, map: Activation::from_code(map), causal };
         let (fq, fk, v) = (fq.to_contiguous(), fk.to_contiguous(), v.to_contiguous());
         f32_tensor(super::kernelised::forward(view(&fq), view(&fk), view(&v), dims), Shape::new([b, h, t, dv]))
     }
@@ -303,12 +303,12 @@ impl FusedOps for Flex {
         grad: FlexTensor,
         chunk: usize,
         decay: f64,
-        log: bool,
+        map: u8,
         causal: bool,
     ) -> AttentionGrads<Flex> {
         let [b, h, t, m] = fq.shape().dims::<4>();
         let dv = v.shape().dims::<4>()[3];
-        let dims = KernelDims { heads: b * h, t, m, dv, chunk, decay: decay as f32, log, causal };
+        let dims = KernelDims { heads: b * h, t, m, dv, chunk, decay: decay as f32, map: Activation::from_code(map), causal };
         let (fq, fk, v, grad) = (fq.to_contiguous(), fk.to_contiguous(), v.to_contiguous(), grad.to_contiguous());
         let g = super::kernelised::backward(view(&fq), view(&fk), view(&v), view(&grad), dims);
         AttentionGrads {
@@ -423,12 +423,12 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         v: FloatTensor<Self>,
         chunk: usize,
         decay: f64,
-        log: bool,
+        map: u8,
         causal: bool,
     ) -> FloatTensor<Self> {
-        let settings = KernelisedSettings { chunk, decay, log, causal };
+        let settings = KernelisedSettings { chunk, decay, map, causal };
         let run = |fq: FloatTensor<B>, fk: FloatTensor<B>, v: FloatTensor<B>| {
-            B::fused_kernelised(fq, fk, v, chunk, decay, log, causal)
+            B::fused_kernelised(fq, fk, v, chunk, decay, map, causal)
         };
         match FusedKernelisedBackward.prepare::<C>([fq.node(), fk.node(), v.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
@@ -488,7 +488,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
 struct KernelisedSettings {
     chunk: usize,
     decay: f64,
-    log: bool,
+    map: u8,
     causal: bool,
 }
 
@@ -508,7 +508,7 @@ impl<B: FusedOps> Backward<B, 3> for FusedKernelisedBackward {
         let fq: FloatTensor<B> = checkpointer.retrieve_node_output(sq);
         let fk: FloatTensor<B> = checkpointer.retrieve_node_output(sk);
         let v: FloatTensor<B> = checkpointer.retrieve_node_output(sv);
-        let g = B::fused_kernelised_backward(fq, fk, v, grad, s.chunk, s.decay, s.log, s.causal);
+        let g = B::fused_kernelised_backward(fq, fk, v, grad, s.chunk, s.decay, s.map, s.causal);
         for (node, grad) in [(node_q, g.q), (node_k, g.k), (node_v, g.v)] {
             if let Some(node) = node {
                 grads.register::<B>(node.id, grad);
@@ -627,7 +627,7 @@ pub(super) fn kernelised(fq: Tensor<4>, fk: Tensor<4>, v: Tensor<4>, o: super::K
         v.into_dispatch(),
         o.chunk,
         o.decay,
-        o.log,
+        o.map.code(),
         o.causal,
     ))
 }

@@ -10,7 +10,8 @@
 //!
 //! Inputs are the log-activities l (exponential maps, φ = e^l: each query row is divided by its
 //! largest entry, each chunk of keys by its largest, and the carried memory is kept relative to a
-//! running log-scale, as `attention::kernel::chunked` does) or the activities themselves (elu+1).
+//! running log-scale, as `attention::kernel::chunked` does), the activities themselves, or the raw
+//! head vectors x of elu+1 attention (φ = elu(x) + 1, computed here per chunk).
 //! Values carry a column of ones, so the astrocyte's calcium p and its response a_t are the last
 //! column of the synapse matrix [H | p] and of the read-out: one product gives numerator and
 //! denominator. Inside a chunk the masked `[c, c]` scores, across chunks the carried memory.
@@ -24,7 +25,7 @@
 //! dv_τ  = Σ_t w_tτ (φq_t·φk_τ) ĝ_t
 //! ```
 //!
-//! and dl = dφ ⊙ φ for log inputs. Activities are computed once per chunk; nothing `[T, T]` is built.
+//! and dl = dφ ⊙ φ for log inputs, dx = dφ ⊙ min(φ, 1) for elu+1 (elu′(x) = 1 for x > 0, e^x = φ else). Activities are computed once per chunk; nothing `[T, T]` is built.
 //! Written by hand: no crate offers chunked linear attention with this normaliser on the CPU.
 
 use rayon::prelude::*;
@@ -35,6 +36,28 @@ use super::cpu::{View, exp_approx, exp_sub_block, matmul, matmul_acc};
 const TINY: f32 = 1.0e-30;
 /// The log-scale of an empty memory.
 const NEG: f32 = -1.0e30;
+
+/// What the query and key inputs hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Activation {
+    /// Log-activities l, φ = e^l (the astrocyte's exponential maps).
+    Exp,
+    /// The activities φ themselves.
+    Identity,
+    /// Head vectors x, φ = elu(x) + 1 (linear attention).
+    EluPlusOne,
+}
+
+impl Activation {
+    /// The code that crosses the backend-extension boundary (plain integers only), and back.
+    pub(super) fn from_code(code: u8) -> Self {
+        match code {
+            0 => Activation::Exp,
+            1 => Activation::Identity,
+            _ => Activation::EluPlusOne,
+        }
+    }
+}
 
 /// Sizes and settings of one call.
 #[derive(Debug, Clone, Copy)]
@@ -51,8 +74,8 @@ pub(super) struct KernelDims {
     pub chunk: usize,
     /// Calcium decay γ ∈ (0, 1].
     pub decay: f32,
-    /// Inputs are log-activities (φ = e^l) rather than activities.
-    pub log: bool,
+    /// What the inputs are.
+    pub map: Activation,
     /// Query t reads keys τ ≤ t (else every key).
     pub causal: bool,
 }
@@ -130,27 +153,44 @@ fn finite_max(x: &[f32]) -> f32 {
     if max.is_finite() { max } else { 0.0 }
 }
 
-/// Query-side activity of rows `[n, m]`: e^{l − max of the row} (log inputs) or a copy.
-fn query_activity(dst: &mut [f32], src: &[f32], m: usize, log: bool) {
-    if !log {
-        dst.copy_from_slice(src);
-        return;
-    }
-    for (d, s) in dst.chunks_exact_mut(m).zip(src.chunks_exact(m)) {
-        exp_sub_block(d, s, finite_max(s));
+/// φ = elu(x) + 1 element-wise.
+fn elu_plus_one(dst: &mut [f32], src: &[f32]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = if x > 0.0 { x + 1.0 } else { exp_approx(x) };
     }
 }
 
-/// Key-side activity of a chunk `[n, m]`: e^{l − s}, s its largest log-activity (log inputs), or a
-/// copy with s = 0. Returns s.
-fn key_activity(dst: &mut [f32], src: &[f32], log: bool) -> f32 {
-    if !log {
-        dst.copy_from_slice(src);
-        return 0.0;
+/// Query-side activity of rows `[n, m]`: e^{l − max of the row} (log inputs), elu(x) + 1, or a copy.
+fn query_activity(dst: &mut [f32], src: &[f32], m: usize, map: Activation) {
+    match map {
+        Activation::Exp => {
+            for (d, s) in dst.chunks_exact_mut(m).zip(src.chunks_exact(m)) {
+                exp_sub_block(d, s, finite_max(s));
+            }
+        }
+        Activation::Identity => dst.copy_from_slice(src),
+        Activation::EluPlusOne => elu_plus_one(dst, src),
     }
-    let s = finite_max(src);
-    exp_sub_block(dst, src, s);
-    s
+}
+
+/// Key-side activity of a chunk `[n, m]`: e^{l − s}, s its largest log-activity (log inputs), or
+/// the activity itself with s = 0. Returns s.
+fn key_activity(dst: &mut [f32], src: &[f32], map: Activation) -> f32 {
+    match map {
+        Activation::Exp => {
+            let s = finite_max(src);
+            exp_sub_block(dst, src, s);
+            s
+        }
+        Activation::Identity => {
+            dst.copy_from_slice(src);
+            0.0
+        }
+        Activation::EluPlusOne => {
+            elu_plus_one(dst, src);
+            0.0
+        }
+    }
 }
 
 /// `[n, dv]` values → `[n, dv + 1]` with a last column of ones.
@@ -208,8 +248,8 @@ struct ChunkScales {
 fn read_causal(w: &mut Work, lq: &[f32], lk: &[f32], v: &[f32], n: usize, d: &KernelDims) -> ChunkScales {
     let (m, dv, dw) = (d.m, d.dv, d.dv + 1);
     let decay = d.decay < 1.0;
-    query_activity(&mut w.fq[..n * m], lq, m, d.log);
-    let s = key_activity(&mut w.fk[..n * m], lk, d.log);
+    query_activity(&mut w.fq[..n * m], lq, m, d.map);
+    let s = key_activity(&mut w.fk[..n * m], lk, d.map);
     with_ones(&mut w.vx[..n * dw], v, dv);
     let common = w.r.max(s);
     let (alpha, beta) = (exp_approx(w.r - common), exp_approx(s - common));
@@ -263,10 +303,13 @@ fn output_grad(gx: &mut [f32], nx: &[f32], g: &[f32], n: usize, dv: usize) {
     }
 }
 
-/// dl = dφ ⊙ φ (log inputs) in place; activities' gradients stay as they are.
-fn through_exp(grad: &mut [f32], activity: &[f32], log: bool) {
-    if log {
-        grad.iter_mut().zip(activity).for_each(|(g, f)| *g *= f);
+/// From dφ to the inputs' gradient in place: dl = dφ ⊙ φ (log inputs), dx = dφ ⊙ min(φ, 1)
+/// (elu+1), unchanged for activities.
+fn through_map(grad: &mut [f32], activity: &[f32], map: Activation) {
+    match map {
+        Activation::Exp => grad.iter_mut().zip(activity).for_each(|(g, f)| *g *= f),
+        Activation::Identity => {}
+        Activation::EluPlusOne => grad.iter_mut().zip(activity).for_each(|(g, f)| *g *= f.min(1.0)),
     }
 }
 
@@ -284,12 +327,12 @@ fn head_forward(lq: &[f32], lk: &[f32], v: &[f32], y: &mut [f32], w: &mut Work, 
     }
     // Bidirectional: write every key, then read every query against the whole memory.
     for (t0, n) in d.chunks() {
-        let s = key_activity(&mut w.fk[..n * m], &lk[t0 * m..][..n * m], d.log);
+        let s = key_activity(&mut w.fk[..n * m], &lk[t0 * m..][..n * m], d.map);
         with_ones(&mut w.vx[..n * dw], &v[t0 * dv..][..n * dv], dv);
         write_chunk(&mut w.sx, &mut w.r, &mut w.fw, &w.fk, &w.vx, &w.pow, n, d, s);
     }
     for (t0, n) in d.chunks() {
-        query_activity(&mut w.fq[..n * m], &lq[t0 * m..][..n * m], m, d.log);
+        query_activity(&mut w.fq[..n * m], &lq[t0 * m..][..n * m], m, d.map);
         matmul(&mut w.nx, n, dw, m, View::rows(&w.fq, m), View::rows(&w.sx, dw), 1.0);
         divide(&w.nx, &mut y[t0 * dv..][..n * dv], n, dv);
     }
@@ -389,7 +432,7 @@ fn head_backward_causal(x: &HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, 
                 matmul_acc(dq, n, m, dw, View::rows(gx, dw), View::transposed(&w.sx, dw), Some(1.0), sc.alpha);
             }
         }
-        through_exp(dq, &w.fq[..n * m], d.log);
+        through_map(dq, &w.fq[..n * m], d.map);
         // In-chunk parts of the key side: dφk = Bᵀ φq, dv = β Aᵀ ĝ                        [n,m], [n,dv]
         matmul(&mut out.k[t0 * m..][..n * m], n, m, n, View::rows(b, n).t(), View::rows(&w.fq, m), 1.0);
         matmul(&mut out.v[t0 * dv..][..n * dv], n, dv, n, View::rows(&w.a, n).t(), View::strided(gx, dw), sc.beta);
@@ -416,7 +459,7 @@ fn head_backward_causal(x: &HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, 
                 dvc[k * dv..][..dv].iter_mut().zip(&tmp2[k * dw..][..dv]).for_each(|(o, t)| *o += coef * t);
             }
         }
-        through_exp(dk, fk, d.log);
+        through_map(dk, fk, d.map);
         // Add this chunk's queries (query i has weight γ^{i+1} e^{−common} relative to the chunk before).
         let aged = q + n as f32 * lg;
         let top = -sc.common + lg;
@@ -440,20 +483,20 @@ fn head_backward_bidirectional(x: &HeadInputs, out: &mut HeadGrads, bw: &mut Bac
     w.reset();
     for &(t0, n) in &chunks {
         let fk = &mut fk_all[t0 * m..][..n * m];
-        let s = key_activity(fk, &x.lk[t0 * m..][..n * m], d.log);
+        let s = key_activity(fk, &x.lk[t0 * m..][..n * m], d.map);
         with_ones(&mut w.vx[..n * dw], &x.v[t0 * dv..][..n * dv], dv);
         write_chunk(&mut w.sx, &mut w.r, &mut w.fw, fk, &w.vx, &w.pow, n, d, s);
         key_scales.push(s);
     }
     gs.fill(0.0);
     for &(t0, n) in &chunks {
-        query_activity(&mut w.fq[..n * m], &x.lq[t0 * m..][..n * m], m, d.log);
+        query_activity(&mut w.fq[..n * m], &x.lq[t0 * m..][..n * m], m, d.map);
         matmul(&mut w.nx, n, dw, m, View::rows(&w.fq, m), View::rows(&w.sx, dw), 1.0);
         let gx = &mut gx_all[t0 * dw..][..n * dw];
         output_grad(gx, &w.nx, &x.g[t0 * dv..][..n * dv], n, dv);
         let dq = &mut out.q[t0 * m..][..n * m];
         matmul(dq, n, m, dw, View::rows(gx, dw), View::transposed(&w.sx, dw), 1.0); // [n,m] gx sxᵀ
-        through_exp(dq, &w.fq[..n * m], d.log);
+        through_map(dq, &w.fq[..n * m], d.map);
         matmul_acc(gs, m, dw, n, View::transposed(&w.fq, m), View::rows(gx, dw), Some(1.0), 1.0);
     }
     let t = d.t;
@@ -469,7 +512,7 @@ fn head_backward_bidirectional(x: &HeadInputs, out: &mut HeadGrads, bw: &mut Bac
             dk[k * m..][..m].iter_mut().zip(&w.tmp[k * m..][..m]).for_each(|(o, t)| *o = coef * t);
             dvc[k * dv..][..dv].iter_mut().zip(&tmp2[k * dw..][..dv]).for_each(|(o, t)| *o = coef * t);
         }
-        through_exp(dk, fk, d.log);
+        through_map(dk, fk, d.map);
     }
 }
 

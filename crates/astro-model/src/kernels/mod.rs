@@ -41,6 +41,29 @@ pub fn fused_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -
     attention(q, k, v, None, None, options)
 }
 
+/// What the query and key inputs of [`kernelised_attention`] hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelMap {
+    /// Log-activities l of an exponential map: φ = e^l (stabilised inside).
+    Exp,
+    /// The activities φ themselves.
+    Identity,
+    /// Head vectors x of elu+1 linear attention: φ = elu(x) + 1.
+    EluPlusOne,
+}
+
+impl KernelMap {
+    /// The integer that crosses the backend-extension boundary.
+    #[cfg_attr(not(feature = "flex"), allow(dead_code))]
+    fn code(self) -> u8 {
+        match self {
+            KernelMap::Exp => 0,
+            KernelMap::Identity => 1,
+            KernelMap::EluPlusOne => 2,
+        }
+    }
+}
+
 /// Settings of [`kernelised_attention`].
 #[derive(Debug, Clone, Copy)]
 pub struct KernelisedOptions {
@@ -48,8 +71,8 @@ pub struct KernelisedOptions {
     pub chunk: usize,
     /// Calcium decay γ ∈ (0, 1] (1 = none).
     pub decay: f64,
-    /// `fq`, `fk` are log-activities (φ = e^l, exponential maps) rather than activities (elu+1).
-    pub log: bool,
+    /// What `fq`, `fk` hold.
+    pub map: KernelMap,
     /// Query t reads keys τ ≤ t (else every key).
     pub causal: bool,
 }
@@ -65,8 +88,8 @@ pub fn kernelised_supported(fq: &Tensor<4>) -> bool {
 }
 
 /// y_t = Σ_τ w_tτ (φq_t·φk_τ) v_τ / Σ_τ w_tτ (φq_t·φk_τ) as one operation with a hand-written
-/// backward (`kernelised.rs`), for query and key activity `fq`, `fk` `[batch, heads, T, m]` (their
-/// logs when `options.log`) and values `v` `[batch, heads, T, Dv]` → `[batch, heads, T, Dv]`.
+/// backward (`kernelised.rs`), for query and key inputs `fq`, `fk` `[batch, heads, T, m]` (what
+/// they hold: `options.map`) and values `v` `[batch, heads, T, Dv]` → `[batch, heads, T, Dv]`.
 ///
 /// Gives the inputs back where [`kernelised_supported`] is false: the caller then uses the composed
 /// forms of `attention::kernel`, which are also the reference this operation is tested against.
