@@ -35,11 +35,16 @@ pub enum Section {
     Long,
     /// Milliseconds per generated token at short and long contexts.
     Generate,
+    /// Forward + backward of one kernelised attention layer per chunk size (the measurements behind
+    /// `astro_model::attention::auto_chunk`); not run unless asked for.
+    Chunk,
 }
 
 impl Section {
-    /// All sections, in the order they run.
-    pub const ALL: [Section; 4] = [Section::Train, Section::Forward, Section::Long, Section::Generate];
+    /// Every section, in the order they run.
+    pub const ALL: [Section; 5] = [Section::Train, Section::Forward, Section::Long, Section::Generate, Section::Chunk];
+    /// The sections run by default (those `scripts/bench_torch.py` measures too).
+    pub const DEFAULT: [Section; 4] = [Section::Train, Section::Forward, Section::Long, Section::Generate];
 
     /// Parses a section name.
     pub fn parse(name: &str) -> Option<Section> {
@@ -53,6 +58,7 @@ impl Section {
             Section::Forward => "forward",
             Section::Long => "long",
             Section::Generate => "generate",
+            Section::Chunk => "chunk",
         }
     }
 }
@@ -84,7 +90,7 @@ pub struct BenchOptions {
 impl Default for BenchOptions {
     fn default() -> Self {
         Self {
-            sections: Section::ALL.to_vec(),
+            sections: Section::DEFAULT.to_vec(),
             variants: VARIANTS.iter().map(|s| s.to_string()).collect(),
             repeats: 5,
             warmup: 2,
@@ -214,11 +220,13 @@ pub fn forward_flops_per_token(config: &TransformerConfig, t: usize) -> f64 {
     let attention = match &config.attention {
         AttentionConfig::Softmax(_) => 2.0 * t as f64 * d,
         AttentionConfig::Astrocytic(a) => {
-            let (m, c) = (a.features as f64, a.chunk_size.min(t) as f64);
+            let chunk = a.chunk_size.unwrap_or_else(|| astro_model::attention::auto_chunk(t, a.features, e as usize));
+            let (m, c) = (a.features as f64, chunk.min(t) as f64);
             h * (4.0 * m * e + 2.0 * c * m + 2.0 * c * e + 4.0 * m * e)
         }
         AttentionConfig::Linear(l) => {
-            let c = l.chunk_size.min(t) as f64;
+            let chunk = l.chunk_size.unwrap_or_else(|| astro_model::attention::auto_chunk(t, e as usize, e as usize));
+            let c = chunk.min(t) as f64;
             h * (2.0 * c * e + 2.0 * c * e + 4.0 * e * e)
         }
     };
@@ -403,6 +411,22 @@ pub fn run(
                         push(row, &mut rows);
                     }
                 }
+                Section::Chunk if variant == "softmax" => {} // no chunks
+                Section::Chunk => {
+                    let mut shapes: Vec<(usize, usize, usize)> = CHUNK_SHAPES.to_vec();
+                    if variant == "linear" {
+                        // elu+1 has m = d features: one row per (T, d).
+                        shapes = shapes.into_iter().map(|(t, _, d)| (t, d, d)).collect();
+                        shapes.dedup();
+                    }
+                    for (t, m, d) in shapes {
+                        for chunk in CHUNKS.into_iter().filter(|&c| c <= t) {
+                            let value = chunk_probe(variant, [t, m, d, chunk], device, w, r)?;
+                            let shape = format!("T={t} m={m} d={d} c={chunk}");
+                            push(BenchRow::new("chunk", shape, variant, "ms", value), &mut rows);
+                        }
+                    }
+                }
                 Section::Generate => {
                     let longest = options.contexts.iter().copied().max().unwrap_or(64);
                     let config = model_config(variant, longest + options.gen_tokens + w + 1, options.features)?;
@@ -423,6 +447,44 @@ pub fn run(
         matmul_gflops: matmul,
         rows,
     })
+}
+
+/// (T, m, head width) of the `chunk` section; batch × T = 4096 tokens and 4 heads each.
+pub const CHUNK_SHAPES: [(usize, usize, usize); 6] =
+    [(64, 256, 32), (256, 256, 32), (256, 64, 32), (256, 1024, 32), (1024, 256, 32), (256, 256, 64)];
+/// Chunk sizes the `chunk` section tries.
+pub const CHUNKS: [usize; 5] = [16, 32, 64, 128, 256];
+
+/// Milliseconds for forward + backward of one attention layer's inner attention (astrocytic with
+/// m hidden neurons, or linear) over `[4096 / T, 4, T, d]` inputs with chunks of `chunk` tokens;
+/// `shape` = [T, m, d, chunk].
+fn chunk_probe(variant: &str, shape: [usize; 4], device: &Device, warmup: usize, repeats: usize) -> Result<Stat, EvalError> {
+    use astro_model::attention::{AstrocyticConfig, AttentionMask, InnerAttention, LinearConfig};
+    let [t, m, d, chunk] = shape;
+    let ad = device.clone().autodiff();
+    let dims = [(4096 / t).max(1), 4, t, d];
+    let input = |seed| Tensor::<4>::random(dims, Distribution::Normal(0.0, 0.5), &ad).add_scalar(0.01 * seed as f64);
+    let (q, k, v) = (input(1).require_grad(), input(2).require_grad(), input(3).require_grad());
+    let mask = AttentionMask::causal();
+    let samples = match variant {
+        "linear" => {
+            let attn = LinearConfig { chunk_size: Some(chunk) }.init();
+            time(warmup, repeats, || {
+                let grads = attn.forward(q.clone(), k.clone(), v.clone(), &mask).sum().backward();
+                let _ = q.grad(&grads).map(|g| g.sum().into_scalar::<f32>());
+            })
+        }
+        "astrocytic" => {
+            let config = AstrocyticConfig { features: m, chunk_size: Some(chunk), ..AstrocyticConfig::default() };
+            let attn = config.init(4, d, 0, &ad);
+            time(warmup, repeats, || {
+                let grads = attn.forward(q.clone(), k.clone(), v.clone(), &mask).sum().backward();
+                let _ = q.grad(&grads).map(|g| g.sum().into_scalar::<f32>());
+            })
+        }
+        other => return Err(EvalError::Invalid(format!("the chunk section has no `{other}` variant (astrocytic, linear)"))),
+    };
+    Ok(Stat::of(&samples).map(|s| s * 1e3))
 }
 
 /// Training tokens/s: forward, backward, global-norm clipping at 1.0 and AdamW, as `astro train`

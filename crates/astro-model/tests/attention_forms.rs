@@ -184,7 +184,7 @@ fn forms_agree_across_shapes() {
 #[test]
 fn linear_attention_forms_agree() {
     let dev = device();
-    let attn = LinearConfig { chunk_size: 4 }.init();
+    let attn = LinearConfig { chunk_size: Some(4) }.init();
     let shape = [2, 3, 11, 8];
     let (q, k, v) = (
         normal4(shape, 1.0, 1, DType::F32, &dev),

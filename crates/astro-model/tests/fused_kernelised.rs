@@ -49,7 +49,7 @@ fn run(case: Case, fused: bool, dev: &Device) -> Vec<Tensor<4>> {
         features: case.features,
         feature_map: case.map,
         decay: case.decay,
-        chunk_size: case.chunk,
+        chunk_size: Some(case.chunk),
         learnable_omega: true,
         seed: 5,
         ..AstrocyticConfig::default()
@@ -132,7 +132,7 @@ fn linear_attention_matches_its_composed_form() {
                 let k = normal4(shape, 1.0, 2, DType::F32, &ad).require_grad();
                 let v = normal4(shape, 1.0, 3, DType::F32, &ad).require_grad();
                 let w = normal4(shape, 1.0, 4, DType::F32, &ad);
-                let attn = LinearConfig { chunk_size: chunk.max(1), ..LinearConfig::default() }.init();
+                let attn = LinearConfig { chunk_size: Some(chunk.max(1)), ..LinearConfig::default() }.init();
                 let mask = if causal { AttentionMask::causal() } else { AttentionMask::bidirectional() };
                 let y = if chunk == 0 {
                     attn.forward_reference(q.clone(), k.clone(), v.clone(), &mask)

@@ -16,7 +16,7 @@ fn variants() -> Vec<(&'static str, AttentionConfig)> {
             "astrocytic",
             AttentionConfig::Astrocytic(AstrocyticConfig {
                 features: 32,
-                chunk_size: 4,
+                chunk_size: Some(4),
                 ..AstrocyticConfig::default()
             }),
         ),
@@ -27,7 +27,7 @@ fn variants() -> Vec<(&'static str, AttentionConfig)> {
                 feature_map: FeatureMap::Cosine,
                 decay: 0.9,
                 orthogonal: true,
-                chunk_size: 3,
+                chunk_size: Some(3),
                 ..AstrocyticConfig::default()
             }),
         ),
@@ -36,11 +36,11 @@ fn variants() -> Vec<(&'static str, AttentionConfig)> {
             AttentionConfig::Astrocytic(AstrocyticConfig {
                 features: 32,
                 feature_map: FeatureMap::ShiftedSaderf,
-                chunk_size: 4,
+                chunk_size: Some(4),
                 ..AstrocyticConfig::default()
             }),
         ),
-        ("linear", AttentionConfig::Linear(LinearConfig { chunk_size: 4 })),
+        ("linear", AttentionConfig::Linear(LinearConfig { chunk_size: Some(4) })),
     ]
 }
 
@@ -369,12 +369,12 @@ mod properties {
                         seed,
                         decay,
                         learnable_omega,
-                        chunk_size,
+                        chunk_size: Some(chunk_size),
                         ..AstrocyticConfig::default()
                     })
                 }
             ),
-            (1usize..512).prop_map(|chunk_size| AttentionConfig::Linear(LinearConfig { chunk_size })),
+            (1usize..512).prop_map(|chunk_size| AttentionConfig::Linear(LinearConfig { chunk_size: Some(chunk_size) })),
         ]
     }
 
@@ -430,7 +430,7 @@ fn calibrated_models_stay_causal_decode_incrementally_and_round_trip() {
         AttentionConfig::Astrocytic(AstrocyticConfig {
             features: 32,
             feature_map: FeatureMap::ShiftedSaderf,
-            chunk_size: 4,
+            chunk_size: Some(4),
             ..AstrocyticConfig::default()
         }),
         Positions::Rotary,

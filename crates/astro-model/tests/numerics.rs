@@ -175,7 +175,7 @@ fn no_nan_or_inf_at_large_norms() {
                     features: 128,
                     feature_map: map,
                     decay,
-                    chunk_size: 16,
+                    chunk_size: Some(16),
                     ..AstrocyticConfig::default()
                 }
                 .init(2, 32, 0, &dev);
@@ -205,7 +205,7 @@ fn gradients_are_finite_at_large_norms() {
         let attn = AstrocyticConfig {
             features: 64,
             feature_map: map,
-            chunk_size: 8,
+            chunk_size: Some(8),
             learnable_omega: true,
             ..AstrocyticConfig::default()
         }
@@ -238,7 +238,7 @@ fn chunked_causal_gradient_matches_finite_differences() {
     let dev = device().autodiff();
     let shape = [1, 2, 9, 4];
     let attn =
-        AstrocyticConfig { features: 16, decay: 0.9, chunk_size: 3, ..AstrocyticConfig::default() }.init(2, 4, 0, &dev);
+        AstrocyticConfig { features: 16, decay: 0.9, chunk_size: Some(3), ..AstrocyticConfig::default() }.init(2, 4, 0, &dev);
     let base = [
         normal4(shape, 0.7, 1, DType::F64, &dev),
         normal4(shape, 0.7, 2, DType::F64, &dev),

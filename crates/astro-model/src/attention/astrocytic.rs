@@ -26,9 +26,6 @@ fn default_features() -> usize {
 fn default_decay() -> f64 {
     1.0
 }
-fn default_chunk() -> usize {
-    64
-}
 
 /// Settings of the astrocytic attention layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,9 +49,9 @@ pub struct AstrocyticConfig {
     /// Train Ω by gradient descent (astrocyte plasticity ablation); fixed otherwise.
     #[serde(default)]
     pub learnable_omega: bool,
-    /// Tokens per chunk in the causal chunked form.
-    #[serde(default = "default_chunk")]
-    pub chunk_size: usize,
+    /// Tokens per chunk in the causal chunked form; unset: [`crate::attention::auto_chunk`] (measured rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<usize>,
     /// Execution form of `forward`.
     #[serde(default)]
     pub form: ExecutionForm,
@@ -69,7 +66,7 @@ impl Default for AstrocyticConfig {
             seed: 0,
             decay: default_decay(),
             learnable_omega: false,
-            chunk_size: default_chunk(),
+            chunk_size: None,
             form: ExecutionForm::default(),
         }
     }
@@ -85,7 +82,7 @@ impl AstrocyticConfig {
                 "the number of hidden neurons m must be at least 1",
             ));
         }
-        if self.chunk_size == 0 {
+        if self.chunk_size == Some(0) {
             return Err(ConfigError::invalid("attention.chunk_size", 0, "chunks must hold at least 1 token"));
         }
         if !(self.decay > 0.0 && self.decay <= 1.0) {
@@ -144,6 +141,13 @@ impl AstrocyticAttention {
     /// The layer's settings.
     pub fn config(&self) -> &AstrocyticConfig {
         &self.config
+    }
+
+    /// Tokens per chunk for values `v` `[batch, heads, seq, head_dim]`: the configured size, else
+    /// the measured rule.
+    fn chunk(&self, v: &Tensor<4>) -> usize {
+        let [_, _, t, d] = v.dims();
+        self.config.chunk_size.unwrap_or_else(|| kernel::auto_chunk(t, self.config.features, d))
     }
 
     /// x̃ = x / D^{1/4} for `x` `[batch, heads, seq, head_dim]`.
@@ -314,7 +318,8 @@ impl AstrocyticAttention {
 
 impl InnerAttention for AstrocyticAttention {
     fn forward(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
-        kernel::forward(self.config.form, self.input(q, k, v, mask), mask.causal, self.config.chunk_size)
+        let chunk = self.chunk(&v);
+        kernel::forward(self.config.form, self.input(q, k, v, mask), mask.causal, chunk)
     }
 
     fn forward_reference(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
@@ -328,7 +333,8 @@ impl InnerAttention for AstrocyticAttention {
         v: Tensor<4>,
         state: Option<AttentionState>,
     ) -> (Tensor<4>, AttentionState) {
-        kernel::incremental(self.input(q, k, v, &AttentionMask::causal()), self.config.chunk_size, state)
+        let chunk = self.chunk(&v);
+        kernel::incremental(self.input(q, k, v, &AttentionMask::causal()), chunk, state)
     }
 
     fn attention_weights(&self, q: Tensor<4>, k: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {

@@ -351,6 +351,21 @@ pub(crate) fn chunked(input: KernelInput, chunk: usize, state: Option<RecurrentS
     (output, RecurrentState { synapses, processes, log_scale, tokens: tokens + t })
 }
 
+/// Tokens per chunk when the config leaves `chunk_size` unset, for sequences of `t` tokens, `m`
+/// hidden neurons and heads of width `head_dim` (the result is the same function for any chunk;
+/// only speed and rounding change).
+///
+/// The rule comes from `astro bench --only chunk` (forward + backward of one layer, 4096 tokens,
+/// 4 heads, flex, 2 cores; table in the README): 32 tokens was the fastest or within noise of it for
+/// every measured shape with heads of width 32 — T ∈ {64, 256, 1024}, m ∈ {64, 256, 1024} — and 64
+/// for width 64, where 16–128 tie. Larger chunks pay for the `[c, c]` products (c·m per token),
+/// smaller ones for more, smaller matrix products.
+pub fn auto_chunk(t: usize, m: usize, head_dim: usize) -> usize {
+    let _ = m; // measured: no effect on the best chunk between m = 64 and 1024
+    let chunk = if head_dim >= 64 { 64 } else { 32 };
+    chunk.min(t.max(1))
+}
+
 /// Which execution form a kernelised layer's `forward` uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -11,29 +11,26 @@ use super::kernel::{self, ExecutionForm, KernelInput};
 use super::{AttentionMask, AttentionState, InnerAttention, NormaliserTrace};
 use crate::error::ConfigError;
 
-fn default_chunk() -> usize {
-    64
-}
 
 /// Settings of elu+1 linear attention.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinearConfig {
-    /// Tokens per chunk in the causal chunked form.
-    #[serde(default = "default_chunk")]
-    pub chunk_size: usize,
+    /// Tokens per chunk in the causal chunked form; unset: [`crate::attention::auto_chunk`] (measured rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<usize>,
 }
 
 impl Default for LinearConfig {
     fn default() -> Self {
-        Self { chunk_size: default_chunk() }
+        Self { chunk_size: None }
     }
 }
 
 impl LinearConfig {
     /// Checks every field; the error names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.chunk_size == 0 {
+        if self.chunk_size == Some(0) {
             return Err(ConfigError::invalid("attention.chunk_size", 0, "chunks must hold at least 1 token"));
         }
         Ok(())
@@ -49,10 +46,16 @@ impl LinearConfig {
 #[derive(Module, Debug)]
 pub struct LinearAttention {
     #[module(skip)]
-    chunk_size: usize,
+    chunk_size: Option<usize>,
 }
 
 impl LinearAttention {
+    /// Tokens per chunk for values `v` `[batch, heads, seq, head_dim]` (elu+1 has m = head_dim features).
+    fn chunk(&self, v: &Tensor<4>) -> usize {
+        let [_, _, t, d] = v.dims();
+        self.chunk_size.unwrap_or_else(|| kernel::auto_chunk(t, d, d))
+    }
+
     fn input(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> KernelInput {
         KernelInput::new(elu_plus_one(q), elu_plus_one(k), v, mask.key_padding_column(), 1.0)
     }
@@ -61,8 +64,9 @@ impl LinearAttention {
 impl InnerAttention for LinearAttention {
     fn forward(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
         // The fused operation computes elu(x) + 1 itself, chunk by chunk (flex, f32, no padding).
+        let chunk = self.chunk(&v);
         let (q, k, v) = if mask.key_padding.is_none() {
-            let options = KernelisedOptions { chunk: self.chunk_size, decay: 1.0, map: KernelMap::EluPlusOne, causal: mask.causal };
+            let options = KernelisedOptions { chunk, decay: 1.0, map: KernelMap::EluPlusOne, causal: mask.causal };
             match kernelised_attention(q, k, v, options) {
                 Ok(y) => return y,
                 Err(inputs) => inputs,
@@ -70,7 +74,7 @@ impl InnerAttention for LinearAttention {
         } else {
             (q, k, v)
         };
-        kernel::forward(ExecutionForm::Fast, self.input(q, k, v, mask), mask.causal, self.chunk_size)
+        kernel::forward(ExecutionForm::Fast, self.input(q, k, v, mask), mask.causal, chunk)
     }
 
     fn forward_reference(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
@@ -84,7 +88,8 @@ impl InnerAttention for LinearAttention {
         v: Tensor<4>,
         state: Option<AttentionState>,
     ) -> (Tensor<4>, AttentionState) {
-        kernel::incremental(self.input(q, k, v, &AttentionMask::causal()), self.chunk_size, state)
+        let chunk = self.chunk(&v);
+        kernel::incremental(self.input(q, k, v, &AttentionMask::causal()), chunk, state)
     }
 
     fn attention_weights(&self, q: Tensor<4>, k: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use astrocytic::{AstrocyticAttention, AstrocyticConfig, ExecutionForm};
 pub use feature_map::FeatureMap;
-pub use kernel::RecurrentState;
+pub use kernel::{RecurrentState, auto_chunk};
 pub use layer::AttentionLayer;
 pub use linear::{LinearAttention, LinearConfig};
 pub use softmax::{KvCache, SoftmaxAttention, SoftmaxConfig};
