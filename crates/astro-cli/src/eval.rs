@@ -127,8 +127,10 @@ pub fn run_generate(args: GenerateArgs, device: Option<&str>) -> anyhow::Result<
     out.flush()?;
     let started = Instant::now();
     let mut first_token_at = None;
+    let mut token_times = Vec::with_capacity(args.tokens);
     generate(&lm, &prompt, args.tokens, &sampling, |t| {
         first_token_at.get_or_insert_with(|| started.elapsed());
+        token_times.push(started.elapsed().as_secs_f64());
         if let Some(new) = stream.push(t) {
             let _ = write!(out, "{new}");
             let _ = out.flush();
@@ -147,6 +149,23 @@ pub fn run_generate(args: GenerateArgs, device: Option<&str>) -> anyhow::Result<
             args.tokens,
             run.config.model.attention.describe()
         );
+        // Learned positions: tokens past the block re-encode the window; report both kinds apart.
+        if let Some(limit) = lm.trunk.max_positions() {
+            let start = prompt.len().min(run.config.model.block_size.min(limit));
+            let (mut within, mut past) = (Vec::new(), Vec::new());
+            for (i, pair) in token_times.windows(2).enumerate() {
+                let dt = (pair[1] - pair[0]) * 1e3;
+                if start + i + 1 > limit { past.push(dt) } else { within.push(dt) }
+            }
+            let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len().max(1) as f64;
+            eprintln!(
+                "within the block ({limit} positions): {} tokens, {:.3} ms each; past it (window re-encoded): {} tokens, {:.3} ms each",
+                within.len(),
+                mean(&within),
+                past.len(),
+                mean(&past)
+            );
+        }
     }
     Ok(())
 }

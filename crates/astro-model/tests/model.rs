@@ -169,6 +169,29 @@ fn recurrent_state_size_does_not_grow_with_context() {
     assert_eq!(c2.num_floats(), c1.num_floats() * 6, "the KV cache grows linearly");
 }
 
+/// Greedy generation past the block (learned positions) equals re-encoding the last `block_size`
+/// tokens with a full forward at every step and taking the argmax of the last position.
+#[test]
+fn generation_past_the_block_re_encodes_the_window() {
+    use astro_model::transformer::{SamplingConfig, generate};
+    let dev = device();
+    for (name, attention) in variants() {
+        let config = TransformerConfig { block_size: 8, ..small(attention, Positions::Learned) };
+        let model = LanguageModel::new(&config, &dev).unwrap();
+        let prompt: Vec<u32> = sequence(5, 2).iter().map(|&x| x as u32).collect();
+        let greedy = SamplingConfig { temperature: 0.0, top_k: None, seed: 0 };
+        let out = generate(&model, &prompt, 14, &greedy, |_| {}).unwrap();
+        let mut context: Vec<i64> = prompt.iter().map(|&x| x as i64).collect();
+        for (step, &token) in out.iter().enumerate() {
+            let window = &context[context.len().saturating_sub(8)..];
+            let logits = host(&model.forward(tokens(window, 1, &dev)).narrow(1, window.len() - 1, 1));
+            let best = logits.iter().enumerate().fold((0, f64::MIN), |b, (i, &l)| if l > b.1 { (i, l) } else { b }).0;
+            assert_eq!(token as usize, best, "{name}: step {step} (context {})", context.len());
+            context.push(token as i64);
+        }
+    }
+}
+
 #[test]
 fn learned_positions_bound_the_context() {
     let dev = device();

@@ -1,7 +1,7 @@
 //! Autoregressive sampling from a language model with incremental decoding: astrocytic and linear
 //! attention continue from their constant-size (H, p) memory, softmax from a KV cache. When learned
 //! positions run out, the context is cropped to the last `block_size` tokens and re-encoded
-//! (nanoGPT's behaviour).
+//! (nanoGPT's behaviour) by one parallel forward that scores only the last position.
 
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
@@ -95,9 +95,11 @@ pub fn generate(
         out.push(token);
         context.push(token);
         if state.position + 1 > limit {
-            // Positions exhausted: re-encode the last `window` tokens from a fresh state.
+            // Positions exhausted: the last `window` tokens through one parallel forward (the fused
+            // kernels; no decoding state is built, since the next token re-encodes again), logits
+            // of the last position only. `state` keeps its exhausted position.
             let start = context.len() - window;
-            (logits, state) = model.forward_incremental(as_tensor(&context[start..]), DecodeState::default())?;
+            logits = model.last_logits(as_tensor(&context[start..]));
         } else {
             (logits, state) = model.forward_incremental(as_tensor(&[token]), state)?;
         }

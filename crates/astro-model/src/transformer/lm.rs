@@ -136,6 +136,15 @@ impl LanguageModel {
         self.head(self.hidden(tokens))
     }
 
+    /// Logits of the last position only, `[batch, 1, vocab]`, for `tokens` `[batch, seq]` (causal): one
+    /// parallel forward without decoding state (generation past learned positions re-encodes its
+    /// window this way).
+    pub fn last_logits(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let hidden = self.hidden(tokens); //              [B,T,d]
+        let t = hidden.dims()[1];
+        self.head(hidden.narrow(1, t - 1, 1)) //          [B,1,V]
+    }
+
     /// Per-block traces of the astrocyte response and softmax normaliser for every head and query
     /// of `tokens` `[batch, seq]` (causal), for comparing the astrocyte with softmax.
     pub fn normalisers(&self, tokens: Tensor<2, Int>) -> Vec<NormaliserTrace> {
