@@ -11,10 +11,13 @@ embedding, vocabulary 65), same shapes, same repeats, and rows with the same key
               (exp(Ωx − ‖x‖²/2)/√m, x = q·D^(-1/4), stabilised by the row / key maxima)
 - linear:     chunked causal linear attention with elu+1 (Katharopoulos et al.)
 
-Chunked attention uses chunks of 64 like astro: masked products inside a chunk, prefix sums of the
-chunk states across chunks.
+Chunked attention uses chunks of 32 tokens like astro's rule for heads of width 32 (`--chunk`):
+masked products inside a chunk, prefix sums of the chunk states across chunks.
 
-    python scripts/bench_torch.py [--json] [--threads 2] [--repeats 5] [--only train,forward,...]
+`--compile` runs the train and forward sections through `torch.compile` (inductor; the first calls,
+which compile, fall in the warm-up) and leaves the other sections out.
+
+    python scripts/bench_torch.py [--json] [--threads 2] [--repeats 5] [--only train,forward,...] [--compile]
 """
 
 import argparse
@@ -27,14 +30,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 VOCAB = 65
-CHUNK = 64
+CHUNK = 32
 
 
-def chunked_causal(fq, fk, v, chunk=CHUNK):
+def chunked_causal(fq, fk, v, chunk=None):
     """y_t = Σ_{τ≤t} (fq_t·fk_τ) v_τ / Σ_{τ≤t} fq_t·fk_τ.  fq, fk: [B,H,T,m], v: [B,H,T,e]."""
     B, H, T, m = fq.shape
     e = v.shape[-1]
-    c = min(chunk, T)
+    c = min(chunk or CHUNK, T)
     n = (T + c - 1) // c
     pad = n * c - T
     if pad:
@@ -167,7 +170,15 @@ def main():
     ap.add_argument("--contexts", default="64,4096")
     ap.add_argument("--features", type=int, default=256)
     ap.add_argument("--gen-tokens", type=int, default=16)
+    ap.add_argument("--chunk", type=int, default=32, help="tokens per chunk of the kernelised variants")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the models (train and forward only)")
     a = ap.parse_args()
+    global CHUNK
+    CHUNK = a.chunk
+    if a.compile:
+        # Compilation happens in the first calls: keep at least two of them out of the timings.
+        a.warmup = max(a.warmup, 2)
+    build = (lambda m: torch.compile(m)) if a.compile else (lambda m: m)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
@@ -185,6 +196,7 @@ def main():
             if section == "train":
                 for shape, t, batch in [("recipe", 64, 12), ("b16-t256", 256, 16)]:
                     model = LM(v, t, a.features)
+                    compiled = build(model)
                     decay = [p for p in model.parameters() if p.dim() >= 2]
                     no_decay = [p for p in model.parameters() if p.dim() < 2]
                     opt = torch.optim.AdamW(
@@ -194,7 +206,7 @@ def main():
                     x, y = tokens(batch, t, gen), tokens(batch, t, gen)
 
                     def step():
-                        logits = model(x)
+                        logits = compiled(x)
                         loss = F.cross_entropy(logits.view(-1, VOCAB), y.view(-1))
                         loss.item()
                         opt.zero_grad(set_to_none=True)
@@ -206,11 +218,13 @@ def main():
                     emit(row("train", shape, v, "tokens/s", inv(stat(s), batch * t)))
             elif section == "forward":
                 t, batch = 256, 16
-                model = LM(v, t, a.features).eval()
+                model = build(LM(v, t, a.features).eval())
                 x = tokens(batch, t, gen)
                 with torch.inference_mode():
                     s = timed(a.warmup, a.repeats, lambda: model(x).sum().item())
                 emit(row("forward", "b16-t256", v, "tokens/s", inv(stat(s), batch * t)))
+            elif a.compile:
+                continue  # compiled rows: train and forward only
             elif section == "long":
                 for t in map(int, a.lengths.split(",")):
                     model = LM(v, t, a.features).eval()
@@ -241,6 +255,8 @@ def main():
     report = {
         "implementation": "pytorch",
         "version": torch.__version__,
+        "compiled": a.compile,
+        "chunk": CHUNK,
         "threads": torch.get_num_threads(),
         "rows": rows,
     }

@@ -434,9 +434,54 @@ pub(crate) fn incremental(
         Some(super::AttentionState::Recurrent(s)) => Some(s),
         Some(super::AttentionState::KvCache(_)) => panic!("kernelised attention was given a KV cache"),
     };
-    let (output, state) =
-        if input.v.dims()[2] == 1 { mechanistic(input, true, state) } else { chunked(input, chunk, state) };
+    let (output, state) = if input.v.dims()[2] == 1 {
+        match fused_step(input, state) {
+            Ok(done) => done,
+            Err((input, state)) => mechanistic(input, true, state),
+        }
+    } else {
+        chunked(input, chunk, state)
+    };
     (output, super::AttentionState::Recurrent(state))
+}
+
+/// One token through the fused decoding step ([`crate::kernels::kernelised_decode_step`]: flex
+/// without autodiff, f32, log-activity or activity without a log-scale); otherwise the input and
+/// state back for [`mechanistic`], which computes the same step as composed operations.
+#[allow(clippy::type_complexity)]
+fn fused_step(
+    input: KernelInput,
+    state: Option<RecurrentState>,
+) -> Result<(Tensor<4>, RecurrentState), (KernelInput, Option<RecurrentState>)> {
+    use crate::kernels::{DecodeMemory, kernelised_decode_step};
+    if input.pad.is_some() {
+        return Err((input, state));
+    }
+    let KernelInput { q, k, v, pad, decay } = input;
+    let (fq, fk, map) = match (q, k) {
+        (Features::Log(q), Features::Log(k)) => (q, k, KernelMap::Exp),
+        (Features::Scaled { g: q, log_scale: None }, Features::Scaled { g: k, log_scale: None }) => {
+            (q, k, KernelMap::Identity)
+        }
+        (q, k) => return Err((KernelInput { q, k, v, pad, decay }, state)),
+    };
+    let m = fq.dims()[3];
+    let RecurrentState { synapses, processes, log_scale, tokens } =
+        state.unwrap_or_else(|| RecurrentState::empty(&v, m));
+    let memory = DecodeMemory { synapses, processes, log_scale };
+    match kernelised_decode_step(fq, fk, v, memory, decay, map) {
+        Ok((y, DecodeMemory { synapses, processes, log_scale })) => {
+            Ok((y, RecurrentState { synapses, processes, log_scale, tokens: tokens + 1 }))
+        }
+        Err((fq, fk, v, DecodeMemory { synapses, processes, log_scale })) => {
+            let wrap = |x| match map {
+                KernelMap::Exp => Features::Log(x),
+                _ => Features::Scaled { g: x, log_scale: None },
+            };
+            let state = RecurrentState { synapses, processes, log_scale, tokens };
+            Err((KernelInput { q: wrap(fq), k: wrap(fk), v, pad, decay }, Some(state)))
+        }
+    }
 }
 
 /// Attention weights `[B,H,T,T]` of the reference form (values are not needed).

@@ -14,7 +14,7 @@ use burn::backend::{Backend, DType, Dispatch, DispatchDevice, ExtensionType, Fle
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bytes, Shape, Tensor, TensorData};
 
-use super::kernelised::{Activation, KernelDims};
+use super::kernelised::{Activation, KernelDims, Memory, StepDims};
 
 /// Gradients of attention with respect to its three inputs, shaped like them.
 #[derive(ExtensionType)]
@@ -25,6 +25,19 @@ pub struct AttentionGrads<B: Backend> {
     pub k: FloatTensor<B>,
     /// dL/dv, `[batch, heads, T, Dv]`.
     pub v: FloatTensor<B>,
+}
+
+/// Output of one decoding step: the attention output and the updated memory.
+#[derive(ExtensionType)]
+pub struct DecodeOut<B: Backend> {
+    /// y, `[batch, heads, 1, Dv]`.
+    pub y: FloatTensor<B>,
+    /// Hebbian synapses H / e^{log_scale}, `[batch, heads, Dv, m]`.
+    pub synapses: FloatTensor<B>,
+    /// Astrocyte calcium p / e^{log_scale}, `[batch, heads, 1, m]`.
+    pub processes: FloatTensor<B>,
+    /// The memory's log-scale, `[batch, heads, 1, 1]`.
+    pub log_scale: FloatTensor<B>,
 }
 
 /// Gradients of LayerNorm with respect to its input and parameters.
@@ -92,6 +105,26 @@ pub trait FusedOps: Backend {
     ) -> AttentionGrads<Self> {
         let _ = (fq, fk, v, grad, chunk, decay, map, causal);
         unreachable!("the fused kernelised backward runs on flex only; callers check `supported_kernelised`")
+    }
+
+    /// One decoding step of kernelised attention (inference only: no gradient): `fq`, `fk`
+    /// `[B,H,1,m]` (what they hold: `map`), `v` `[B,H,1,Dv]` and the memory (`synapses`
+    /// `[B,H,Dv,m]`, `processes` `[B,H,1,m]`, `log_scale` `[B,H,1,1]`). Only flex (without
+    /// autodiff) computes it; `kernels::kernelised_decode_step` routes everything else to the
+    /// composed network.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_decode_step(
+        fq: FloatTensor<Self>,
+        fk: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        synapses: FloatTensor<Self>,
+        processes: FloatTensor<Self>,
+        log_scale: FloatTensor<Self>,
+        decay: f64,
+        map: u8,
+    ) -> DecodeOut<Self> {
+        let _ = (fq, fk, v, synapses, processes, log_scale, decay, map);
+        unreachable!("the fused decoding step runs on flex without autodiff only; callers check `supported_decode`")
     }
 
     /// LayerNorm over the last axis of `x` `[.., C]` with `gamma`, `beta` `[C]`.
@@ -315,6 +348,31 @@ impl FusedOps for Flex {
             q: f32_tensor(g.q, Shape::new([b, h, t, m])),
             k: f32_tensor(g.k, Shape::new([b, h, t, m])),
             v: f32_tensor(g.v, Shape::new([b, h, t, dv])),
+        }
+    }
+
+    fn fused_decode_step(
+        fq: FlexTensor,
+        fk: FlexTensor,
+        v: FlexTensor,
+        synapses: FlexTensor,
+        processes: FlexTensor,
+        log_scale: FlexTensor,
+        decay: f64,
+        map: u8,
+    ) -> DecodeOut<Flex> {
+        let [b, h, _, m] = fq.shape().dims::<4>();
+        let dv = v.shape().dims::<4>()[3];
+        let dims = StepDims { heads: b * h, m, dv, decay: decay as f32, map: Activation::from_code(map) };
+        let owned = |x: FlexTensor| view(&x.to_contiguous()).to_vec();
+        let mut memory = Memory { synapses: owned(synapses), processes: owned(processes), log_scale: owned(log_scale) };
+        let (fq, fk, v) = (fq.to_contiguous(), fk.to_contiguous(), v.to_contiguous());
+        let y = super::kernelised::decode_step(view(&fq), view(&fk), view(&v), &mut memory, dims);
+        DecodeOut {
+            y: f32_tensor(y, Shape::new([b, h, 1, dv])),
+            synapses: f32_tensor(memory.synapses, Shape::new([b, h, dv, m])),
+            processes: f32_tensor(memory.processes, Shape::new([b, h, 1, m])),
+            log_scale: f32_tensor(memory.log_scale, Shape::new([b, h, 1, 1])),
         }
     }
 
@@ -630,6 +688,41 @@ pub(super) fn kernelised(fq: Tensor<4>, fk: Tensor<4>, v: Tensor<4>, o: super::K
         o.map.code(),
         o.causal,
     ))
+}
+
+/// Whether a decoding step on `fq`'s device can take the fused path: flex without autodiff, f32.
+pub(super) fn supported_decode(fq: &Tensor<4>) -> bool {
+    matches!(fq.device().as_dispatch(), DispatchDevice::Flex(_)) && fq.dtype() == DType::F32
+}
+
+/// [`FusedOps::fused_decode_step`] on tensors → (y, synapses, processes, log_scale).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn decode_step(
+    fq: Tensor<4>,
+    fk: Tensor<4>,
+    v: Tensor<4>,
+    synapses: Tensor<4>,
+    processes: Tensor<4>,
+    log_scale: Tensor<4>,
+    decay: f64,
+    map: super::KernelMap,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>, Tensor<4>) {
+    let out = Dispatch::fused_decode_step(
+        fq.into_dispatch(),
+        fk.into_dispatch(),
+        v.into_dispatch(),
+        synapses.into_dispatch(),
+        processes.into_dispatch(),
+        log_scale.into_dispatch(),
+        decay,
+        map.code(),
+    );
+    (
+        Tensor::from_dispatch(out.y),
+        Tensor::from_dispatch(out.synapses),
+        Tensor::from_dispatch(out.processes),
+        Tensor::from_dispatch(out.log_scale),
+    )
 }
 
 /// [`FusedOps::fused_layer_norm`] on tensors.

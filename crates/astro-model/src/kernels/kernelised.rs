@@ -549,3 +549,72 @@ pub(super) fn backward(lq: &[f32], lk: &[f32], v: &[f32], g: &[f32], d: KernelDi
         );
     grads
 }
+
+/// Sizes and settings of one decoding step.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StepDims {
+    /// batch × heads.
+    pub heads: usize,
+    /// Hidden neurons m.
+    pub m: usize,
+    /// Value width.
+    pub dv: usize,
+    /// Calcium decay γ.
+    pub decay: f32,
+    /// What the query and key inputs hold.
+    pub map: Activation,
+}
+
+/// The memory of every head: synapses H `[heads, dv, m]`, calcium p `[heads, m]`, both relative to
+/// e^{log_scale} `[heads]`.
+pub(super) struct Memory {
+    pub synapses: Vec<f32>,
+    pub processes: Vec<f32>,
+    pub log_scale: Vec<f32>,
+}
+
+/// One decoding step of the network for every head (`lq`, `lk` `[heads, m]`, `v` `[heads, dv]`):
+/// write H ← γH + v φkᵀ, p ← γp + φk (rescaled to the larger of the memory's and the token's
+/// log-scale), then read y = H φq / pᵀφq. Updates `memory` in place and returns y `[heads, dv]`.
+pub(super) fn decode_step(lq: &[f32], lk: &[f32], v: &[f32], memory: &mut Memory, d: StepDims) -> Vec<f32> {
+    let (m, dv) = (d.m, d.dv);
+    let mut y = vec![0f32; d.heads * dv];
+    let step = |(((yh, hs), ps), (r, head)): (((&mut [f32], &mut [f32]), &mut [f32]), (&mut f32, usize))| {
+        let mut fk = vec![0f32; m];
+        let mut fq = vec![0f32; m];
+        let s = key_activity(&mut fk, &lk[head * m..][..m], d.map);
+        let decayed = *r + d.decay.ln();
+        let r_new = decayed.max(s);
+        let (keep, scale) = (exp_approx(decayed - r_new), exp_approx(s - r_new));
+        fk.iter_mut().for_each(|f| *f *= scale);
+        let vh = &v[head * dv..][..dv];
+        for (row, &vc) in hs.chunks_exact_mut(m).zip(vh) {
+            row.iter_mut().zip(&fk).for_each(|(h, f)| *h = keep * *h + vc * f);
+        }
+        ps.iter_mut().zip(&fk).for_each(|(p, f)| *p = keep * *p + f);
+        *r = r_new;
+        query_activity(&mut fq, &lq[head * m..][..m], m, d.map);
+        let den: f32 = ps.iter().zip(&fq).map(|(p, f)| p * f).sum();
+        if den.abs() < TINY {
+            yh.fill(0.0);
+            return;
+        }
+        for (o, row) in yh.iter_mut().zip(hs.chunks_exact(m)) {
+            *o = row.iter().zip(&fq).map(|(h, f)| h * f).sum::<f32>() / den;
+        }
+    };
+    let Memory { synapses, processes, log_scale } = memory;
+    // Parallel over heads only when each holds enough work to pay for the threads.
+    let iter = y
+        .chunks_mut(dv)
+        .zip(synapses.chunks_mut(dv * m))
+        .zip(processes.chunks_mut(m))
+        .zip(log_scale.iter_mut().zip(0..d.heads));
+    if d.heads * dv * m >= 1 << 16 {
+        let parts: Vec<_> = iter.collect();
+        parts.into_par_iter().for_each(step);
+    } else {
+        iter.for_each(step);
+    }
+    y
+}

@@ -108,6 +108,43 @@ pub fn kernelised_attention(
     Err((fq, fk, v))
 }
 
+/// The memory of kernelised attention between decoding steps: synapses H `[batch, heads, Dv, m]`,
+/// calcium p `[batch, heads, 1, m]`, both relative to e^{log_scale} `[batch, heads, 1, 1]`.
+#[derive(Debug, Clone)]
+pub struct DecodeMemory {
+    /// H / e^{log_scale}.
+    pub synapses: Tensor<4>,
+    /// p / e^{log_scale}.
+    pub processes: Tensor<4>,
+    /// The common log-scale.
+    pub log_scale: Tensor<4>,
+}
+
+/// One decoding step of kernelised attention as one operation (flex without autodiff, f32): write
+/// the token's key `fk` and value `v` into `memory`, then read with its query `fq` (`fq`, `fk`
+/// `[batch, heads, 1, m]`, what they hold: `map`; `v` `[batch, heads, 1, Dv]`). Returns the output
+/// `[batch, heads, 1, Dv]` and the new memory, or the inputs back where the fused step does not
+/// apply (the caller then runs the composed network, `attention::kernel::mechanistic`).
+#[allow(clippy::type_complexity)]
+pub fn kernelised_decode_step(
+    fq: Tensor<4>,
+    fk: Tensor<4>,
+    v: Tensor<4>,
+    memory: DecodeMemory,
+    decay: f64,
+    map: KernelMap,
+) -> Result<(Tensor<4>, DecodeMemory), (Tensor<4>, Tensor<4>, Tensor<4>, DecodeMemory)> {
+    #[cfg(feature = "flex")]
+    if ext::supported_decode(&fq) {
+        let DecodeMemory { synapses, processes, log_scale } = memory;
+        let (y, synapses, processes, log_scale) =
+            ext::decode_step(fq, fk, v, synapses, processes, log_scale, decay, map);
+        return Ok((y, DecodeMemory { synapses, processes, log_scale }));
+    }
+    let _ = (decay, map);
+    Err((fq, fk, v, memory))
+}
+
 /// LayerNorm over the last axis of `x` `[.., C]` with the module's γ, β (β absent: 0) and `epsilon`
 /// (`burn::nn::LayerNorm` keeps its ε private, so the caller passes the one it was built with).
 ///
