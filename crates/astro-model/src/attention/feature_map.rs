@@ -108,8 +108,16 @@ impl FeatureMap {
         // u = Ωx per token: [B,H,T,D] @ [1,H,D,m] -> [B,H,T,m]
         let [h, _, d] = omega.dims();
         let dtype = x.dtype();
-        let omega_t = omega.clone().cast(dtype).swap_dims(1, 2).unsqueeze_dim::<4>(0);
-        let u = x.clone().matmul(omega_t);
+        let [b, _, t, _] = x.dims();
+        let u = if b * t == 1 {
+            // One token (decoding): Ω·x per head, [m, D]·[D, 1], reading Ω in its stored layout;
+            // Ωᵀ would be a copy of m·D floats per head to use D + m of them.
+            let x_col = x.clone().reshape([1, h, d, 1]); //                          [1,H,D,1]
+            omega.clone().cast(dtype).unsqueeze_dim::<4>(0).matmul(x_col).reshape([1, h, 1, m])
+        } else {
+            let omega_t = omega.clone().cast(dtype).swap_dims(1, 2).unsqueeze_dim::<4>(0);
+            x.clone().matmul(omega_t)
+        };
         // ‖x‖²/2 per token: [B,H,T,1]
         let half_sq = x.square().sum_dim(3).mul_scalar(0.5);
         let with_phase = |u: Tensor<4>| match phase {
