@@ -61,7 +61,7 @@ print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
 def ratio(key, med, pt):
     if pt is None:
         return ""
-    return f"{med / pt:.2f}×" if key[3] == "tokens/s" else f"{pt / med:.2f}×"
+    return f"{med / pt:.2f}×" if key[3] in ("tokens/s", "GFLOP/s") else f"{pt / med:.2f}×"
 def median_of(figs, key):
     rows = figs.get(key)
     return statistics.median(r["value"]["median"] for r in rows) if rows else None

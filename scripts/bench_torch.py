@@ -30,6 +30,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 VOCAB = 65
+# The products of a training step (astro's bench.rs MATMUL_SHAPES): (role, batch, m, k, n).
+MATMUL_SHAPES = [
+    ("projection", 1, 4096, 128, 128),
+    ("mlp-up", 1, 4096, 128, 512),
+    ("mlp-down", 1, 4096, 512, 128),
+    ("weight-grad", 1, 128, 4096, 512),
+    ("lm-head", 1, 4096, 128, 65),
+    ("scores", 64, 256, 32, 256),
+    ("probs-values", 64, 256, 256, 32),
+    ("recipe-projection", 1, 768, 128, 128),
+    ("recipe-mlp-up", 1, 768, 128, 512),
+]
 CHUNK = 32
 
 
@@ -164,7 +176,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--only", default="train,forward,long,generate")
+    ap.add_argument("--only", default="train,forward,long,generate,matmul")
     ap.add_argument("--variants", default="softmax,astrocytic,linear")
     ap.add_argument("--lengths", default="1024,4096,16384")
     ap.add_argument("--contexts", default="64,4096")
@@ -225,6 +237,15 @@ def main():
                 emit(row("forward", "b16-t256", v, "tokens/s", inv(stat(s), batch * t)))
             elif a.compile:
                 continue  # compiled rows: train and forward only
+            elif section == "matmul":
+                if v != variants[0]:
+                    continue  # shapes, not variants: once
+                for name, batch, m, k, n in MATMUL_SHAPES:
+                    x = torch.randn(batch, m, k)
+                    w = torch.randn(batch, k, n)
+                    s = timed(a.warmup, max(a.repeats, 3), lambda: torch.bmm(x, w)[0, 0, 0].item())
+                    flops = 2.0 * batch * m * k * n
+                    emit(row("matmul", f"{batch}x{m}x{k}x{n}", name, "GFLOP/s", inv(stat(s), flops / 1e9)))
             elif section == "long":
                 for t in map(int, a.lengths.split(",")):
                     model = LM(v, t, a.features).eval()

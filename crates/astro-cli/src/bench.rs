@@ -7,8 +7,8 @@ use astro_eval::bench::{BenchOptions, Section, VARIANTS, markdown, run};
 /// Arguments of `astro bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Sections to run: train, forward, long, generate, and chunk (chunk-size probe; not by default).
-    #[arg(long, value_delimiter = ',', default_value = "train,forward,long,generate")]
+    /// Sections to run: train, forward, long, generate, matmul, and chunk (chunk-size probe; not by default).
+    #[arg(long, value_delimiter = ',', default_value = "train,forward,long,generate,matmul")]
     only: Vec<String>,
     /// Attention variants: softmax, astrocytic, linear.
     #[arg(long, value_delimiter = ',', default_value = "softmax,astrocytic,linear")]
@@ -39,7 +39,7 @@ pub fn run_bench(args: BenchArgs, device: Option<&str>) -> anyhow::Result<()> {
     for name in &args.only {
         match Section::parse(name) {
             Some(s) => sections.push(s),
-            None => bail!("unknown section `{name}` in --only; expected some of: train, forward, long, generate, chunk"),
+            None => bail!("unknown section `{name}` in --only; expected some of: train, forward, long, generate, matmul, chunk"),
         }
     }
     for v in &args.variants {

@@ -38,13 +38,17 @@ pub enum Section {
     /// Forward + backward of one kernelised attention layer per chunk size (the measurements behind
     /// `astro_model::attention::auto_chunk`); not run unless asked for.
     Chunk,
+    /// GFLOP/s of the matrix products the benchmark models run, at their exact shapes.
+    Matmul,
 }
 
 impl Section {
     /// Every section, in the order they run.
-    pub const ALL: [Section; 5] = [Section::Train, Section::Forward, Section::Long, Section::Generate, Section::Chunk];
+    pub const ALL: [Section; 6] =
+        [Section::Train, Section::Forward, Section::Long, Section::Generate, Section::Matmul, Section::Chunk];
     /// The sections run by default (those `scripts/bench_torch.py` measures too).
-    pub const DEFAULT: [Section; 4] = [Section::Train, Section::Forward, Section::Long, Section::Generate];
+    pub const DEFAULT: [Section; 5] =
+        [Section::Train, Section::Forward, Section::Long, Section::Generate, Section::Matmul];
 
     /// Parses a section name.
     pub fn parse(name: &str) -> Option<Section> {
@@ -59,6 +63,7 @@ impl Section {
             Section::Long => "long",
             Section::Generate => "generate",
             Section::Chunk => "chunk",
+            Section::Matmul => "matmul",
         }
     }
 }
@@ -411,6 +416,25 @@ pub fn run(
                         push(row, &mut rows);
                     }
                 }
+                Section::Matmul => {
+                    // Shapes, not variants: measured once, under the first variant.
+                    if Some(variant) == options.variants.first() {
+                        for (name, batch, m, k, n) in MATMUL_SHAPES {
+                            let a = Tensor::<3>::random([batch, m, k], Distribution::Normal(0.0, 1.0), device);
+                            let b = Tensor::<3>::random([batch, k, n], Distribution::Normal(0.0, 1.0), device);
+                            let samples = time(w, r.max(3), || {
+                                let c = a.clone().matmul(b.clone());
+                                let _ = c.slice([0..1, 0..1, 0..1]).into_scalar::<f32>();
+                            });
+                            let flops = 2.0 * (batch * m * k * n) as f64;
+                            let value = Stat::of(&samples).map(|s| flops / s / 1e9);
+                            let shape = format!("{batch}x{m}x{k}x{n}");
+                            let mut row = BenchRow::new("matmul", shape, name, "GFLOP/s", value);
+                            row.of_matmul = Some(value.median / matmul);
+                            push(row, &mut rows);
+                        }
+                    }
+                }
                 Section::Chunk if variant == "softmax" => {} // no chunks
                 Section::Chunk => {
                     let mut shapes: Vec<(usize, usize, usize)> = CHUNK_SHAPES.to_vec();
@@ -448,6 +472,21 @@ pub fn run(
         rows,
     })
 }
+
+/// The products of a training step of the benchmark models (b16-t256: 4096 rows; recipe: 768),
+/// as (role, batch, m, k, n) for `[batch, m, k] × [batch, k, n]`; `scripts/bench_torch.py` times the
+/// same list.
+pub const MATMUL_SHAPES: [(&str, usize, usize, usize, usize); 9] = [
+    ("projection", 1, 4096, 128, 128),
+    ("mlp-up", 1, 4096, 128, 512),
+    ("mlp-down", 1, 4096, 512, 128),
+    ("weight-grad", 1, 128, 4096, 512),
+    ("lm-head", 1, 4096, 128, 65),
+    ("scores", 64, 256, 32, 256),
+    ("probs-values", 64, 256, 256, 32),
+    ("recipe-projection", 1, 768, 128, 128),
+    ("recipe-mlp-up", 1, 768, 128, 512),
+];
 
 /// (T, m, head width) of the `chunk` section; batch × T = 4096 tokens and 4 heads each.
 pub const CHUNK_SHAPES: [(usize, usize, usize); 6] =

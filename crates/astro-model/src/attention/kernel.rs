@@ -382,6 +382,7 @@ pub enum ExecutionForm {
 /// The fused operation ([`crate::kernels::kernelised_attention`]: the chunked or parallel form in
 /// one pass with a hand-written backward) where it applies — flex, f32, no padding, log-activity
 /// (exponential maps) or activity without a log-scale (elu+1); otherwise the input back.
+#[allow(clippy::result_large_err)] // the input comes back whole for the composed forms, once per layer
 fn fused(input: KernelInput, causal: bool, chunk: usize) -> Result<Tensor<4>, KernelInput> {
     if input.pad.is_some() || !crate::kernels::kernelised_supported(&input.v) {
         return Err(input);
@@ -448,7 +449,7 @@ pub(crate) fn incremental(
 /// One token through the fused decoding step ([`crate::kernels::kernelised_decode_step`]: flex
 /// without autodiff, f32, log-activity or activity without a log-scale); otherwise the input and
 /// state back for [`mechanistic`], which computes the same step as composed operations.
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::result_large_err)] // the input comes back for `mechanistic`
 fn fused_step(
     input: KernelInput,
     state: Option<RecurrentState>,

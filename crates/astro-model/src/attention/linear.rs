@@ -13,7 +13,7 @@ use crate::error::ConfigError;
 
 
 /// Settings of elu+1 linear attention.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinearConfig {
     /// Tokens per chunk in the causal chunked form; unset: [`crate::attention::auto_chunk`] (measured rule).
@@ -21,11 +21,6 @@ pub struct LinearConfig {
     pub chunk_size: Option<usize>,
 }
 
-impl Default for LinearConfig {
-    fn default() -> Self {
-        Self { chunk_size: None }
-    }
-}
 
 impl LinearConfig {
     /// Checks every field; the error names the field.

@@ -579,7 +579,9 @@ pub(super) struct Memory {
 pub(super) fn decode_step(lq: &[f32], lk: &[f32], v: &[f32], memory: &mut Memory, d: StepDims) -> Vec<f32> {
     let (m, dv) = (d.m, d.dv);
     let mut y = vec![0f32; d.heads * dv];
-    let step = |(((yh, hs), ps), (r, head)): (((&mut [f32], &mut [f32]), &mut [f32]), (&mut f32, usize))| {
+    // One head's output row, synapses, calcium, log-scale and index.
+    type Head<'a> = (((&'a mut [f32], &'a mut [f32]), &'a mut [f32]), (&'a mut f32, usize));
+    let step = |(((yh, hs), ps), (r, head)): Head| {
         let mut fk = vec![0f32; m];
         let mut fq = vec![0f32; m];
         let s = key_activity(&mut fk, &lk[head * m..][..m], d.map);
