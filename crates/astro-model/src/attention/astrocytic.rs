@@ -150,6 +150,36 @@ impl AstrocyticAttention {
         self.config.chunk_size.unwrap_or_else(|| kernel::auto_chunk(t, self.config.features, d))
     }
 
+    /// One decoding token with the paper's positive map as a single fused operation that builds
+    /// the hidden activity itself (`kernels::positive_decode_step`); `None` where it does not apply
+    /// (other maps, several tokens, a backend without it), and [`kernel::incremental`] runs instead.
+    fn positive_step(
+        &self,
+        q: &Tensor<4>,
+        k: &Tensor<4>,
+        v: &Tensor<4>,
+        state: &Option<AttentionState>,
+    ) -> Option<(Tensor<4>, AttentionState)> {
+        use crate::kernels::{DecodeMemory, positive_decode_step};
+        if self.config.feature_map != FeatureMap::Positive || v.dims()[2] != 1 {
+            return None;
+        }
+        let state = match state {
+            Some(AttentionState::Recurrent(s)) => s.clone(),
+            None => kernel::RecurrentState::empty(v, self.config.features),
+            Some(AttentionState::KvCache(_)) => return None,
+        };
+        let memory = DecodeMemory { synapses: state.synapses, processes: state.processes, log_scale: state.log_scale };
+        let (y, memory) = positive_decode_step(q, k, v, &self.omega.val(), &memory, self.config.decay)?;
+        let state = kernel::RecurrentState {
+            synapses: memory.synapses,
+            processes: memory.processes,
+            log_scale: memory.log_scale,
+            tokens: state.tokens + 1,
+        };
+        Some((y, AttentionState::Recurrent(state)))
+    }
+
     /// x̃ = x / D^{1/4} for `x` `[batch, heads, seq, head_dim]`.
     fn scaled(x: Tensor<4>) -> Tensor<4> {
         let d = x.dims()[3] as f64;
@@ -333,6 +363,9 @@ impl InnerAttention for AstrocyticAttention {
         v: Tensor<4>,
         state: Option<AttentionState>,
     ) -> (Tensor<4>, AttentionState) {
+        if let Some(done) = self.positive_step(&q, &k, &v, &state) {
+            return done;
+        }
         let chunk = self.chunk(&v);
         kernel::incremental(self.input(q, k, v, &AttentionMask::causal()), chunk, state)
     }

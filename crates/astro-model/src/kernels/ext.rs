@@ -108,8 +108,9 @@ pub trait FusedOps: Backend {
     }
 
     /// One decoding step of kernelised attention (inference only: no gradient): `fq`, `fk`
-    /// `[B,H,1,m]` (what they hold: `map`), `v` `[B,H,1,Dv]` and the memory (`synapses`
-    /// `[B,H,Dv,m]`, `processes` `[B,H,1,m]`, `log_scale` `[B,H,1,1]`). Only flex (without
+    /// `[B,H,1,m]` (what they hold: `map`; for the positive map, code 3, the head vectors
+    /// `[B,H,1,D]` and `omega` `[H,m,D]`, otherwise `omega` is unused), `v` `[B,H,1,Dv]` and the
+    /// memory (`synapses` `[B,H,Dv,m]`, `processes` `[B,H,1,m]`, `log_scale` `[B,H,1,1]`). Only flex (without
     /// autodiff) computes it; `kernels::kernelised_decode_step` routes everything else to the
     /// composed network.
     #[allow(clippy::too_many_arguments)]
@@ -120,10 +121,11 @@ pub trait FusedOps: Backend {
         synapses: FloatTensor<Self>,
         processes: FloatTensor<Self>,
         log_scale: FloatTensor<Self>,
+        omega: FloatTensor<Self>,
         decay: f64,
         map: u8,
     ) -> DecodeOut<Self> {
-        let _ = (fq, fk, v, synapses, processes, log_scale, decay, map);
+        let _ = (fq, fk, v, synapses, processes, log_scale, omega, decay, map);
         unreachable!("the fused decoding step runs on flex without autodiff only; callers check `supported_decode`")
     }
 
@@ -358,16 +360,21 @@ impl FusedOps for Flex {
         synapses: FlexTensor,
         processes: FlexTensor,
         log_scale: FlexTensor,
+        omega: FlexTensor,
         decay: f64,
         map: u8,
     ) -> DecodeOut<Flex> {
-        let [b, h, _, m] = fq.shape().dims::<4>();
+        let [b, h, _, width] = fq.shape().dims::<4>();
         let dv = v.shape().dims::<4>()[3];
-        let dims = StepDims { heads: b * h, m, dv, decay: decay as f32, map: Activation::from_code(map) };
+        let m = processes.shape().dims::<4>()[3];
+        let positive = map == POSITIVE_CODE;
+        let map = if positive { Activation::Exp } else { Activation::from_code(map) };
+        let dims = StepDims { heads: b * h, m, dv, decay: decay as f32, map, width, heads_per_row: h };
         let owned = |x: FlexTensor| view(&x.to_contiguous()).to_vec();
         let mut memory = Memory { synapses: owned(synapses), processes: owned(processes), log_scale: owned(log_scale) };
-        let (fq, fk, v) = (fq.to_contiguous(), fk.to_contiguous(), v.to_contiguous());
-        let y = super::kernelised::decode_step(view(&fq), view(&fk), view(&v), &mut memory, dims);
+        let (fq, fk, v, omega) = (fq.to_contiguous(), fk.to_contiguous(), v.to_contiguous(), omega.to_contiguous());
+        let omega = positive.then(|| view(&omega));
+        let y = super::kernelised::decode_step(view(&fq), view(&fk), view(&v), omega, &mut memory, dims);
         DecodeOut {
             y: f32_tensor(y, Shape::new([b, h, 1, dv])),
             synapses: f32_tensor(memory.synapses, Shape::new([b, h, dv, m])),
@@ -690,6 +697,9 @@ pub(super) fn kernelised(fq: Tensor<4>, fk: Tensor<4>, v: Tensor<4>, o: super::K
     ))
 }
 
+/// The map code of a decoding step that computes the positive map itself from head vectors and Ω.
+const POSITIVE_CODE: u8 = 3;
+
 /// Whether a decoding step on `fq`'s device can take the fused path: flex without autodiff, f32.
 pub(super) fn supported_decode(fq: &Tensor<4>) -> bool {
     matches!(fq.device().as_dispatch(), DispatchDevice::Flex(_)) && fq.dtype() == DType::F32
@@ -704,9 +714,14 @@ pub(super) fn decode_step(
     synapses: Tensor<4>,
     processes: Tensor<4>,
     log_scale: Tensor<4>,
+    omega: Option<Tensor<3>>,
     decay: f64,
     map: super::KernelMap,
 ) -> (Tensor<4>, Tensor<4>, Tensor<4>, Tensor<4>) {
+    let (omega, code) = match omega {
+        Some(o) => (o, POSITIVE_CODE),
+        None => (Tensor::<3>::zeros([1, 1, 1], (&fq.device(), fq.dtype())), map.code()),
+    };
     let out = Dispatch::fused_decode_step(
         fq.into_dispatch(),
         fk.into_dispatch(),
@@ -714,8 +729,9 @@ pub(super) fn decode_step(
         synapses.into_dispatch(),
         processes.into_dispatch(),
         log_scale.into_dispatch(),
+        omega.into_dispatch(),
         decay,
-        map.code(),
+        code,
     );
     (
         Tensor::from_dispatch(out.y),

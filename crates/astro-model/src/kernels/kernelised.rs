@@ -561,8 +561,25 @@ pub(super) struct StepDims {
     pub dv: usize,
     /// Calcium decay γ.
     pub decay: f32,
-    /// What the query and key inputs hold.
+    /// What the query and key inputs hold (log-activities when `omega` is given to [`decode_step`]).
     pub map: Activation,
+    /// Width D of the head vectors (inputs of the positive map).
+    pub width: usize,
+    /// Heads per batch row H (Ω is per head).
+    pub heads_per_row: usize,
+}
+
+/// The paper's positive map as log-activity: l_μ = ω_μ·x̃ − ‖x̃‖²/2 − ½ ln m with x̃ = x / D^{1/4},
+/// for one head vector `x` `[D]` and that head's Ω `[m, D]`.
+fn positive_log(dst: &mut [f32], x: &[f32], omega: &[f32]) {
+    let d = x.len();
+    let m = dst.len();
+    let scale = (d as f32).powf(-0.25);
+    let xs: Vec<f32> = x.iter().map(|v| v * scale).collect();
+    let half_sq = 0.5 * xs.iter().map(|v| v * v).sum::<f32>() + 0.5 * (m as f32).ln();
+    for (o, row) in dst.iter_mut().zip(omega.chunks_exact(d)) {
+        *o = row.iter().zip(xs.iter()).map(|(w, v)| w * v).sum::<f32>() - half_sq;
+    }
 }
 
 /// The memory of every head: synapses H `[heads, dv, m]`, calcium p `[heads, m]`, both relative to
@@ -576,15 +593,35 @@ pub(super) struct Memory {
 /// One decoding step of the network for every head (`lq`, `lk` `[heads, m]`, `v` `[heads, dv]`):
 /// write H ← γH + v φkᵀ, p ← γp + φk (rescaled to the larger of the memory's and the token's
 /// log-scale), then read y = H φq / pᵀφq. Updates `memory` in place and returns y `[heads, dv]`.
-pub(super) fn decode_step(lq: &[f32], lk: &[f32], v: &[f32], memory: &mut Memory, d: StepDims) -> Vec<f32> {
-    let (m, dv) = (d.m, d.dv);
+/// With `omega` (`[H, m, D]`), `lq` and `lk` are the head vectors `[heads, D]` and the positive
+/// map's log-activity is computed here ([`positive_log`]).
+pub(super) fn decode_step(
+    lq: &[f32],
+    lk: &[f32],
+    v: &[f32],
+    omega: Option<&[f32]>,
+    memory: &mut Memory,
+    d: StepDims,
+) -> Vec<f32> {
+    let (m, dv, w) = (d.m, d.dv, d.width);
     let mut y = vec![0f32; d.heads * dv];
     // One head's output row, synapses, calcium, log-scale and index.
     type Head<'a> = (((&'a mut [f32], &'a mut [f32]), &'a mut [f32]), (&'a mut f32, usize));
     let step = |(((yh, hs), ps), (r, head)): Head| {
         let mut fk = vec![0f32; m];
         let mut fq = vec![0f32; m];
-        let s = key_activity(&mut fk, &lk[head * m..][..m], d.map);
+        let (mut lq_buf, mut lk_buf) = (Vec::new(), Vec::new());
+        let (lq, lk) = match omega {
+            Some(om) => {
+                let om = &om[(head % d.heads_per_row) * m * w..][..m * w];
+                (lq_buf.resize(m, 0.0), lk_buf.resize(m, 0.0));
+                positive_log(&mut lq_buf, &lq[head * w..][..w], om);
+                positive_log(&mut lk_buf, &lk[head * w..][..w], om);
+                (&lq_buf[..], &lk_buf[..])
+            }
+            None => (&lq[head * m..][..m], &lk[head * m..][..m]),
+        };
+        let s = key_activity(&mut fk, lk, d.map);
         let decayed = *r + d.decay.ln();
         let r_new = decayed.max(s);
         let (keep, scale) = (exp_approx(decayed - r_new), exp_approx(s - r_new));
@@ -595,7 +632,7 @@ pub(super) fn decode_step(lq: &[f32], lk: &[f32], v: &[f32], memory: &mut Memory
         }
         ps.iter_mut().zip(&fk).for_each(|(p, f)| *p = keep * *p + f);
         *r = r_new;
-        query_activity(&mut fq, &lq[head * m..][..m], m, d.map);
+        query_activity(&mut fq, lq, m, d.map);
         let den: f32 = ps.iter().zip(&fq).map(|(p, f)| p * f).sum();
         if den.abs() < TINY {
             yh.fill(0.0);

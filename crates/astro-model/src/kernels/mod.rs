@@ -138,11 +138,43 @@ pub fn kernelised_decode_step(
     if ext::supported_decode(&fq) {
         let DecodeMemory { synapses, processes, log_scale } = memory;
         let (y, synapses, processes, log_scale) =
-            ext::decode_step(fq, fk, v, synapses, processes, log_scale, decay, map);
+            ext::decode_step(fq, fk, v, synapses, processes, log_scale, None, decay, map);
         return Ok((y, DecodeMemory { synapses, processes, log_scale }));
     }
     let _ = (decay, map);
     Err((fq, fk, v, memory))
+}
+
+/// [`kernelised_decode_step`] for the paper's positive map, computed inside from the head vectors
+/// `q`, `k` `[batch, heads, 1, D]` and Ω `[heads, m, D]` (φ(x) = m^{-1/2} exp(Ωx̃ − ‖x̃‖²/2),
+/// x̃ = x / D^{1/4}), so that a decoding step is one operation per layer. `None` where the fused
+/// step does not apply; the caller then builds the features with Burn's operations.
+pub fn positive_decode_step(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    omega: &Tensor<3>,
+    memory: &DecodeMemory,
+    decay: f64,
+) -> Option<(Tensor<4>, DecodeMemory)> {
+    #[cfg(feature = "flex")]
+    if ext::supported_decode(q) && omega.dtype() == q.dtype() {
+        let DecodeMemory { synapses, processes, log_scale } = memory.clone();
+        let (y, synapses, processes, log_scale) = ext::decode_step(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            synapses,
+            processes,
+            log_scale,
+            Some(omega.clone()),
+            decay,
+            KernelMap::Exp,
+        );
+        return Some((y, DecodeMemory { synapses, processes, log_scale }));
+    }
+    let _ = (q, k, v, omega, memory, decay);
+    None
 }
 
 /// LayerNorm over the last axis of `x` `[.., C]` with the module's γ, β (β absent: 0) and `epsilon`
