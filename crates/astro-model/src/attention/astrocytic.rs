@@ -152,32 +152,35 @@ impl AstrocyticAttention {
 
     /// One decoding token with the paper's positive map as a single fused operation that builds
     /// the hidden activity itself (`kernels::positive_decode_step`); `None` where it does not apply
-    /// (other maps, several tokens, a backend without it), and [`kernel::incremental`] runs instead.
+    /// (other maps, several tokens, a backend without it): the state comes back and
+    /// [`kernel::incremental`] runs instead.
     fn positive_step(
         &self,
         q: &Tensor<4>,
         k: &Tensor<4>,
         v: &Tensor<4>,
-        state: &Option<AttentionState>,
-    ) -> Option<(Tensor<4>, AttentionState)> {
+        state: Option<AttentionState>,
+    ) -> Result<(Tensor<4>, AttentionState), Option<AttentionState>> {
         use crate::kernels::{DecodeMemory, positive_decode_step};
         if self.config.feature_map != FeatureMap::Positive || v.dims()[2] != 1 {
-            return None;
+            return Err(state);
         }
         let state = match state {
-            Some(AttentionState::Recurrent(s)) => s.clone(),
+            Some(AttentionState::Recurrent(s)) => s,
             None => kernel::RecurrentState::empty(v, self.config.features),
-            Some(AttentionState::KvCache(_)) => return None,
+            other => return Err(other),
         };
+        let tokens = state.tokens;
         let memory = DecodeMemory { synapses: state.synapses, processes: state.processes, log_scale: state.log_scale };
-        let (y, memory) = positive_decode_step(q, k, v, &self.omega.val(), &memory, self.config.decay)?;
-        let state = kernel::RecurrentState {
-            synapses: memory.synapses,
-            processes: memory.processes,
-            log_scale: memory.log_scale,
-            tokens: state.tokens + 1,
-        };
-        Some((y, AttentionState::Recurrent(state)))
+        match positive_decode_step(q, k, v, &self.omega.val(), memory, self.config.decay) {
+            Ok((y, DecodeMemory { synapses, processes, log_scale })) => {
+                let state = kernel::RecurrentState { synapses, processes, log_scale, tokens: tokens + 1 };
+                Ok((y, AttentionState::Recurrent(state)))
+            }
+            Err(DecodeMemory { synapses, processes, log_scale }) => {
+                Err(Some(AttentionState::Recurrent(kernel::RecurrentState { synapses, processes, log_scale, tokens })))
+            }
+        }
     }
 
     /// x̃ = x / D^{1/4} for `x` `[batch, heads, seq, head_dim]`.
@@ -363,9 +366,10 @@ impl InnerAttention for AstrocyticAttention {
         v: Tensor<4>,
         state: Option<AttentionState>,
     ) -> (Tensor<4>, AttentionState) {
-        if let Some(done) = self.positive_step(&q, &k, &v, &state) {
-            return done;
-        }
+        let state = match self.positive_step(&q, &k, &v, state) {
+            Ok(done) => return done,
+            Err(state) => state,
+        };
         let chunk = self.chunk(&v);
         kernel::incremental(self.input(q, k, v, &AttentionMask::causal()), chunk, state)
     }

@@ -233,6 +233,16 @@ fn unary_f32(x: FlexTensor, kernel: fn(&[f32]) -> Vec<f32>, fallback: fn(FlexTen
     f32_tensor(kernel(view(&x)), x.shape())
 }
 
+/// `x` as a contiguous f32 tensor that owns all of its storage (so `storage_mut` writes in place):
+/// `x` itself when it already is one, else a copy.
+fn writable(x: FlexTensor) -> FlexTensor {
+    let owns_all = x.is_contiguous()
+        && x.layout().start_offset() == 0
+        && x.bytes().len() == x.shape().num_elements() * std::mem::size_of::<f32>()
+        && x.is_unique();
+    if owns_all { x } else { f32_tensor(view(&x.to_contiguous()).to_vec(), x.shape()) }
+}
+
 /// A contiguous f32 flex tensor holding `data` in `shape`.
 fn f32_tensor(data: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::new(Bytes::from_elems(data), Layout::contiguous(shape), DType::F32)
@@ -370,17 +380,18 @@ impl FusedOps for Flex {
         let positive = map == POSITIVE_CODE;
         let map = if positive { Activation::Exp } else { Activation::from_code(map) };
         let dims = StepDims { heads: b * h, m, dv, decay: decay as f32, map, width, heads_per_row: h };
-        let owned = |x: FlexTensor| view(&x.to_contiguous()).to_vec();
-        let mut memory = Memory { synapses: owned(synapses), processes: owned(processes), log_scale: owned(log_scale) };
+        // The memory is updated in place when this step holds its only reference (the usual case:
+        // the decoding state moves from step to step), else copied once.
+        let (mut synapses, mut processes, mut log_scale) = (writable(synapses), writable(processes), writable(log_scale));
+        let memory = Memory {
+            synapses: synapses.storage_mut::<f32>(),
+            processes: processes.storage_mut::<f32>(),
+            log_scale: log_scale.storage_mut::<f32>(),
+        };
         let (fq, fk, v, omega) = (fq.to_contiguous(), fk.to_contiguous(), v.to_contiguous(), omega.to_contiguous());
         let omega = positive.then(|| view(&omega));
-        let y = super::kernelised::decode_step(view(&fq), view(&fk), view(&v), omega, &mut memory, dims);
-        DecodeOut {
-            y: f32_tensor(y, Shape::new([b, h, 1, dv])),
-            synapses: f32_tensor(memory.synapses, Shape::new([b, h, dv, m])),
-            processes: f32_tensor(memory.processes, Shape::new([b, h, 1, m])),
-            log_scale: f32_tensor(memory.log_scale, Shape::new([b, h, 1, 1])),
-        }
+        let y = super::kernelised::decode_step(view(&fq), view(&fk), view(&v), omega, memory, dims);
+        DecodeOut { y: f32_tensor(y, Shape::new([b, h, 1, dv])), synapses, processes, log_scale }
     }
 
     fn fused_layer_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64) -> FlexTensor {

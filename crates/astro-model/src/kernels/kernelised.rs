@@ -30,7 +30,7 @@
 
 use rayon::prelude::*;
 
-use super::cpu::{View, exp_approx, exp_sub_block, matmul, matmul_acc};
+use super::cpu::{View, dot, exp_approx, exp_sub_block, matmul, matmul_acc};
 
 /// Denominators below this magnitude are underflows: output 0 and no gradient (as `safe_div`).
 const TINY: f32 = 1.0e-30;
@@ -576,18 +576,18 @@ fn positive_log(dst: &mut [f32], x: &[f32], omega: &[f32]) {
     let m = dst.len();
     let scale = (d as f32).powf(-0.25);
     let xs: Vec<f32> = x.iter().map(|v| v * scale).collect();
-    let half_sq = 0.5 * xs.iter().map(|v| v * v).sum::<f32>() + 0.5 * (m as f32).ln();
+    let half_sq = 0.5 * dot(&xs, &xs) + 0.5 * (m as f32).ln();
     for (o, row) in dst.iter_mut().zip(omega.chunks_exact(d)) {
-        *o = row.iter().zip(xs.iter()).map(|(w, v)| w * v).sum::<f32>() - half_sq;
+        *o = dot(row, &xs) - half_sq;
     }
 }
 
-/// The memory of every head: synapses H `[heads, dv, m]`, calcium p `[heads, m]`, both relative to
-/// e^{log_scale} `[heads]`.
-pub(super) struct Memory {
-    pub synapses: Vec<f32>,
-    pub processes: Vec<f32>,
-    pub log_scale: Vec<f32>,
+/// The memory of every head, updated in place: synapses H `[heads, dv, m]`, calcium p `[heads, m]`,
+/// both relative to e^{log_scale} `[heads]`.
+pub(super) struct Memory<'a> {
+    pub synapses: &'a mut [f32],
+    pub processes: &'a mut [f32],
+    pub log_scale: &'a mut [f32],
 }
 
 /// One decoding step of the network for every head (`lq`, `lk` `[heads, m]`, `v` `[heads, dv]`):
@@ -600,7 +600,7 @@ pub(super) fn decode_step(
     lk: &[f32],
     v: &[f32],
     omega: Option<&[f32]>,
-    memory: &mut Memory,
+    memory: Memory,
     d: StepDims,
 ) -> Vec<f32> {
     let (m, dv, w) = (d.m, d.dv, d.width);
@@ -633,17 +633,18 @@ pub(super) fn decode_step(
         ps.iter_mut().zip(&fk).for_each(|(p, f)| *p = keep * *p + f);
         *r = r_new;
         query_activity(&mut fq, lq, m, d.map);
-        let den: f32 = ps.iter().zip(&fq).map(|(p, f)| p * f).sum();
+        let den = dot(ps, &fq);
         if den.abs() < TINY {
             yh.fill(0.0);
             return;
         }
         for (o, row) in yh.iter_mut().zip(hs.chunks_exact(m)) {
-            *o = row.iter().zip(&fq).map(|(h, f)| h * f).sum::<f32>() / den;
+            *o = dot(row, &fq) / den;
         }
     };
     let Memory { synapses, processes, log_scale } = memory;
-    // Parallel over heads only when each holds enough work to pay for the threads.
+    // Parallel over heads only when there is enough work to pay for waking the threads (measured:
+    // 4 heads × 32 × 256 run 0.22 ms per token sequentially, 0.37 ms in parallel).
     let iter = y
         .chunks_mut(dv)
         .zip(synapses.chunks_mut(dv * m))

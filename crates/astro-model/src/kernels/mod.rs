@@ -147,19 +147,19 @@ pub fn kernelised_decode_step(
 
 /// [`kernelised_decode_step`] for the paper's positive map, computed inside from the head vectors
 /// `q`, `k` `[batch, heads, 1, D]` and Ω `[heads, m, D]` (φ(x) = m^{-1/2} exp(Ωx̃ − ‖x̃‖²/2),
-/// x̃ = x / D^{1/4}), so that a decoding step is one operation per layer. `None` where the fused
-/// step does not apply; the caller then builds the features with Burn's operations.
+/// x̃ = x / D^{1/4}), so that a decoding step is one operation per layer. The memory comes back
+/// where the fused step does not apply; the caller then builds the features with Burn's operations.
 pub fn positive_decode_step(
     q: &Tensor<4>,
     k: &Tensor<4>,
     v: &Tensor<4>,
     omega: &Tensor<3>,
-    memory: &DecodeMemory,
+    memory: DecodeMemory,
     decay: f64,
-) -> Option<(Tensor<4>, DecodeMemory)> {
+) -> Result<(Tensor<4>, DecodeMemory), DecodeMemory> {
     #[cfg(feature = "flex")]
     if ext::supported_decode(q) && omega.dtype() == q.dtype() {
-        let DecodeMemory { synapses, processes, log_scale } = memory.clone();
+        let DecodeMemory { synapses, processes, log_scale } = memory;
         let (y, synapses, processes, log_scale) = ext::decode_step(
             q.clone(),
             k.clone(),
@@ -171,10 +171,10 @@ pub fn positive_decode_step(
             decay,
             KernelMap::Exp,
         );
-        return Some((y, DecodeMemory { synapses, processes, log_scale }));
+        return Ok((y, DecodeMemory { synapses, processes, log_scale }));
     }
-    let _ = (q, k, v, omega, memory, decay);
-    None
+    let _ = (q, k, v, omega, decay);
+    Err(memory)
 }
 
 /// LayerNorm over the last axis of `x` `[.., C]` with the module's γ, β (β absent: 0) and `epsilon`
