@@ -75,9 +75,9 @@ pub trait FusedOps: Backend {
         reference_backward::<Self>(q, k, v, out, grad, causal)
     }
 
-    /// Kernelised attention over hidden activity (`kernelised.rs`): `fq`, `fk` `[B,H,T,m]` (map
-    /// activities when `log`), `v` `[B,H,T,Dv]` → `[B,H,T,Dv]`, in chunks of `chunk` tokens, with
-    /// calcium decay `decay`, causal or bidirectional.
+    /// Kernelised attention over hidden activity (`kernelised.rs`): `fq`, `fk` `[B,H,T,m]` (what
+    /// they hold: `map`, an `Activation` code), `v` `[B,H,T,Dv]` → `[B,H,T,Dv]`, in chunks of
+    /// `chunk` tokens, with calcium decay `decay`, causal or bidirectional.
     #[allow(clippy::too_many_arguments)]
     fn fused_kernelised(
         fq: FloatTensor<Self>,
