@@ -39,7 +39,9 @@ pub fn run_bench(args: BenchArgs, device: Option<&str>) -> anyhow::Result<()> {
     for name in &args.only {
         match Section::parse(name) {
             Some(s) => sections.push(s),
-            None => bail!("unknown section `{name}` in --only; expected some of: train, forward, long, generate, matmul, chunk"),
+            None => bail!(
+                "unknown section `{name}` in --only; expected some of: train, forward, long, generate, matmul, chunk"
+            ),
         }
     }
     for v in &args.variants {

@@ -497,7 +497,13 @@ pub const CHUNKS: [usize; 5] = [16, 32, 64, 128, 256];
 /// Milliseconds for forward + backward of one attention layer's inner attention (astrocytic with
 /// m hidden neurons, or linear) over `[4096 / T, 4, T, d]` inputs with chunks of `chunk` tokens;
 /// `shape` = [T, m, d, chunk].
-fn chunk_probe(variant: &str, shape: [usize; 4], device: &Device, warmup: usize, repeats: usize) -> Result<Stat, EvalError> {
+fn chunk_probe(
+    variant: &str,
+    shape: [usize; 4],
+    device: &Device,
+    warmup: usize,
+    repeats: usize,
+) -> Result<Stat, EvalError> {
     use astro_model::attention::{AstrocyticConfig, AttentionMask, InnerAttention, LinearConfig};
     let [t, m, d, chunk] = shape;
     let ad = device.clone().autodiff();
@@ -521,7 +527,9 @@ fn chunk_probe(variant: &str, shape: [usize; 4], device: &Device, warmup: usize,
                 let _ = q.grad(&grads).map(|g| g.sum().into_scalar::<f32>());
             })
         }
-        other => return Err(EvalError::Invalid(format!("the chunk section has no `{other}` variant (astrocytic, linear)"))),
+        other => {
+            return Err(EvalError::Invalid(format!("the chunk section has no `{other}` variant (astrocytic, linear)")));
+        }
     };
     Ok(Stat::of(&samples).map(|s| s * 1e3))
 }

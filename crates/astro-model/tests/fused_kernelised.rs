@@ -78,7 +78,9 @@ fn compare(case: Case, tol: f64) {
     let dev = device();
     let fused = run(case, true, &dev);
     let reference = run(case, false, &dev);
-    for (name, a, b) in ["output", "dq", "dk", "dv", "dΩ"].iter().zip(&fused).zip(&reference).map(|((n, a), b)| (n, a, b)) {
+    for (name, a, b) in
+        ["output", "dq", "dk", "dv", "dΩ"].iter().zip(&fused).zip(&reference).map(|((n, a), b)| (n, a, b))
+    {
         assert!(all_finite(a), "{case:?}: {name} is not finite");
         let e = err(a, b);
         assert!(e < tol, "{case:?}: {name} differs from the composed form by {e:e}");
@@ -173,4 +175,31 @@ fn fused_kernelised_attention_is_causal() {
     let (a, b) = (run(fk.clone(), v.clone()), run(bump(fk), bump(v)));
     let diff = host(&a).iter().zip(host(&b)).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
     assert!(diff < 1e-5, "a later key changed an earlier output by {diff:e}");
+}
+
+/// Inference with the paper's map builds the hidden activity inside the fused operation (no
+/// autodiff): it must equal the composed forms, causal and bidirectional, with and without decay.
+#[test]
+fn inference_with_the_positive_map_matches_the_composed_forms() {
+    let dev = device();
+    for (seq, chunk, decay) in [(37, 8, 1.0), (70, 32, 0.9), (1, 4, 1.0)] {
+        let config =
+            AstrocyticConfig { features: 48, chunk_size: Some(chunk), decay, seed: 3, ..AstrocyticConfig::default() };
+        let attn = config.init(3, 8, 1, &dev);
+        let shape = [2, 3, seq, 8];
+        let (q, k, v) = (
+            normal4(shape, 1.5, 21, DType::F32, &dev),
+            normal4(shape, 1.5, 22, DType::F32, &dev),
+            normal4(shape, 1.0, 23, DType::F32, &dev),
+        );
+        let causal = AttentionMask::causal();
+        let e = err(
+            &attn.forward(q.clone(), k.clone(), v.clone(), &causal),
+            &attn.forward_chunked(q.clone(), k.clone(), v.clone(), &causal, chunk),
+        );
+        assert!(e < 1e-5, "causal T={seq} c={chunk} γ={decay}: {e:e}");
+        let full = AttentionMask::bidirectional();
+        let e = err(&attn.forward(q.clone(), k.clone(), v.clone(), &full), &attn.forward_parallel(q, k, v, &full));
+        assert!(e < 1e-5, "bidirectional T={seq} c={chunk} γ={decay}: {e:e}");
+    }
 }

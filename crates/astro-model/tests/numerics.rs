@@ -237,8 +237,8 @@ fn chunked_causal_gradient_matches_finite_differences() {
     // f64, several chunks with carried state and decay: analytic vs central differences.
     let dev = device().autodiff();
     let shape = [1, 2, 9, 4];
-    let attn =
-        AstrocyticConfig { features: 16, decay: 0.9, chunk_size: Some(3), ..AstrocyticConfig::default() }.init(2, 4, 0, &dev);
+    let attn = AstrocyticConfig { features: 16, decay: 0.9, chunk_size: Some(3), ..AstrocyticConfig::default() }
+        .init(2, 4, 0, &dev);
     let base = [
         normal4(shape, 0.7, 1, DType::F64, &dev),
         normal4(shape, 0.7, 2, DType::F64, &dev),

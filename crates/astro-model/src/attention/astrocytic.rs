@@ -352,6 +352,22 @@ impl AstrocyticAttention {
 impl InnerAttention for AstrocyticAttention {
     fn forward(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
         let chunk = self.chunk(&v);
+        // Inference with the paper's map: the hidden activity is built inside the fused operation.
+        if self.config.feature_map == FeatureMap::Positive
+            && self.config.form == ExecutionForm::Fast
+            && mask.key_padding.is_none()
+            && let Some(y) = crate::kernels::positive_kernelised_attention(
+                &q,
+                &k,
+                &v,
+                &self.omega.val(),
+                chunk,
+                self.config.decay,
+                mask.causal,
+            )
+        {
+            return y;
+        }
         kernel::forward(self.config.form, self.input(q, k, v, mask), mask.causal, chunk)
     }
 

@@ -6,11 +6,10 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::feature_map::elu_plus_one;
-use crate::kernels::{KernelMap, KernelisedOptions, kernelised_attention};
 use super::kernel::{self, ExecutionForm, KernelInput};
 use super::{AttentionMask, AttentionState, InnerAttention, NormaliserTrace};
 use crate::error::ConfigError;
-
+use crate::kernels::{KernelMap, KernelisedOptions, kernelised_attention};
 
 /// Settings of elu+1 linear attention.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -20,7 +19,6 @@ pub struct LinearConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_size: Option<usize>,
 }
-
 
 impl LinearConfig {
     /// Checks every field; the error names the field.

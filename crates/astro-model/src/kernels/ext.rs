@@ -107,6 +107,25 @@ pub trait FusedOps: Backend {
         unreachable!("the fused kernelised backward runs on flex only; callers check `supported_kernelised`")
     }
 
+    /// Kernelised attention with the paper's positive map built inside, chunk by chunk, from the
+    /// head vectors `q`, `k` `[B,H,T,D]` and Ω `[H,m,D]` (`kernelised.rs`, `forward_positive`):
+    /// → `[B,H,T,Dv]`. Inference only (no backward): only flex without autodiff computes it.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_kernelised_positive(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        omega: FloatTensor<Self>,
+        chunk: usize,
+        decay: f64,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        let _ = (q, k, v, omega, chunk, decay, causal);
+        unreachable!(
+            "the fused positive-map attention runs on flex without autodiff only; callers check `supported_decode`"
+        )
+    }
+
     /// One decoding step of kernelised attention (inference only: no gradient): `fq`, `fk`
     /// `[B,H,1,m]` (what they hold: `map`; for the positive map, code 3, the head vectors
     /// `[B,H,1,D]` and `omega` `[H,m,D]`, otherwise `omega` is unused), `v` `[B,H,1,Dv]` and the
@@ -336,7 +355,8 @@ impl FusedOps for Flex {
     ) -> FlexTensor {
         let [b, h, t, m] = fq.shape().dims::<4>();
         let dv = v.shape().dims::<4>()[3];
-        let dims = KernelDims { heads: b * h, t, m, dv, chunk, decay: decay as f32, map: Activation::from_code(map), causal };
+        let dims =
+            KernelDims { heads: b * h, t, m, dv, chunk, decay: decay as f32, map: Activation::from_code(map), causal };
         let (fq, fk, v) = (fq.to_contiguous(), fk.to_contiguous(), v.to_contiguous());
         f32_tensor(super::kernelised::forward(view(&fq), view(&fk), view(&v), dims), Shape::new([b, h, t, dv]))
     }
@@ -353,7 +373,8 @@ impl FusedOps for Flex {
     ) -> AttentionGrads<Flex> {
         let [b, h, t, m] = fq.shape().dims::<4>();
         let dv = v.shape().dims::<4>()[3];
-        let dims = KernelDims { heads: b * h, t, m, dv, chunk, decay: decay as f32, map: Activation::from_code(map), causal };
+        let dims =
+            KernelDims { heads: b * h, t, m, dv, chunk, decay: decay as f32, map: Activation::from_code(map), causal };
         let (fq, fk, v, grad) = (fq.to_contiguous(), fk.to_contiguous(), v.to_contiguous(), grad.to_contiguous());
         let g = super::kernelised::backward(view(&fq), view(&fk), view(&v), view(&grad), dims);
         AttentionGrads {
@@ -361,6 +382,24 @@ impl FusedOps for Flex {
             k: f32_tensor(g.k, Shape::new([b, h, t, m])),
             v: f32_tensor(g.v, Shape::new([b, h, t, dv])),
         }
+    }
+
+    fn fused_kernelised_positive(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        omega: FlexTensor,
+        chunk: usize,
+        decay: f64,
+        causal: bool,
+    ) -> FlexTensor {
+        let [b, h, t, width] = q.shape().dims::<4>();
+        let dv = v.shape().dims::<4>()[3];
+        let m = omega.shape().dims::<3>()[1];
+        let dims = KernelDims { heads: b * h, t, m, dv, chunk, decay: decay as f32, map: Activation::Exp, causal };
+        let (q, k, v, omega) = (q.to_contiguous(), k.to_contiguous(), v.to_contiguous(), omega.to_contiguous());
+        let y = super::kernelised::forward_positive(view(&q), view(&k), view(&v), view(&omega), width, dims);
+        f32_tensor(y, Shape::new([b, h, t, dv]))
     }
 
     fn fused_decode_step(
@@ -382,7 +421,8 @@ impl FusedOps for Flex {
         let dims = StepDims { heads: b * h, m, dv, decay: decay as f32, map, width, heads_per_row: h };
         // The memory is updated in place when this step holds its only reference (the usual case:
         // the decoding state moves from step to step), else copied once.
-        let (mut synapses, mut processes, mut log_scale) = (writable(synapses), writable(processes), writable(log_scale));
+        let (mut synapses, mut processes, mut log_scale) =
+            (writable(synapses), writable(processes), writable(log_scale));
         let memory = Memory {
             synapses: synapses.storage_mut::<f32>(),
             processes: processes.storage_mut::<f32>(),
@@ -714,6 +754,27 @@ const POSITIVE_CODE: u8 = 3;
 /// Whether a decoding step on `fq`'s device can take the fused path: flex without autodiff, f32.
 pub(super) fn supported_decode(fq: &Tensor<4>) -> bool {
     matches!(fq.device().as_dispatch(), DispatchDevice::Flex(_)) && fq.dtype() == DType::F32
+}
+
+/// [`FusedOps::fused_kernelised_positive`] on tensors.
+pub(super) fn kernelised_positive(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    omega: Tensor<3>,
+    chunk: usize,
+    decay: f64,
+    causal: bool,
+) -> Tensor<4> {
+    Tensor::from_dispatch(Dispatch::fused_kernelised_positive(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        omega.into_dispatch(),
+        chunk,
+        decay,
+        causal,
+    ))
 }
 
 /// [`FusedOps::fused_decode_step`] on tensors → (y, synapses, processes, log_scale).

@@ -214,7 +214,17 @@ fn causal_mask(a: &mut [f32], n: usize, pow: &[f32], decay: bool) {
 /// Writes a chunk of keys into the memory: H ← γ^n H + Σ_κ γ^{n−1−κ} vx_κ φk_κᵀ (as `[m, dv + 1]`),
 /// with the chunk's activity `fk` `[n, m]` relative to e^s and the memory rescaled to the larger scale.
 #[allow(clippy::too_many_arguments)]
-fn write_chunk(sx: &mut [f32], r: &mut f32, fw: &mut [f32], fk: &[f32], vx: &[f32], pow: &[f32], n: usize, d: &KernelDims, s: f32) {
+fn write_chunk(
+    sx: &mut [f32],
+    r: &mut f32,
+    fw: &mut [f32],
+    fk: &[f32],
+    vx: &[f32],
+    pow: &[f32],
+    n: usize,
+    d: &KernelDims,
+    s: f32,
+) {
     let (m, dw) = (d.m, d.dv + 1);
     let aged = *r + n as f32 * d.decay.ln();
     let r_new = aged.max(s);
@@ -313,13 +323,85 @@ fn through_map(grad: &mut [f32], activity: &[f32], map: Activation) {
     }
 }
 
-/// Forward of one head: `lq`, `lk` `[T, m]`, `v` `[T, dv]` → `y` `[T, dv]`.
-fn head_forward(lq: &[f32], lk: &[f32], v: &[f32], y: &mut [f32], w: &mut Work, d: &KernelDims) {
+/// Where one head's query and key inputs come from, chunk by chunk.
+enum Source<'a> {
+    /// Given per token: `lq`, `lk` `[T, m]` (what they hold: [`KernelDims::map`]).
+    Given { lq: &'a [f32], lk: &'a [f32], m: usize },
+    /// The paper's positive map built here from the head vectors `q`, `k` `[T, D]` and this head's
+    /// Ω `[m, D]`: log-activity Ωx̃ − ‖x̃‖²/2 − ½ ln m, x̃ = x / D^{1/4} (see [`positive_rows`]).
+    Positive {
+        q: &'a [f32],
+        k: &'a [f32],
+        omega: &'a [f32],
+        width: usize,
+        m: usize,
+        xs: Vec<f32>,
+        lq: Vec<f32>,
+        lk: Vec<f32>,
+    },
+}
+
+impl<'a> Source<'a> {
+    fn positive(q: &'a [f32], k: &'a [f32], omega: &'a [f32], width: usize, m: usize, chunk: usize) -> Self {
+        let (xs, lq, lk) = (vec![0.0; chunk * width], vec![0.0; chunk * m], vec![0.0; chunk * m]);
+        Source::Positive { q, k, omega, width, m, xs, lq, lk }
+    }
+
+    /// Queries (`keys` false) or keys of tokens `t0..t0 + n`, `[n, m]`.
+    fn side(&mut self, t0: usize, n: usize, keys: bool) -> &[f32] {
+        match self {
+            Source::Given { lq, lk, m } => &(if keys { lk } else { lq })[t0 * *m..][..n * *m],
+            Source::Positive { q, k, omega, width, m, xs, lq, lk } => {
+                let (x, dst) = if keys { (k, lk) } else { (q, lq) };
+                positive_rows(&mut dst[..n * *m], &x[t0 * *width..][..n * *width], omega, xs, *width);
+                &dst[..n * *m]
+            }
+        }
+    }
+
+    /// Queries and keys of tokens `t0..t0 + n`, each `[n, m]`.
+    fn both(&mut self, t0: usize, n: usize) -> (&[f32], &[f32]) {
+        match self {
+            Source::Given { lq, lk, m } => (&lq[t0 * *m..][..n * *m], &lk[t0 * *m..][..n * *m]),
+            Source::Positive { q, k, omega, width, m, xs, lq, lk } => {
+                positive_rows(&mut lq[..n * *m], &q[t0 * *width..][..n * *width], omega, xs, *width);
+                positive_rows(&mut lk[..n * *m], &k[t0 * *width..][..n * *width], omega, xs, *width);
+                (&lq[..n * *m], &lk[..n * *m])
+            }
+        }
+    }
+}
+
+/// The positive map's log-activity for rows of head vectors `x` `[n, D]` with this head's Ω `[m, D]`:
+/// `dst` `[n, m]` = x̃ Ωᵀ − (‖x̃‖²/2 + ½ ln m) per row, x̃ = x / D^{1/4} (`xs`: scratch ≥ n·D).
+fn positive_rows(dst: &mut [f32], x: &[f32], omega: &[f32], xs: &mut [f32], width: usize) {
+    let (n, m) = (x.len() / width.max(1), omega.len() / width.max(1));
+    let scale = (width as f32).powf(-0.25);
+    let xs = &mut xs[..n * width];
+    xs.iter_mut().zip(x).for_each(|(s, v)| *s = v * scale);
+    if n == 1 {
+        // One token (decoding): m dot products beat a matrix product's setup.
+        for (o, row) in dst.iter_mut().zip(omega.chunks_exact(width)) {
+            *o = dot(row, xs);
+        }
+    } else {
+        matmul(dst, n, m, width, View::rows(xs, width), View::transposed(omega, width), 1.0); // [n,m] x̃ Ωᵀ
+    }
+    let half_ln_m = 0.5 * (m as f32).ln();
+    for (row, xr) in dst.chunks_exact_mut(m).zip(xs.chunks_exact(width)) {
+        let c = 0.5 * dot(xr, xr) + half_ln_m;
+        row.iter_mut().for_each(|l| *l -= c);
+    }
+}
+
+/// Forward of one head: inputs from `src`, `v` `[T, dv]` → `y` `[T, dv]`.
+fn head_forward(src: &mut Source, v: &[f32], y: &mut [f32], w: &mut Work, d: &KernelDims) {
     let (m, dv, dw) = (d.m, d.dv, d.dv + 1);
     w.reset();
     if d.causal {
         for (t0, n) in d.chunks() {
-            let sc = read_causal(w, &lq[t0 * m..][..n * m], &lk[t0 * m..][..n * m], &v[t0 * dv..][..n * dv], n, d);
+            let (lq, lk) = src.both(t0, n);
+            let sc = read_causal(w, lq, lk, &v[t0 * dv..][..n * dv], n, d);
             divide(&w.nx, &mut y[t0 * dv..][..n * dv], n, dv);
             write_chunk(&mut w.sx, &mut w.r, &mut w.fw, &w.fk, &w.vx, &w.pow, n, d, sc.s);
         }
@@ -327,12 +409,12 @@ fn head_forward(lq: &[f32], lk: &[f32], v: &[f32], y: &mut [f32], w: &mut Work, 
     }
     // Bidirectional: write every key, then read every query against the whole memory.
     for (t0, n) in d.chunks() {
-        let s = key_activity(&mut w.fk[..n * m], &lk[t0 * m..][..n * m], d.map);
+        let s = key_activity(&mut w.fk[..n * m], src.side(t0, n, true), d.map);
         with_ones(&mut w.vx[..n * dw], &v[t0 * dv..][..n * dv], dv);
         write_chunk(&mut w.sx, &mut w.r, &mut w.fw, &w.fk, &w.vx, &w.pow, n, d, s);
     }
     for (t0, n) in d.chunks() {
-        query_activity(&mut w.fq[..n * m], &lq[t0 * m..][..n * m], m, d.map);
+        query_activity(&mut w.fq[..n * m], src.side(t0, n, false), m, d.map);
         matmul(&mut w.nx, n, dw, m, View::rows(&w.fq, m), View::rows(&w.sx, dw), 1.0);
         divide(&w.nx, &mut y[t0 * dv..][..n * dv], n, dv);
     }
@@ -348,8 +430,38 @@ pub(super) fn forward(lq: &[f32], lk: &[f32], v: &[f32], d: KernelDims) -> Vec<f
     y.par_chunks_mut(t * dv).enumerate().for_each_init(
         || Work::new(&d),
         |w, (head, yh)| {
-            let (qh, kh, vh) = (&lq[head * t * m..][..t * m], &lk[head * t * m..][..t * m], &v[head * t * dv..][..t * dv]);
-            head_forward(qh, kh, vh, yh, w, &d);
+            let mut src = Source::Given { lq: &lq[head * t * m..][..t * m], lk: &lk[head * t * m..][..t * m], m };
+            head_forward(&mut src, &v[head * t * dv..][..t * dv], yh, w, &d);
+        },
+    );
+    y
+}
+
+/// y `[heads, T, dv]` with the paper's positive map built inside from the head vectors `q`, `k`
+/// `[heads, T, D]` and Ω `[H, m, D]` (head i uses Ω of head i mod H): no `[T, m]` activity is
+/// materialised beyond one chunk. Inference only (there is no backward for this entry).
+pub(super) fn forward_positive(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    omega: &[f32],
+    width: usize,
+    d: KernelDims,
+) -> Vec<f32> {
+    let (t, m, dv) = (d.t, d.m, d.dv);
+    let mut y = vec![0f32; d.heads * t * dv];
+    let per_head = m * width;
+    if t == 0 || per_head == 0 {
+        return y;
+    }
+    let heads_per_row = (omega.len() / per_head).max(1);
+    y.par_chunks_mut(t * dv).enumerate().for_each_init(
+        || Work::new(&d),
+        |w, (head, yh)| {
+            let om = &omega[(head % heads_per_row) * per_head..][..per_head];
+            let (qh, kh) = (&q[head * t * width..][..t * width], &k[head * t * width..][..t * width]);
+            let mut src = Source::positive(qh, kh, om, width, m, d.chunk_len());
+            head_forward(&mut src, &v[head * t * dv..][..t * dv], yh, w, &d);
         },
     );
     y
@@ -520,7 +632,8 @@ fn head_backward_bidirectional(x: &HeadInputs, out: &mut HeadGrads, bw: &mut Bac
 /// `v` `[heads, T, dv]`; `g` `[heads, T, dv]`.
 pub(super) fn backward(lq: &[f32], lk: &[f32], v: &[f32], g: &[f32], d: KernelDims) -> KernelGrads {
     let (t, m, dv) = (d.t, d.m, d.dv);
-    let mut grads = KernelGrads { q: vec![0.0; d.heads * t * m], k: vec![0.0; d.heads * t * m], v: vec![0.0; d.heads * t * dv] };
+    let mut grads =
+        KernelGrads { q: vec![0.0; d.heads * t * m], k: vec![0.0; d.heads * t * m], v: vec![0.0; d.heads * t * dv] };
     if t == 0 {
         return grads;
     }
@@ -569,19 +682,6 @@ pub(super) struct StepDims {
     pub heads_per_row: usize,
 }
 
-/// The paper's positive map as log-activity: l_μ = ω_μ·x̃ − ‖x̃‖²/2 − ½ ln m with x̃ = x / D^{1/4},
-/// for one head vector `x` `[D]` and that head's Ω `[m, D]`.
-fn positive_log(dst: &mut [f32], x: &[f32], omega: &[f32]) {
-    let d = x.len();
-    let m = dst.len();
-    let scale = (d as f32).powf(-0.25);
-    let xs: Vec<f32> = x.iter().map(|v| v * scale).collect();
-    let half_sq = 0.5 * dot(&xs, &xs) + 0.5 * (m as f32).ln();
-    for (o, row) in dst.iter_mut().zip(omega.chunks_exact(d)) {
-        *o = dot(row, &xs) - half_sq;
-    }
-}
-
 /// The memory of every head, updated in place: synapses H `[heads, dv, m]`, calcium p `[heads, m]`,
 /// both relative to e^{log_scale} `[heads]`.
 pub(super) struct Memory<'a> {
@@ -594,7 +694,7 @@ pub(super) struct Memory<'a> {
 /// write H ← γH + v φkᵀ, p ← γp + φk (rescaled to the larger of the memory's and the token's
 /// log-scale), then read y = H φq / pᵀφq. Updates `memory` in place and returns y `[heads, dv]`.
 /// With `omega` (`[H, m, D]`), `lq` and `lk` are the head vectors `[heads, D]` and the positive
-/// map's log-activity is computed here ([`positive_log`]).
+/// map's log-activity is computed here ([`positive_rows`]).
 pub(super) fn decode_step(
     lq: &[f32],
     lk: &[f32],
@@ -610,13 +710,13 @@ pub(super) fn decode_step(
     let step = |(((yh, hs), ps), (r, head)): Head| {
         let mut fk = vec![0f32; m];
         let mut fq = vec![0f32; m];
-        let (mut lq_buf, mut lk_buf) = (Vec::new(), Vec::new());
+        let (mut lq_buf, mut lk_buf, mut xs) = (Vec::new(), Vec::new(), Vec::new());
         let (lq, lk) = match omega {
             Some(om) => {
                 let om = &om[(head % d.heads_per_row) * m * w..][..m * w];
-                (lq_buf.resize(m, 0.0), lk_buf.resize(m, 0.0));
-                positive_log(&mut lq_buf, &lq[head * w..][..w], om);
-                positive_log(&mut lk_buf, &lk[head * w..][..w], om);
+                (lq_buf.resize(m, 0.0), lk_buf.resize(m, 0.0), xs.resize(w, 0.0));
+                positive_rows(&mut lq_buf, &lq[head * w..][..w], om, &mut xs, w);
+                positive_rows(&mut lk_buf, &lk[head * w..][..w], om, &mut xs, w);
                 (&lq_buf[..], &lk_buf[..])
             }
             None => (&lq[head * m..][..m], &lk[head * m..][..m]),

@@ -108,6 +108,28 @@ pub fn kernelised_attention(
     Err((fq, fk, v))
 }
 
+/// Kernelised attention with the paper's positive map φ(x) = m^{-1/2} exp(Ωx̃ − ‖x̃‖²/2),
+/// x̃ = x / D^{1/4}, built inside the fused operation chunk by chunk from the head vectors `q`, `k`
+/// `[batch, heads, T, D]` and Ω `[heads, m, D]`, so that no `[batch, heads, T, m]` activity is
+/// materialised (inference: flex without autodiff, f32). `v` `[batch, heads, T, Dv]` →
+/// `[batch, heads, T, Dv]`; `None` where it does not apply (the caller builds the features).
+pub fn positive_kernelised_attention(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    omega: &Tensor<3>,
+    chunk: usize,
+    decay: f64,
+    causal: bool,
+) -> Option<Tensor<4>> {
+    #[cfg(feature = "flex")]
+    if ext::supported_decode(q) && omega.dtype() == q.dtype() {
+        return Some(ext::kernelised_positive(q.clone(), k.clone(), v.clone(), omega.clone(), chunk, decay, causal));
+    }
+    let _ = (q, k, v, omega, chunk, decay, causal);
+    None
+}
+
 /// The memory of kernelised attention between decoding steps: synapses H `[batch, heads, Dv, m]`,
 /// calcium p `[batch, heads, 1, m]`, both relative to e^{log_scale} `[batch, heads, 1, 1]`.
 #[derive(Debug, Clone)]
