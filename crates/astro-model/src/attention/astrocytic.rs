@@ -154,6 +154,7 @@ impl AstrocyticAttention {
     /// the hidden activity itself (`kernels::positive_decode_step`); `None` where it does not apply
     /// (other maps, several tokens, a backend without it): the state comes back and
     /// [`kernel::incremental`] runs instead.
+    #[allow(clippy::result_large_err)] // the state comes back whole for the composed path
     fn positive_step(
         &self,
         q: &Tensor<4>,

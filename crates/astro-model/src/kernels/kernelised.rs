@@ -714,7 +714,9 @@ pub(super) fn decode_step(
         let (lq, lk) = match omega {
             Some(om) => {
                 let om = &om[(head % d.heads_per_row) * m * w..][..m * w];
-                (lq_buf.resize(m, 0.0), lk_buf.resize(m, 0.0), xs.resize(w, 0.0));
+                lq_buf.resize(m, 0.0);
+                lk_buf.resize(m, 0.0);
+                xs.resize(w, 0.0);
                 positive_rows(&mut lq_buf, &lq[head * w..][..w], om, &mut xs, w);
                 positive_rows(&mut lk_buf, &lk[head * w..][..w], om, &mut xs, w);
                 (&lq_buf[..], &lk_buf[..])
