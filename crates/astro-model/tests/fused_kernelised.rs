@@ -204,3 +204,53 @@ fn inference_with_the_positive_map_matches_the_composed_forms() {
         assert!(e < 1e-5, "bidirectional T={seq} c={chunk} γ={decay}: {e:e}");
     }
 }
+
+/// Padded keys (right padding, and left padding that leaves whole chunks with nothing but padding)
+/// take the fused operation too: outputs and gradients equal the quadratic specification's.
+#[test]
+fn padded_keys_match_the_composed_forms_with_gradients() {
+    use burn::tensor::{Bool, TensorData};
+    let dev = device();
+    let ad = dev.clone().autodiff();
+    let (seq, chunk, heads, d) = (23, 4, 2, 8);
+    let mut pad = vec![false; 2 * seq];
+    pad[seq - 10..seq].iter_mut().for_each(|p| *p = true); // row 0: the last 10 tokens
+    pad[seq..seq + 9].iter_mut().for_each(|p| *p = true); // row 1: the first 9 (two whole chunks)
+    let pad = Tensor::<2, Bool>::from_data(TensorData::new(pad, [2, seq]), &ad);
+    for map in [FeatureMap::Positive, FeatureMap::ShiftedSaderf, FeatureMap::Linear] {
+        for causal in [true, false] {
+            let run = |fused: bool| {
+                let config = AstrocyticConfig {
+                    features: 16,
+                    feature_map: map,
+                    chunk_size: Some(chunk),
+                    seed: 9,
+                    ..AstrocyticConfig::default()
+                };
+                let shape = [2, heads, seq, d];
+                let q = normal4(shape, 0.8, 31, DType::F32, &ad);
+                let k = normal4(shape, 0.8, 32, DType::F32, &ad).add_scalar(0.3);
+                let v = normal4(shape, 1.0, 33, DType::F32, &ad);
+                let w = normal4(shape, 1.0, 34, DType::F32, &ad);
+                let attn = config.init(heads, d, 0, &ad);
+                let (attn, _) = attn.calibrate(q.clone(), k.clone(), Some(pad.clone()), 0, false).expect("calibrates");
+                let (q, k, v) = (q.require_grad(), k.require_grad(), v.require_grad());
+                let base = if causal { AttentionMask::causal() } else { AttentionMask::bidirectional() };
+                let mask = base.with_padding(pad.clone());
+                let out = match fused {
+                    true => attn.forward(q.clone(), k.clone(), v.clone(), &mask),
+                    false => attn.forward_reference(q.clone(), k.clone(), v.clone(), &mask),
+                };
+                let grads = (out.clone() * w).sum().backward();
+                let g = |x: &Tensor<4>| x.grad(&grads).expect("gradient");
+                vec![out.inner(), g(&q), g(&k), g(&v)]
+            };
+            let (a, b) = (run(true), run(false));
+            for (name, (x, y)) in ["output", "dq", "dk", "dv"].iter().zip(a.iter().zip(&b)) {
+                assert!(all_finite(x), "{map:?} causal={causal}: {name} not finite");
+                let e = err(x, y);
+                assert!(e < 2e-4, "{map:?} causal={causal}: {name} differs from the specification by {e:e}");
+            }
+        }
+    }
+}

@@ -380,11 +380,12 @@ pub enum ExecutionForm {
 }
 
 /// The fused operation ([`crate::kernels::kernelised_attention`]: the chunked or parallel form in
-/// one pass with a hand-written backward) where it applies — flex, f32, no padding, log-activity
-/// (exponential maps) or activity without a log-scale (elu+1); otherwise the input back.
+/// one pass with a hand-written backward) where it applies — flex, f32, log-activity (exponential
+/// maps) or activity without a log-scale (elu+1); otherwise the input back. Padded keys were
+/// silenced by [`KernelInput::new`] (log-activity [`NEG`], activity 0), which the operation honours.
 #[allow(clippy::result_large_err)] // the input comes back whole for the composed forms, once per layer
 fn fused(input: KernelInput, causal: bool, chunk: usize) -> Result<Tensor<4>, KernelInput> {
-    if input.pad.is_some() || !crate::kernels::kernelised_supported(&input.v) {
+    if !crate::kernels::kernelised_supported(&input.v) {
         return Err(input);
     }
     let KernelInput { q, k, v, pad, decay } = input;

@@ -174,11 +174,17 @@ fn query_activity(dst: &mut [f32], src: &[f32], m: usize, map: Activation) {
 }
 
 /// Key-side activity of a chunk `[n, m]`: e^{l − s}, s its largest log-activity (log inputs), or
-/// the activity itself with s = 0. Returns s.
+/// the activity itself with s = 0. Returns s. Padded keys arrive silenced (log-activity [`NEG`],
+/// activity 0): they never set s, and a chunk of nothing but padding writes zeros with s = NEG, so
+/// that it neither rescales the memory nor adds to it.
 fn key_activity(dst: &mut [f32], src: &[f32], map: Activation) -> f32 {
     match map {
         Activation::Exp => {
             let s = finite_max(src);
+            if s <= NEG / 2.0 {
+                dst.fill(0.0);
+                return NEG;
+            }
             exp_sub_block(dst, src, s);
             s
         }
@@ -573,6 +579,11 @@ fn head_backward_causal(x: &HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, 
         }
         through_map(dk, fk, d.map);
         // Add this chunk's queries (query i has weight γ^{i+1} e^{−common} relative to the chunk before).
+        // A chunk that has read nothing yet (every key so far padded) has no gradient to pass on.
+        if sc.common <= NEG / 2.0 {
+            q += n as f32 * lg;
+            continue;
+        }
         let aged = q + n as f32 * lg;
         let top = -sc.common + lg;
         let q_new = aged.max(top);
