@@ -306,3 +306,28 @@ mod properties {
         }
     }
 }
+
+/// Left padding that covers whole chunks before the first real key: queries there read nothing
+/// (output 0), and no later chunk leaks into their memory. (The chunked form once let it: with every
+/// earlier chunk padded, the masked weights e^{c + NEG − NEG} rounded to 1.)
+#[test]
+fn chunked_form_with_whole_chunks_of_left_padding() {
+    use burn::tensor::{Bool, TensorData};
+    let dev = device();
+    let (seq, chunk) = (12, 4);
+    let pad: Vec<bool> = (0..seq).map(|t| t < 5).collect();
+    let pad = Tensor::<2, Bool>::from_data(TensorData::new(pad, [1, seq]), &dev);
+    let attn =
+        AstrocyticConfig { features: 8, chunk_size: Some(chunk), ..AstrocyticConfig::default() }.init(2, 4, 0, &dev);
+    let shape = [1, 2, seq, 4];
+    let (q, k, v) = (
+        normal4(shape, 0.8, 1, DType::F32, &dev),
+        normal4(shape, 0.8, 2, DType::F32, &dev),
+        normal4(shape, 1.0, 3, DType::F32, &dev),
+    );
+    let mask = AttentionMask::causal().with_padding(pad);
+    let reference = attn.forward_reference(q.clone(), k.clone(), v.clone(), &mask);
+    let chunked = attn.forward_chunked(q, k, v, &mask, chunk);
+    let e = rel_err(&chunked, &reference);
+    assert!(e <= 1e-5, "chunked vs reference with left padding: {e:e}");
+}

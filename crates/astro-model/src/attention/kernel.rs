@@ -321,7 +321,10 @@ pub(crate) fn chunked(input: KernelInput, chunk: usize, state: Option<RecurrentS
     let scales = chunk_scale.clone().reshape([b, h, 1, n]) + host_matrix(ages, n + 1, n, &chunk_scale); // [B,H,n+1,n]
     let init = r0 + host_matrix((0..=n).map(|j| j as f64 * step).collect(), n + 1, 1, &chunk_scale); //   [B,H,n+1,1]
     let r = scales.clone().max_dim(3).max_pair(init.clone()); //                                [B,H,n+1,1]
-    let kappa = (scales - r.clone()).exp(); //                                                  [B,H,n+1,n]
+    // Chunks l ≥ j are outside row j's memory: masked by 0, not only by the NEG log-weight (when
+    // every chunk before j is padding, r_j is NEG too and e^{c_l + NEG − r_j} would round to 1).
+    let readable: Vec<f64> = (0..=n).flat_map(|j| (0..n).map(move |l| if l < j { 1.0 } else { 0.0 })).collect();
+    let kappa = (scales - r.clone()).exp() * host_matrix(readable, n + 1, n, &chunk_scale); //  [B,H,n+1,n]
     let kappa0 = (init - r.clone()).exp(); //                                                   [B,H,n+1,1]
     let states_h = kappa.clone().matmul(writes_h) + kappa0.clone() * synapses.reshape([b, h, 1, dv * m]);
     let states_p = kappa.matmul(writes_p) + kappa0 * processes.reshape([b, h, 1, m]);
