@@ -3,6 +3,7 @@
 //! Trains astro-transformers on text: the run configuration ([`config`]), the loop
 //! ([`trainer`]), learning-rate schedule, checkpoints with exact resume, metrics and progress.
 
+pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod distill;

@@ -22,8 +22,8 @@ pub enum Net {
 impl Net {
     /// Refits calibrated astrocytic maps (saderf, shifted_saderf) to `batch`'s queries and keys;
     /// other networks are returned unchanged. Returns the ψ = 1 fallback count.
-    pub fn calibrate(self, batch: &crate::source::Batch, fallback: bool) -> Result<(Self, usize), ModelError> {
-        use crate::source::Batch;
+    pub fn calibrate(self, batch: &crate::batch::Batch, fallback: bool) -> Result<(Self, usize), ModelError> {
+        use crate::batch::Batch;
         match (self, batch) {
             (Net::Lm(m), Batch::Lm { inputs, .. }) | (Net::Lm(m), Batch::Class { inputs, .. }) => {
                 let (m, n) = m.calibrate(inputs.clone(), fallback)?;

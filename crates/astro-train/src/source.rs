@@ -11,6 +11,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+pub use crate::batch::Batch;
 use crate::config::RunConfig;
 use crate::net::Net;
 
@@ -51,25 +52,6 @@ pub enum DataState {
         /// The example stream.
         stream: TaskStream,
     },
-}
-
-/// A batch on the device.
-// Tensors are handles; boxing would only add an allocation per batch.
-#[allow(clippy::large_enum_variant)]
-pub enum Batch {
-    /// Next-token prediction: inputs `[B,T]`, targets on the host `[B·T]` (with [`IGNORE`]).
-    Lm { inputs: Tensor<2, Int>, targets: Vec<i64> },
-    /// Classification: inputs `[B,T]`, padding `[B,T]`, labels `[B]`.
-    Class { inputs: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>, labels: Vec<i64> },
-}
-
-impl Batch {
-    /// Number of input tokens (padding included).
-    pub fn tokens(&self) -> usize {
-        match self {
-            Batch::Lm { inputs, .. } | Batch::Class { inputs, .. } => inputs.shape().num_elements(),
-        }
-    }
 }
 
 /// Result of an evaluation.
