@@ -225,12 +225,12 @@ pub fn forward_flops_per_token(config: &TransformerConfig, t: usize) -> f64 {
     let attention = match &config.attention {
         AttentionConfig::Softmax(_) => 2.0 * t as f64 * d,
         AttentionConfig::Astrocytic(a) => {
-            let chunk = a.chunk_size.unwrap_or_else(|| astro_model::attention::auto_chunk(t, a.features, e as usize));
+            let chunk = a.chunk_size.unwrap_or_else(|| astro_model::attention::auto_chunk(t, e as usize));
             let (m, c) = (a.features as f64, chunk.min(t) as f64);
             h * (4.0 * m * e + 2.0 * c * m + 2.0 * c * e + 4.0 * m * e)
         }
         AttentionConfig::Linear(l) => {
-            let chunk = l.chunk_size.unwrap_or_else(|| astro_model::attention::auto_chunk(t, e as usize, e as usize));
+            let chunk = l.chunk_size.unwrap_or_else(|| astro_model::attention::auto_chunk(t, e as usize));
             let c = chunk.min(t) as f64;
             h * (2.0 * c * e + 2.0 * c * e + 4.0 * e * e)
         }
@@ -504,33 +504,30 @@ fn chunk_probe(
     warmup: usize,
     repeats: usize,
 ) -> Result<Stat, EvalError> {
+    use astro_model::AttentionConfig;
     use astro_model::attention::{AstrocyticConfig, AttentionMask, InnerAttention, LinearConfig};
     let [t, m, d, chunk] = shape;
-    let ad = device.clone().autodiff();
-    let dims = [(4096 / t).max(1), 4, t, d];
-    let input = |seed| Tensor::<4>::random(dims, Distribution::Normal(0.0, 0.5), &ad).add_scalar(0.01 * seed as f64);
-    let (q, k, v) = (input(1).require_grad(), input(2).require_grad(), input(3).require_grad());
-    let mask = AttentionMask::causal();
-    let samples = match variant {
-        "linear" => {
-            let attn = LinearConfig { chunk_size: Some(chunk) }.init();
-            time(warmup, repeats, || {
-                let grads = attn.forward(q.clone(), k.clone(), v.clone(), &mask).sum().backward();
-                let _ = q.grad(&grads).map(|g| g.sum().into_scalar::<f32>());
-            })
-        }
-        "astrocytic" => {
-            let config = AstrocyticConfig { features: m, chunk_size: Some(chunk), ..AstrocyticConfig::default() };
-            let attn = config.init(4, d, 0, &ad);
-            time(warmup, repeats, || {
-                let grads = attn.forward(q.clone(), k.clone(), v.clone(), &mask).sum().backward();
-                let _ = q.grad(&grads).map(|g| g.sum().into_scalar::<f32>());
-            })
-        }
+    let config = match variant {
+        "linear" => AttentionConfig::Linear(LinearConfig { chunk_size: Some(chunk) }),
+        "astrocytic" => AttentionConfig::Astrocytic(AstrocyticConfig {
+            features: m,
+            chunk_size: Some(chunk),
+            ..AstrocyticConfig::default()
+        }),
         other => {
             return Err(EvalError::Invalid(format!("the chunk section has no `{other}` variant (astrocytic, linear)")));
         }
     };
+    let ad = device.clone().autodiff();
+    let attn = config.init(4, d, 0, &ad);
+    let dims = [(4096 / t).max(1), 4, t, d];
+    let input = |seed| Tensor::<4>::random(dims, Distribution::Normal(0.0, 0.5), &ad).add_scalar(0.01 * seed as f64);
+    let (q, k, v) = (input(1).require_grad(), input(2).require_grad(), input(3).require_grad());
+    let mask = AttentionMask::causal();
+    let samples = time(warmup, repeats, || {
+        let grads = attn.forward(q.clone(), k.clone(), v.clone(), &mask).sum().backward();
+        let _ = q.grad(&grads).map(|g| g.sum().into_scalar::<f32>());
+    });
     Ok(Stat::of(&samples).map(|s| s * 1e3))
 }
 

@@ -147,7 +147,7 @@ impl AstrocyticAttention {
     /// the measured rule.
     fn chunk(&self, v: &Tensor<4>) -> usize {
         let [_, _, t, d] = v.dims();
-        self.config.chunk_size.unwrap_or_else(|| kernel::auto_chunk(t, self.config.features, d))
+        self.config.chunk_size.unwrap_or_else(|| kernel::auto_chunk(t, d))
     }
 
     /// One decoding token with the paper's positive map as a single fused operation that builds
@@ -162,25 +162,19 @@ impl AstrocyticAttention {
         v: &Tensor<4>,
         state: Option<AttentionState>,
     ) -> Result<(Tensor<4>, AttentionState), Option<AttentionState>> {
-        use crate::kernels::{DecodeMemory, positive_decode_step};
+        use kernel::RecurrentState;
         if self.config.feature_map != FeatureMap::Positive || v.dims()[2] != 1 {
             return Err(state);
         }
         let state = match state {
             Some(AttentionState::Recurrent(s)) => s,
-            None => kernel::RecurrentState::empty(v, self.config.features),
+            None => RecurrentState::empty(v, self.config.features),
             other => return Err(other),
         };
-        let tokens = state.tokens;
-        let memory = DecodeMemory { synapses: state.synapses, processes: state.processes, log_scale: state.log_scale };
-        match positive_decode_step(q, k, v, &self.omega.val(), memory, self.config.decay) {
-            Ok((y, DecodeMemory { synapses, processes, log_scale })) => {
-                let state = kernel::RecurrentState { synapses, processes, log_scale, tokens: tokens + 1 };
-                Ok((y, AttentionState::Recurrent(state)))
-            }
-            Err(DecodeMemory { synapses, processes, log_scale }) => {
-                Err(Some(AttentionState::Recurrent(kernel::RecurrentState { synapses, processes, log_scale, tokens })))
-            }
+        let (memory, tokens) = state.into_memory();
+        match crate::kernels::positive_decode_step(q, k, v, &self.omega.val(), memory, self.config.decay) {
+            Ok((y, memory)) => Ok((y, AttentionState::Recurrent(RecurrentState::from_memory(memory, tokens + 1)))),
+            Err(memory) => Err(Some(AttentionState::Recurrent(RecurrentState::from_memory(memory, tokens)))),
         }
     }
 

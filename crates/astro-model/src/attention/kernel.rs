@@ -189,6 +189,18 @@ impl RecurrentState {
         }
     }
 
+    /// The memory for the fused decoding step, and the token count.
+    pub(crate) fn into_memory(self) -> (crate::kernels::DecodeMemory, usize) {
+        let RecurrentState { synapses, processes, log_scale, tokens } = self;
+        (crate::kernels::DecodeMemory { synapses, processes, log_scale }, tokens)
+    }
+
+    /// A state from the fused decoding step's memory after `tokens` tokens.
+    pub(crate) fn from_memory(memory: crate::kernels::DecodeMemory, tokens: usize) -> Self {
+        let crate::kernels::DecodeMemory { synapses, processes, log_scale } = memory;
+        RecurrentState { synapses, processes, log_scale, tokens }
+    }
+
     /// Writing phase for one token: H ← γH + v φ(k̃)ᵀ, p ← γp + φ(k̃), rescaled so the largest
     /// log-activity seen so far stays the reference. `k`: one token `[B,H,1,m]`, `v`: `[B,H,1,Dv]`,
     /// `pad`: `[B,1,1,1]`.
@@ -354,17 +366,16 @@ pub(crate) fn chunked(input: KernelInput, chunk: usize, state: Option<RecurrentS
     (output, RecurrentState { synapses, processes, log_scale, tokens: tokens + t })
 }
 
-/// Tokens per chunk when the config leaves `chunk_size` unset, for sequences of `t` tokens, `m`
-/// hidden neurons and heads of width `head_dim` (the result is the same function for any chunk;
-/// only speed and rounding change).
+/// Tokens per chunk when the config leaves `chunk_size` unset, for sequences of `t` tokens and heads
+/// of width `head_dim` (the result is the same function for any chunk; only speed and rounding
+/// change).
 ///
 /// The rule comes from `astro bench --only chunk` (forward + backward of one layer, 4096 tokens,
 /// 4 heads, flex, 2 cores; table in the README): 32 tokens was the fastest or within noise of it for
-/// every measured shape with heads of width 32 — T ∈ {64, 256, 1024}, m ∈ {64, 256, 1024} — and 64
-/// for width 64, where 16–128 tie. Larger chunks pay for the `[c, c]` products (c·m per token),
-/// smaller ones for more, smaller matrix products.
-pub fn auto_chunk(t: usize, m: usize, head_dim: usize) -> usize {
-    let _ = m; // measured: no effect on the best chunk between m = 64 and 1024
+/// every measured shape with heads of width 32 — T ∈ {64, 256, 1024}, m ∈ {64, 256, 1024}, so m
+/// plays no part — and 64 for width 64, where 16–128 tie. Larger chunks pay for the `[c, c]`
+/// products (c·m per token), smaller ones for more, smaller matrix products.
+pub fn auto_chunk(t: usize, head_dim: usize) -> usize {
     let chunk = if head_dim >= 64 { 64 } else { 32 };
     chunk.min(t.max(1))
 }
@@ -392,21 +403,41 @@ fn fused(input: KernelInput, causal: bool, chunk: usize) -> Result<Tensor<4>, Ke
         return Err(input);
     }
     let KernelInput { q, k, v, pad, decay } = input;
-    let (fq, fk, map) = match (q, k) {
-        (Features::Log(q), Features::Log(k)) => (q, k, KernelMap::Exp),
-        (Features::Scaled { g: q, log_scale: None }, Features::Scaled { g: k, log_scale: None }) => {
-            (q, k, KernelMap::Identity)
-        }
-        (q, k) => return Err(KernelInput { q, k, v, pad, decay }),
+    let (fq, fk, map) = match fused_inputs(q, k) {
+        Ok(parts) => parts,
+        Err((q, k)) => return Err(KernelInput { q, k, v, pad, decay }),
     };
     let options = crate::kernels::KernelisedOptions { chunk, decay, map, causal };
-    crate::kernels::kernelised_attention(fq, fk, v, options).map_err(|(fq, fk, v)| {
-        let wrap = |x| match map {
+    crate::kernels::kernelised_attention(fq, fk, v, options).map_err(|(fq, fk, v)| KernelInput {
+        q: Features::from_fused(fq, map),
+        k: Features::from_fused(fk, map),
+        v,
+        pad,
+        decay,
+    })
+}
+
+/// Query and key activity as the fused operations take it: log-activity (exponential maps) or
+/// activity without a log-scale, with the map that says which; the features back for other maps.
+#[allow(clippy::result_large_err)] // the features come back whole for the composed forms
+fn fused_inputs(q: Features, k: Features) -> Result<(Tensor<4>, Tensor<4>, KernelMap), (Features, Features)> {
+    match (q, k) {
+        (Features::Log(q), Features::Log(k)) => Ok((q, k, KernelMap::Exp)),
+        (Features::Scaled { g: q, log_scale: None }, Features::Scaled { g: k, log_scale: None }) => {
+            Ok((q, k, KernelMap::Identity))
+        }
+        (q, k) => Err((q, k)),
+    }
+}
+
+impl Features {
+    /// The inverse of [`fused_inputs`] for one side.
+    fn from_fused(x: Tensor<4>, map: KernelMap) -> Features {
+        match map {
             KernelMap::Exp => Features::Log(x),
             _ => Features::Scaled { g: x, log_scale: None },
-        };
-        KernelInput { q: wrap(fq), k: wrap(fk), v, pad, decay }
-    })
+        }
+    }
 }
 
 /// Full-sequence attention with the chosen form. `Fast` is the fused operation where it applies,
@@ -458,33 +489,22 @@ fn fused_step(
     input: KernelInput,
     state: Option<RecurrentState>,
 ) -> Result<(Tensor<4>, RecurrentState), (KernelInput, Option<RecurrentState>)> {
-    use crate::kernels::{DecodeMemory, kernelised_decode_step};
+    use crate::kernels::kernelised_decode_step;
     if input.pad.is_some() {
         return Err((input, state));
     }
     let KernelInput { q, k, v, pad, decay } = input;
-    let (fq, fk, map) = match (q, k) {
-        (Features::Log(q), Features::Log(k)) => (q, k, KernelMap::Exp),
-        (Features::Scaled { g: q, log_scale: None }, Features::Scaled { g: k, log_scale: None }) => {
-            (q, k, KernelMap::Identity)
-        }
-        (q, k) => return Err((KernelInput { q, k, v, pad, decay }, state)),
+    let (fq, fk, map) = match fused_inputs(q, k) {
+        Ok(parts) => parts,
+        Err((q, k)) => return Err((KernelInput { q, k, v, pad, decay }, state)),
     };
     let m = fq.dims()[3];
-    let RecurrentState { synapses, processes, log_scale, tokens } =
-        state.unwrap_or_else(|| RecurrentState::empty(&v, m));
-    let memory = DecodeMemory { synapses, processes, log_scale };
+    let (memory, tokens) = state.unwrap_or_else(|| RecurrentState::empty(&v, m)).into_memory();
     match kernelised_decode_step(fq, fk, v, memory, decay, map) {
-        Ok((y, DecodeMemory { synapses, processes, log_scale })) => {
-            Ok((y, RecurrentState { synapses, processes, log_scale, tokens: tokens + 1 }))
-        }
-        Err((fq, fk, v, DecodeMemory { synapses, processes, log_scale })) => {
-            let wrap = |x| match map {
-                KernelMap::Exp => Features::Log(x),
-                _ => Features::Scaled { g: x, log_scale: None },
-            };
-            let state = RecurrentState { synapses, processes, log_scale, tokens };
-            Err((KernelInput { q: wrap(fq), k: wrap(fk), v, pad, decay }, Some(state)))
+        Ok((y, memory)) => Ok((y, RecurrentState::from_memory(memory, tokens + 1))),
+        Err((fq, fk, v, memory)) => {
+            let (q, k) = (Features::from_fused(fq, map), Features::from_fused(fk, map));
+            Err((KernelInput { q, k, v, pad, decay }, Some(RecurrentState::from_memory(memory, tokens))))
         }
     }
 }

@@ -46,7 +46,7 @@ impl LinearAttention {
     /// Tokens per chunk for values `v` `[batch, heads, seq, head_dim]` (elu+1 has m = head_dim features).
     fn chunk(&self, v: &Tensor<4>) -> usize {
         let [_, _, t, d] = v.dims();
-        self.chunk_size.unwrap_or_else(|| kernel::auto_chunk(t, d, d))
+        self.chunk_size.unwrap_or_else(|| kernel::auto_chunk(t, d))
     }
 
     fn input(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> KernelInput {
