@@ -33,6 +33,9 @@ pub enum ModelError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The work would not fit in this machine's memory (checked before allocating).
+    #[error(transparent)]
+    Memory(#[from] Box<crate::memory::MemoryError>),
     /// Saved weights belong to a model with another architecture or attention variant.
     #[error(
         "weights in {path} were saved from a model with {saved}, but the model being loaded has {expected}; \

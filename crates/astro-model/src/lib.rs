@@ -9,12 +9,14 @@
 //! - [`info`]: parameter and decoding-state accounting (`astro info`).
 //! - [`kernels`]: fused CPU kernels (Burn backend extensions) for the flex backend.
 //! - [`device`]: which compute backends are compiled in and how to pick one.
+//! - [`memory`]: the memory a model will need, checked before it is built.
 
 pub mod attention;
 pub mod device;
 pub mod error;
 pub mod info;
 pub mod kernels;
+pub mod memory;
 pub mod transformer;
 
 pub use attention::{AttentionConfig, AttentionMask, InnerAttention};

@@ -507,3 +507,47 @@ fn calibrated_models_stay_causal_decode_incrementally_and_round_trip() {
     assert_eq!(host(&a.forward(tokens(&x1, 1, &dev))), host(&loaded.forward(tokens(&x1, 1, &dev))));
     std::fs::remove_file(&path).ok();
 }
+
+/// The memory check counts parameters from the config alone; it must agree with the built models
+/// (every variant, with and without biases, learned or rotary positions, BERT-style embeddings, a
+/// classifier head).
+#[test]
+fn analytic_parameter_count_matches_the_built_models() {
+    use astro_model::memory::parameter_count;
+    for (name, attention) in variants() {
+        for (bias, positions, bert) in
+            [(false, Positions::Learned, false), (true, Positions::Rotary, false), (true, Positions::Learned, true)]
+        {
+            let config = TransformerConfig {
+                vocab_size: Some(37),
+                block_size: 16,
+                n_layer: 2,
+                n_head: 2,
+                n_embd: 16,
+                bias,
+                positions,
+                attention: attention.clone(),
+                type_vocab_size: if bert { 2 } else { 0 },
+                embedding_norm: bert,
+                norm: if bert { NormPlacement::Post } else { NormPlacement::Pre },
+                ..TransformerConfig::default()
+            };
+            let total = |groups: Vec<astro_model::info::ParamGroup>| -> u64 {
+                groups.iter().map(|g| (g.trainable + g.frozen) as u64).sum()
+            };
+            let lm = LanguageModel::new(&config, &device()).unwrap();
+            let built = total(astro_model::info::parameter_groups(&lm));
+            let analytic = parameter_count(&config, 37, 0);
+            let slack = 0;
+            assert!(
+                analytic.abs_diff(built) <= slack,
+                "{name} bias={bias} {positions:?}: analytic {analytic}, built {built}"
+            );
+            let classifier = ClassifierConfig { classes: 3, pooling: Pooling::Mean };
+            let enc = EncoderClassifier::new(&config, &classifier, &device()).unwrap();
+            let built = total(astro_model::info::parameter_groups(&enc));
+            let analytic = parameter_count(&config, 37, 3);
+            assert!(analytic.abs_diff(built) <= slack, "{name} encoder: analytic {analytic}, built {built}");
+        }
+    }
+}
