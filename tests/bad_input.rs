@@ -185,6 +185,35 @@ fn run_case(w: &World, case: &str) -> Output {
             std::fs::copy(w.soft.join("model.bpk"), run.join("model.bpk")).unwrap();
             astro(root).arg("eval").arg("--run").arg(&run).output().unwrap()
         }
+        "model-too-wide" => w.set(&["model.n_embd=1048576"]),
+        "model-too-deep" => w.set(&["model.n_layer=10000000"]),
+        "model-too-many-features" => w.set(&["model.attention.features=50000000"]),
+        "batch-too-large" => w.set(&["optim.batch_size=10000000"]),
+        "allocation-failure" => {
+            let mut cmd = w.astro(&["train", "--set", "model.n_embd=1048576"]);
+            cmd.env("ASTRO_MEMORY", "10PiB").output().unwrap()
+        }
+        "distill-too-many-features" => astro(root)
+            .args(["distill", "--features", "1000000000", "--model"])
+            .arg(&w.soft)
+            .arg("--out")
+            .arg(root.join("d-huge"))
+            .output()
+            .unwrap(),
+        "resume-finished" | "resume-more-steps" | "resume-changed-key" => {
+            let run = w.copy(&w.run, &format!("run-{case}"));
+            let sets: &[&str] = match case {
+                "resume-finished" => &[],
+                "resume-more-steps" => &["--set", "train.max_iters=4"],
+                _ => &["--set", "optim.lr=0.01", "--set", "run.seed=7"],
+            };
+            let before = snapshot(&run);
+            let out = astro(root).args(["train", "--resume"]).arg(&run).args(sets).output().unwrap();
+            if case != "resume-more-steps" {
+                assert_eq!(snapshot(&run), before, "{case}: the run directory changed");
+            }
+            out
+        }
         "resume-another-model" => {
             let run = w.copy(&w.run, "run-resumed");
             astro(root)
@@ -284,6 +313,15 @@ const CASES: &[&str] = &[
     "tokenizer-malformed-in-run",
     "prompt-not-encodable",
     "weights-of-another-variant",
+    "model-too-wide",
+    "model-too-deep",
+    "model-too-many-features",
+    "batch-too-large",
+    "allocation-failure",
+    "distill-too-many-features",
+    "resume-finished",
+    "resume-more-steps",
+    "resume-changed-key",
     "resume-another-model",
     "export-of-another-variant",
     "export-of-another-size",
@@ -310,8 +348,17 @@ fn every_row_of_the_bad_input_table_holds() {
     let w = World::new(root.path());
     let runs_before = snapshot(&w.run);
     let mut failures = Vec::new();
+    let runs = |root: &Path| -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join("runs")).unwrap().map(|e| e.unwrap().path()).collect();
+        dirs.sort();
+        dirs
+    };
     for (case, row) in &rows {
+        let runs_before = runs(&w.root);
         let out = run_case(&w, case);
+        if row.exit != 0 && runs(&w.root) != runs_before {
+            failures.push(format!("{case}: a failed start left a run directory behind: {:?}", runs(&w.root)));
+        }
         let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         let code = out.status.code();
         if code != Some(row.exit) || !said.contains(&row.excerpt) || said.contains("panicked") {

@@ -8,6 +8,7 @@ mod eval;
 mod export;
 mod fidelity;
 mod info;
+mod oom;
 mod replicate;
 mod train;
 
@@ -52,9 +53,11 @@ enum Command {
     Info(info::InfoArgs),
 }
 
-/// Counts heap bytes for `astro bench`'s peak-memory column (two relaxed atomics per allocation).
+/// Counts heap bytes for `astro bench`'s peak-memory column (two relaxed atomics per allocation),
+/// and turns a failed allocation into an `error:` line and exit status 1 (see `oom.rs`).
 #[global_allocator]
-static ALLOCATOR: astro_eval::bench::PeakAlloc<std::alloc::System> = astro_eval::bench::PeakAlloc(std::alloc::System);
+static ALLOCATOR: oom::ExitOnOom<astro_eval::bench::PeakAlloc<std::alloc::System>> =
+    oom::ExitOnOom(astro_eval::bench::PeakAlloc(std::alloc::System));
 
 /// Keeps freed heap memory in the process (glibc): by default every allocation above 128 KiB is its
 /// own mmap, returned to the OS when freed, so each training step page-faulted its activations back

@@ -77,12 +77,32 @@ pub fn run(args: TrainArgs, device: Option<&str>) -> anyhow::Result<()> {
         sample_to_stderr: args.json,
         stop_after: std::env::var("ASTRO_STOP_AFTER").ok().and_then(|v| v.parse().ok()),
     };
+    let config_max_iters = config.train.max_iters;
     let summary = astro_train::train(config, options).context("training failed")?;
+    let val = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.4}"));
+    let acc = summary.final_val_accuracy.map_or(String::new(), |a| format!(" | accuracy {a:.4}"));
+    if summary.already_finished {
+        eprintln!(
+            "{} is already finished: {} steps (train.max_iters = {}); nothing to do. To train it further, resume with \
+             --set train.max_iters=N, N > {}",
+            summary.run_dir.display(),
+            summary.steps,
+            config_max_iters,
+            summary.steps
+        );
+    }
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
+    } else if summary.already_finished {
+        println!(
+            "finished earlier: {} steps | train loss {:.4} | val loss {} (best {}){acc}\nrun directory: {}",
+            summary.steps,
+            summary.final_train_loss,
+            val(summary.final_val_loss),
+            val(summary.best_val_loss),
+            summary.run_dir.display()
+        );
     } else {
-        let val = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.4}"));
-        let acc = summary.final_val_accuracy.map_or(String::new(), |a| format!(" | accuracy {a:.4}"));
         println!(
             "done: {} steps | train loss {:.4} | val loss {} (best {}){acc} | {:.0} tokens/s | {:.1} s\nrun directory: {}",
             summary.steps,

@@ -116,6 +116,19 @@ impl Net {
         }
     }
 
+    /// Initialises every parameter now (Burn draws them lazily, at first use): a model too large
+    /// for memory then fails here, before the run directory exists, not in the first step.
+    pub fn materialise(self) -> Self {
+        struct Touch;
+        impl burn::module::ModuleVisitor for Touch {
+            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<D>>) {
+                let _ = param.val();
+            }
+        }
+        self.visit(&mut Touch);
+        self
+    }
+
     /// The language model, if this is one.
     pub fn lm(&self) -> Option<&LanguageModel> {
         match self {

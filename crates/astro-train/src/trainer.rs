@@ -66,23 +66,57 @@ pub struct TrainSummary {
     pub wall_seconds: f64,
     /// The text sampled at the end.
     pub sample: Option<String>,
+    /// `--resume` found the run already at `train.max_iters`: nothing was trained, the numbers are
+    /// the run's own.
+    #[serde(default)]
+    pub already_finished: bool,
 }
 
 /// Everything prepared before the first step.
 struct Setup {
     config: RunConfig,
-    run_dir: PathBuf,
+    /// The run directory: `None` for a fresh run until [`RunDir::create`] makes it.
+    run_dir: Option<PathBuf>,
     source: Source,
     resume: Option<(PathBuf, CheckpointState)>,
 }
 
-/// Chooses `<out_dir>/<name>`, or `<name>-2`, `-3`… if taken (never overwrites a run).
-fn fresh_run_dir(out_dir: &Path, name: &str) -> PathBuf {
-    let first = out_dir.join(name);
-    if !first.exists() {
-        return first;
+/// A fresh run's directory, removed again if the run fails before its first checkpoint (nothing in
+/// it could be resumed, and a left-over directory would push the next run to `<name>-2`).
+struct RunDir {
+    path: PathBuf,
+    /// Remove the directory when dropped.
+    provisional: bool,
+}
+
+impl RunDir {
+    /// Makes `<out_dir>/<name>`, or `<name>-2`, `-3`… if taken (never reuses a run's directory,
+    /// even when another process takes the same name at the same moment).
+    fn create(out_dir: &Path, name: &str) -> Result<RunDir, TrainError> {
+        std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io("create run directory", out_dir, e))?;
+        for i in 1.. {
+            let path = if i == 1 { out_dir.join(name) } else { out_dir.join(format!("{name}-{i}")) };
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(RunDir { path, provisional: true }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(TrainError::io("create run directory", &path, e)),
+            }
+        }
+        unreachable!("some suffix is free")
     }
-    (2..).map(|i| out_dir.join(format!("{name}-{i}"))).find(|p| !p.exists()).expect("some suffix is free")
+
+    /// A directory an earlier invocation made: never removed.
+    fn existing(path: PathBuf) -> RunDir {
+        RunDir { path, provisional: false }
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if self.provisional {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
@@ -104,12 +138,80 @@ fn check_resume(dir: &Path, mut given: RunConfig) -> Result<RunConfig, TrainErro
             given.model.describe()
         )));
     }
-    if given.data != saved.data || given.task != saved.task || given.classifier != saved.classifier {
-        return Err(refuse("the given [data]/[task] differs from the run's; resume without --config".into()));
+    let changed: Vec<String> = changed_keys(&saved, &given)
+        .into_iter()
+        .filter(|(key, _, _)| !RESUMABLE_KEYS.iter().any(|k| key == k || key.starts_with(&format!("{k}."))))
+        .map(|(key, was, now)| format!("{key} ({was} → {now})"))
+        .collect();
+    if !changed.is_empty() {
+        return Err(refuse(format!(
+            "{} cannot change on resume: {}; only {} may (start a new run, or `--init` from an export, for the others)",
+            if changed.len() == 1 { "this key" } else { "these keys" },
+            changed.join(", "),
+            RESUMABLE_KEYS.join(", ")
+        )));
     }
-    // Optimiser and loop settings may change on resume (e.g. more steps); the rest is the run's.
     given.validate()?;
     Ok(given)
+}
+
+/// Keys a resumed run may change: how long it runs, how often it reports and checkpoints, where it
+/// computes. Everything else (model, data, optimiser, seed) is the run's own, so that a resumed run
+/// stays the run it was.
+pub const RESUMABLE_KEYS: &[&str] = &[
+    "train.max_iters",
+    "optim.lr_decay_iters",
+    "train.eval_interval",
+    "train.eval_iters",
+    "train.log_interval",
+    "train.checkpoint_interval",
+    "train.keep_checkpoints",
+    "train.sample_tokens",
+    "train.test_examples",
+    "run.device",
+    "run.name",
+    "run.out_dir",
+];
+
+/// Dotted keys whose values differ between two configs, with both values (`—` where absent).
+fn changed_keys(a: &RunConfig, b: &RunConfig) -> Vec<(String, String, String)> {
+    fn flatten(prefix: &str, value: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    flatten(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let table = |c: &RunConfig| {
+        let mut out = std::collections::BTreeMap::new();
+        flatten("", &toml::Value::try_from(c).expect("config serialises"), &mut out);
+        out
+    };
+    let (ta, tb) = (table(a), table(b));
+    let keys: std::collections::BTreeSet<&String> = ta.keys().chain(tb.keys()).collect();
+    keys.into_iter()
+        .filter(|k| ta.get(*k) != tb.get(*k))
+        .map(|k| {
+            let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "—".into());
+            (k.clone(), show(ta.get(k)), show(tb.get(k)))
+        })
+        .collect()
+}
+
+/// Refuses a run that would not fit in memory, before anything is allocated.
+fn check_memory(config: &RunConfig) -> Result<(), TrainError> {
+    use astro_model::memory::{KeyNames, MemoryEstimate, Workload, available};
+    let classes = config.task.as_ref().and_then(|t| t.classes()).unwrap_or(0);
+    let workload = Workload::Train { batch: config.optim.batch_size, seq: config.model.block_size };
+    let vocab = config.model.vocab_size.unwrap_or(0);
+    let estimate = MemoryEstimate::new(&config.model, vocab, classes, workload, &KeyNames::run_config());
+    estimate.check("this training run", &available()).map_err(|e| astro_model::ModelError::from(e).into())
 }
 
 fn prepare(config: RunConfig, options: &TrainOptions) -> Result<Setup, TrainError> {
@@ -125,12 +227,11 @@ fn prepare(config: RunConfig, options: &TrainOptions) -> Result<Setup, TrainErro
                 // Killed before its first checkpoint: nothing to continue from, so start it again.
                 eprintln!("warning: {} has no valid checkpoint; starting it again from step 0", dir.display());
             }
-            (config, dir.clone(), ckpt, true)
+            (config, Some(dir.clone()), ckpt, true)
         }
         None => {
             config.validate()?;
-            let run_dir = fresh_run_dir(&config.run.out_dir, &config.run.name);
-            (config, run_dir, None, false)
+            (config, None, None, false)
         }
     };
     let source = match config.task.clone() {
@@ -138,16 +239,55 @@ fn prepare(config: RunConfig, options: &TrainOptions) -> Result<Setup, TrainErro
             config.model.vocab_size = Some(task.vocab_size());
             Source::task(&task, &config)
         }
-        None => corpus_source(&mut config, existing.then_some(run_dir.as_path()))?,
+        None => corpus_source(&mut config, run_dir.as_deref().filter(|_| existing))?,
     };
     if resume.is_none() {
-        std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::io("create run directory", &run_dir, e))?;
-        if let Source::Corpus { tokenizer, .. } = &source {
-            tokenizer.save(&run_dir.join("tokenizer.json"))?;
-        }
-        write_file(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
+        check_memory(&config)?;
     }
     Ok(Setup { config, run_dir, source, resume })
+}
+
+/// Makes (fresh run) or reuses (a resumed run without a checkpoint) the run directory and writes
+/// the resolved config and the tokenizer into it; called once the model and optimiser exist.
+fn open_run_dir(config: &RunConfig, source: &Source, existing: Option<PathBuf>) -> Result<RunDir, TrainError> {
+    let dir = match existing {
+        Some(path) => RunDir::existing(path),
+        None => RunDir::create(&config.run.out_dir, &config.run.name)?,
+    };
+    if let Source::Corpus { tokenizer, .. } = source {
+        tokenizer.save(&dir.path.join("tokenizer.json"))?;
+    }
+    write_file(&dir.path.join("config.toml"), config.to_toml().as_bytes())?;
+    Ok(dir)
+}
+
+/// The summary of a run that already reached `train.max_iters`: its `summary.json` if that
+/// describes this step, else rebuilt from the checkpoint and `metrics.jsonl`.
+fn finished_summary(run_dir: &Path, state: &CheckpointState) -> TrainSummary {
+    let saved = std::fs::read(run_dir.join("summary.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<TrainSummary>(&b).ok())
+        .filter(|s| s.steps == state.step && s.final_train_loss.is_finite());
+    let mut summary = saved.unwrap_or_else(|| {
+        let rows = crate::metrics::read(&run_dir.join("metrics.jsonl")).unwrap_or_default();
+        let last = rows.iter().rev().find(|r| r.step <= state.step);
+        TrainSummary {
+            run_dir: run_dir.to_path_buf(),
+            steps: state.step,
+            final_train_loss: last.map_or(f64::NAN, |r| r.train_loss),
+            final_val_loss: state.last_val,
+            best_val_loss: state.best_val,
+            final_val_accuracy: state.last_accuracy,
+            tokens_per_sec: if state.elapsed > 0.0 { state.tokens as f64 / state.elapsed } else { 0.0 },
+            wall_seconds: 0.0,
+            sample: None,
+            already_finished: true,
+        }
+    });
+    summary.run_dir = run_dir.to_path_buf();
+    summary.sample = None;
+    summary.already_finished = true;
+    summary
 }
 
 /// Loads and tokenises the corpus; a resumed run (`resumed_from`) keeps its saved tokenizer.
@@ -190,6 +330,11 @@ fn corpus_source(config: &mut RunConfig, resumed_from: Option<&Path>) -> Result<
 pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, TrainError> {
     let wall = Instant::now();
     let Setup { config, run_dir, source, resume } = prepare(config, &options)?;
+    if let (Some(dir), Some((_, state))) = (&run_dir, &resume)
+        && state.step >= config.train.max_iters
+    {
+        return Ok(finished_summary(dir, state));
+    }
     let device_name = options.device.clone().or_else(|| config.run.device.clone());
     let device = match device_name {
         Some(name) => name.parse::<astro_model::device::BackendKind>().map_err(astro_model::ModelError::from)?.device(),
@@ -197,15 +342,16 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
     }
     .map_err(astro_model::ModelError::from)?;
     let ad = device.clone().autodiff();
-    ad.seed(config.run.seed);
-
-    let mut net = Net::new(&config, &ad)?;
+    // Parameters are drawn now (Burn draws them lazily, at first use), so that a model too large for
+    // memory fails before the run directory exists; from the generator state the first step would
+    // have seeded, so runs start from the same weights as before this was eager.
+    ad.seed(step_seed(config.run.seed, 0));
+    let mut net = Net::new(&config, &ad)?.materialise();
     if let (None, Some(init)) = (&resume, &config.train.init) {
         // A resumed run takes its weights from its checkpoint; a fresh one may start from an export.
         net = net.load_export(init)?;
         eprintln!("initial weights from {}", init.display());
     }
-    let ckpt_root = run_dir.join("checkpoints");
     let seed = config.run.seed;
     let mut optim;
     let (mut step, mut tokens_seen, mut data, mut best_val, mut last_val, mut last_acc, elapsed_before) = match &resume
@@ -216,7 +362,7 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
             optim = optimizer(&config, &net)
                 .load(dir.join(OPTIM_FILE))
                 .map_err(|e| TrainError::io("load optimiser state", dir.join(OPTIM_FILE), e))?;
-            eprintln!("resuming {} from step {} ({})", run_dir.display(), state.step, dir.display());
+            eprintln!("resuming from step {} ({})", state.step, dir.display());
             let data = match state.data.clone() {
                 DataState::Corpus { sampler } => DataState::Corpus { sampler: sampler.restored() },
                 other => other,
@@ -228,6 +374,17 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
             (0, 0, source.initial_state(&config), None, None, None, 0.0)
         }
     };
+    // The directory of a fresh run appears only now that the model and optimiser exist.
+    let mut run = match (&resume, run_dir) {
+        (Some(_), Some(dir)) => {
+            // Keys allowed to change on resume (more steps…) become the run's own.
+            write_file(&dir.join("config.toml"), config.to_toml().as_bytes())?;
+            RunDir::existing(dir)
+        }
+        (_, existing) => open_run_dir(&config, &source, existing)?,
+    };
+    let run_dir = run.path.clone();
+    let ckpt_root = run_dir.join("checkpoints");
     let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), step)?;
     let mut last_checkpoint = resume.as_ref().map(|(d, _)| d.clone());
     let max_iters = config.train.max_iters;
@@ -255,7 +412,7 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
             config.lr_decay_iters(),
         );
         // Dropout masks are a function of (seed, step): identical after a resume.
-        ad.seed(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64);
+        ad.seed(step_seed(seed, step));
         let mut accum = GradientsAccumulator::<Net>::new();
         let mut loss_sum = 0.0;
         let mut step_tokens = 0u64;
@@ -343,6 +500,8 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
                     .map_err(|e| TrainError::io("write optimiser state", dir.join(OPTIM_FILE), e))
             })?;
             last_checkpoint = Some(dir);
+            // From its first checkpoint on, the run can be resumed: its directory stays.
+            run.provisional = false;
         }
     }
     progress.finish();
@@ -368,10 +527,17 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
         tokens_per_sec: if train_time > 0.0 { tokens_seen as f64 / train_time } else { 0.0 },
         wall_seconds: wall.elapsed().as_secs_f64(),
         sample,
+        already_finished: false,
     };
     let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
     write_file(&run_dir.join("summary.json"), &json)?;
+    run.provisional = false;
     Ok(summary)
+}
+
+/// The device generator's seed at `step` (dropout masks are a function of (seed, step)).
+fn step_seed(seed: u64, step: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64
 }
 
 /// Samples `train.sample_tokens` tokens after the first validation token, streaming them.
