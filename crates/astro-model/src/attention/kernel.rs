@@ -371,7 +371,7 @@ pub(crate) fn chunked(input: KernelInput, chunk: usize, state: Option<RecurrentS
 /// change).
 ///
 /// The rule comes from `astro bench --only chunk` (forward + backward of one layer, 4096 tokens,
-/// 4 heads, flex, 2 cores; table in the README): 32 tokens was the fastest or within noise of it for
+/// 4 heads, flex, 2 cores; table in docs/benchmarks.md): 32 tokens was the fastest or within noise of it for
 /// every measured shape with heads of width 32 — T ∈ {64, 256, 1024}, m ∈ {64, 256, 1024}, so m
 /// plays no part — and 64 for width 64, where 16–128 tie. Larger chunks pay for the `[c, c]`
 /// products (c·m per token), smaller ones for more, smaller matrix products.
