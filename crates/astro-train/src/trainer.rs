@@ -342,11 +342,16 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
     }
     .map_err(astro_model::ModelError::from)?;
     let ad = device.clone().autodiff();
-    // Parameters are drawn now (Burn draws them lazily, at first use), so that a model too large for
-    // memory fails before the run directory exists; from the generator state the first step would
-    // have seeded, so runs start from the same weights as before this was eager.
+    // Parameters are drawn now (Burn draws most of them lazily, at first use), so that a model too
+    // large for memory fails before the run directory exists. The generator is seeded as it was
+    // when they were drawn lazily — the run seed while the model is built (biases are zeroed there,
+    // which draws them), then the first step's seed — so runs start from the same weights as
+    // before. (Drawing every parameter on the host from the run seed, the same on every backend,
+    // is issue 17.)
+    ad.seed(config.run.seed);
+    let net = Net::new(&config, &ad)?;
     ad.seed(step_seed(config.run.seed, 0));
-    let mut net = Net::new(&config, &ad)?.materialise();
+    let mut net = net.materialise();
     if let (None, Some(init)) = (&resume, &config.train.init) {
         // A resumed run takes its weights from its checkpoint; a fresh one may start from an export.
         net = net.load_export(init)?;
