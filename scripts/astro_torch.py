@@ -149,11 +149,22 @@ class AttentionLayer(nn.Module):
         bias = cfg.get("bias", False)
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(d, d, bias=bias) for _ in range(4))
         self.inner = Inner(cfg["attention"], self.heads, d // self.heads)
+        # Short causal depthwise convolutions on q | k | v: weight [3d, K], column j = j tokens back.
+        kernel = cfg.get("short_conv", 0)
+        self.conv = nn.Module() if kernel else None
+        if kernel:
+            self.conv.weight = nn.Parameter(torch.zeros(3 * d, kernel))
 
     def forward(self, x, causal, rope):  # [B,T,d] → [B,T,d]
         b, t, d = x.shape
         split = lambda y: y.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # [B,H,T,D]
-        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], -1)  # [B,T,3d]
+        if self.conv is not None:
+            w = self.conv.weight  # [3d, K]; as Conv1d(groups=3d) with the kernel flipped in time
+            kernel = w.shape[1]
+            padded = nn.functional.pad(qkv.transpose(1, 2), (kernel - 1, 0))  # [B,3d,K−1+T], causal
+            qkv = nn.functional.conv1d(padded, w.flip(1).unsqueeze(1), groups=3 * d).transpose(1, 2)
+        q, k, v = (split(y) for y in qkv.split(d, -1))
         if rope:
             q, k = rotary(q), rotary(k)
         y = self.inner(q, k, v, causal)

@@ -34,6 +34,7 @@ train astrocytic --set 'model.attention={ kind = "astrocytic", features = 64 }'
 train astrocytic-cosine-rotary --set 'model.attention={ kind = "astrocytic", features = 64, feature_map = "cosine", orthogonal = true, decay = 0.95 }' \
   --set 'model.positions="rotary"' --set model.bias=true
 train linear --set 'model.attention={ kind = "linear" }'
+train astrocytic-short-conv --set 'model.attention={ kind = "astrocytic", features = 64 }' --set model.short_conv=4
 train shifted-saderf --set 'model.attention={ kind = "astrocytic", features = 64, feature_map = "shifted_saderf" }' \
   --set train.calibrate_every=50
 train bert-layout --set 'model.attention={ kind = "astrocytic", features = 64 }' --set 'model.norm="post"' \

@@ -109,7 +109,8 @@ pub fn parameter_count(config: &TransformerConfig, vocab: usize, classes: usize)
     let attn = 4 * d * d + 4 * d * bias;
     let mlp = if r == 0 { 0 } else { 2 * r * d * d + (r * d + d) * bias };
     let norms = if r == 0 { ln } else { 2 * ln };
-    let per_layer = attn + mlp + norms + attention_parameters(config);
+    let conv = 3 * d * config.short_conv as u64;
+    let per_layer = attn + mlp + norms + conv + attention_parameters(config);
     // Pre-LN models end with a LayerNorm; post-LN blocks end normalised.
     let final_ln = if config.norm == crate::transformer::NormPlacement::Pre { ln } else { 0 };
     let head = if classes > 0 { classes as u64 * (d + 1) } else { 0 };

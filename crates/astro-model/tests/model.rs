@@ -71,8 +71,9 @@ fn sequence(len: usize, salt: i64) -> Vec<i64> {
 fn changing_future_tokens_never_changes_past_logits() {
     let dev = device();
     for (name, attention) in variants() {
-        for positions in [Positions::Learned, Positions::Rotary] {
-            let model = LanguageModel::new(&small(attention.clone(), positions), &dev).unwrap();
+        for (positions, short_conv) in [(Positions::Learned, 0), (Positions::Rotary, 0), (Positions::Learned, 3)] {
+            let config = TransformerConfig { short_conv, ..small(attention.clone(), positions) };
+            let model = LanguageModel::new(&config, &dev).unwrap();
             let a = sequence(20, 1);
             let mut b = a.clone();
             let t = 11;
@@ -95,8 +96,11 @@ fn changing_future_tokens_never_changes_past_logits() {
 fn full_forward_equals_incremental_decoding() {
     let dev = device();
     for (name, attention) in variants() {
-        for positions in [Positions::Learned, Positions::Rotary, Positions::None] {
-            let model = LanguageModel::new(&small(attention.clone(), positions), &dev).unwrap();
+        for (positions, short_conv) in
+            [(Positions::Learned, 0), (Positions::Rotary, 0), (Positions::None, 0), (Positions::Rotary, 4)]
+        {
+            let config = TransformerConfig { short_conv, ..small(attention.clone(), positions) };
+            let model = LanguageModel::new(&config, &dev).unwrap();
             let seq = [sequence(14, 2), sequence(14, 5)].concat();
             let all = tokens(&seq, 2, &dev);
             let full = model.forward(all.clone());
@@ -420,6 +424,7 @@ mod properties {
             type_vocab_size in 0usize..4,
             embedding_norm in any::<bool>(),
             layer_norm_eps in 1e-12f64..1e-3,
+            short_conv in 0usize..6,
         ) {
             let config = TransformerConfig {
                 vocab_size: vocab,
@@ -436,6 +441,7 @@ mod properties {
                 type_vocab_size,
                 embedding_norm,
                 layer_norm_eps,
+                short_conv,
             };
             // Only valid configs parse (odd head widths refuse rotary positions, for one).
             prop_assume!(config.validate().is_ok());
@@ -515,9 +521,11 @@ fn calibrated_models_stay_causal_decode_incrementally_and_round_trip() {
 fn analytic_parameter_count_matches_the_built_models() {
     use astro_model::memory::parameter_count;
     for (name, attention) in variants() {
-        for (bias, positions, bert) in
-            [(false, Positions::Learned, false), (true, Positions::Rotary, false), (true, Positions::Learned, true)]
-        {
+        for (bias, positions, bert, short_conv) in [
+            (false, Positions::Learned, false, 0),
+            (true, Positions::Rotary, false, 4),
+            (true, Positions::Learned, true, 0),
+        ] {
             let config = TransformerConfig {
                 vocab_size: Some(37),
                 block_size: 16,
@@ -530,6 +538,7 @@ fn analytic_parameter_count_matches_the_built_models() {
                 type_vocab_size: if bert { 2 } else { 0 },
                 embedding_norm: bert,
                 norm: if bert { NormPlacement::Post } else { NormPlacement::Pre },
+                short_conv,
                 ..TransformerConfig::default()
             };
             let total = |groups: Vec<astro_model::info::ParamGroup>| -> u64 {

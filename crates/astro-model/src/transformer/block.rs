@@ -8,8 +8,8 @@ use burn::nn::{
 use burn::tensor::{Bool, Device, Int, Tensor};
 
 use super::config::{NormPlacement, Positions, TransformerConfig};
-use crate::attention::layer::{AttentionLayer, AttentionLayerConfig};
-use crate::attention::{AstrocyticAttention, Attention, AttentionMask, AttentionState, NormaliserTrace};
+use crate::attention::layer::{AttentionLayer, AttentionLayerConfig, LayerState};
+use crate::attention::{AstrocyticAttention, Attention, AttentionMask, NormaliserTrace};
 
 /// GPT-2 initialisation: weights N(0, 0.02).
 pub(crate) const INIT_STD: f64 = 0.02;
@@ -84,6 +84,7 @@ impl Block {
             out_init_std: out_std,
             attention: config.attention.clone(),
             layer,
+            short_conv: config.short_conv,
         }
         .init(device);
         let mlp = (config.mlp_ratio > 0).then(|| {
@@ -140,9 +141,9 @@ impl Block {
     pub fn forward_incremental(
         &self,
         x: Tensor<3>,
-        state: Option<AttentionState>,
+        state: Option<LayerState>,
         rope: Option<&RotaryEncoding>,
-    ) -> (Tensor<3>, AttentionState) {
+    ) -> (Tensor<3>, LayerState) {
         let (a, state) = self.attn.forward_incremental(self.attention_input(x.clone()), state, rope);
         (self.feed_forward(self.attention_residual(x, a)), state)
     }
@@ -370,8 +371,8 @@ impl Trunk {
         &self,
         tokens: Tensor<2, Int>,
         start: usize,
-        states: Vec<AttentionState>,
-    ) -> (Tensor<3>, Vec<AttentionState>) {
+        states: Vec<LayerState>,
+    ) -> (Tensor<3>, Vec<LayerState>) {
         let mut x = self.embed(tokens, start);
         let mut states = states.into_iter();
         let mut next = Vec::with_capacity(self.blocks.len());

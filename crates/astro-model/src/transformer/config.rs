@@ -52,6 +52,10 @@ pub struct TransformerConfig {
     /// The attention variant and its settings.
     #[serde(default)]
     pub attention: AttentionConfig,
+    /// Kernel K of the causal depthwise convolutions on q, k and v after their projections (H3,
+    /// Based); 0 = none. Helps fixed-state attention with associative recall.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub short_conv: usize,
     /// Where the LayerNorms sit: `pre` (GPT-2, nanoGPT) or `post` (BERT).
     #[serde(default)]
     pub norm: NormPlacement,
@@ -75,6 +79,10 @@ pub enum NormPlacement {
     Pre,
     /// LN(x + f(x)) in every block, no final LayerNorm (the original Transformer, BERT).
     Post,
+}
+
+fn is_zero(k: &usize) -> bool {
+    *k == 0
 }
 
 mod defaults {
@@ -111,6 +119,7 @@ impl Default for TransformerConfig {
             positions: Positions::default(),
             mlp_ratio: defaults::mlp_ratio(),
             attention: AttentionConfig::default(),
+            short_conv: 0,
             norm: NormPlacement::Pre,
             type_vocab_size: 0,
             embedding_norm: false,
@@ -194,6 +203,13 @@ impl TransformerConfig {
                 format!("rotary positions need an even head width, got {}", self.head_dim()),
             ));
         }
+        if self.short_conv > 64 {
+            return Err(ConfigError::invalid(
+                "model.short_conv",
+                self.short_conv,
+                "a short convolution spans at most 64 tokens (Based and H3 use 3–4); 0 turns it off",
+            ));
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(ConfigError::invalid("model.dropout", self.dropout, "dropout must lie in [0, 1)"));
         }
@@ -213,7 +229,8 @@ impl TransformerConfig {
             self.block_size,
             self.vocab_size.map_or("unset".to_string(), |v| v.to_string()),
             self.attention.describe()
-        ) + if self.norm == NormPlacement::Post { ", post-LN" } else { "" }
+        ) + &if self.short_conv > 0 { format!(", short conv {}", self.short_conv) } else { String::new() }
+            + if self.norm == NormPlacement::Post { ", post-LN" } else { "" }
     }
 }
 

@@ -10,6 +10,7 @@
 //! wpe.weight                      [block_size, d]   learned positions (absent for rotary / none)
 //! blocks.{i}.ln_1.weight|bias     [d]
 //! blocks.{i}.attn.{q,k,v,o}_proj.weight   [d, d]   (+ .bias with model.bias)
+//! blocks.{i}.attn.conv.weight      [3d, K]           model.short_conv = K: kernels of q | k | v, column j = j tokens back
 //! blocks.{i}.attn.inner.omega     [heads, m, d/heads]   astrocytic: hidden-neuron weights Ω
 //! blocks.{i}.attn.inner.phase     [heads, m]        astrocytic, cosine maps: phases b
 //! blocks.{i}.attn.inner.log_psi   [heads, d/heads]  astrocytic, saderf maps: ln ψ (query ψ⊙q̃, key (k̃ − c)/ψ)

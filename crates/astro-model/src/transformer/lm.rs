@@ -9,14 +9,15 @@ use super::block::Trunk;
 use super::config::TransformerConfig;
 use super::export;
 use super::weights::{self, SavedArchitecture};
-use crate::attention::{AttentionMask, AttentionState, NormaliserTrace};
+use crate::attention::layer::LayerState;
+use crate::attention::{AttentionMask, NormaliserTrace};
 use crate::error::ModelError;
 
-/// Decoding memory of a language model: one [`AttentionState`] per block and the position reached.
+/// Decoding memory of a language model: one [`LayerState`] per block and the position reached.
 #[derive(Debug, Clone, Default)]
 pub struct DecodeState {
     /// Per-block attention state (empty before the first call).
-    pub layers: Vec<AttentionState>,
+    pub layers: Vec<LayerState>,
     /// Tokens consumed so far.
     pub position: usize,
 }

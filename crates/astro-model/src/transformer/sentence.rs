@@ -104,6 +104,7 @@ pub fn bert_config(path: &Path) -> Result<TransformerConfig, ModelError> {
         positions: Positions::Learned,
         mlp_ratio: ff / d,
         attention: AttentionConfig::Softmax(SoftmaxConfig::default()),
+        short_conv: 0,
         norm: NormPlacement::Post,
         type_vocab_size: usize_key("type_vocab_size").unwrap_or(0),
         embedding_norm: true,
