@@ -470,3 +470,32 @@ mod tests {
         assert_eq!(mean_std(&[5.0]), (5.0, 0.0));
     }
 }
+
+#[cfg(test)]
+mod shipped_configs {
+    use super::*;
+
+    /// Every grid under `configs/ablation/` expands into valid run configs (keys exist, values
+    /// parse, every combination validates), so a shipped grid never fails an hour into a run.
+    #[test]
+    fn every_shipped_ablation_grid_expands_into_valid_runs() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/ablation");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let ablation: AblationConfig = toml::from_str(&std::fs::read_to_string(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let cells = cells(&path, &ablation, Path::new("/nonexistent/runs"))
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(!cells.is_empty(), "{}", path.display());
+            for cell in &cells {
+                cell.config.validate().unwrap_or_else(|e| panic!("{} {}: {e}", path.display(), cell.id));
+            }
+            seen += 1;
+        }
+        assert!(seen >= 4, "found only {seen} grids in {}", dir.display());
+    }
+}
