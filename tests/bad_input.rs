@@ -193,6 +193,13 @@ fn run_case(w: &World, case: &str) -> Output {
             let mut cmd = w.astro(&["train", "--set", "model.n_embd=1048576"]);
             cmd.env("ASTRO_MEMORY", "10PiB").output().unwrap()
         }
+        "eval-run-too-large" => {
+            let run = w.copy(&w.run, "run-huge");
+            let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+            assert!(config.contains("n_embd = 16"), "{config}");
+            std::fs::write(run.join("config.toml"), config.replace("n_embd = 16", "n_embd = 1048576")).unwrap();
+            astro(root).arg("eval").arg("--run").arg(&run).output().unwrap()
+        }
         "distill-too-many-features" => astro(root)
             .args(["distill", "--features", "1000000000", "--model"])
             .arg(&w.soft)
@@ -318,6 +325,7 @@ const CASES: &[&str] = &[
     "model-too-many-features",
     "batch-too-large",
     "allocation-failure",
+    "eval-run-too-large",
     "distill-too-many-features",
     "resume-finished",
     "resume-more-steps",

@@ -69,6 +69,17 @@ impl Run {
         if !file.is_file() {
             return Err(bad(format!("{} is missing", file.display())));
         }
+        // A run trained on a larger machine may not fit this one: evaluating it holds the model and
+        // one batch of the run's shape.
+        {
+            use astro_model::memory::{KeyNames, MemoryEstimate, Workload, available};
+            let classes = config.task.as_ref().and_then(|t| t.classes()).unwrap_or(0);
+            let workload = Workload::Infer { batch: config.optim.batch_size, seq: config.model.block_size };
+            let vocab = config.model.vocab_size.unwrap_or(0);
+            MemoryEstimate::new(&config.model, vocab, classes, workload, &KeyNames::run_config())
+                .check(&format!("loading {}", dir.display()), &available())
+                .map_err(astro_model::ModelError::from)?;
+        }
         // Built from the run's config, then filled: weights of another variant or size (a file
         // copied from another run) are refused naming both architectures.
         let net = match config.model.vocab_size {

@@ -2,7 +2,7 @@
 //! the machine stops with one message instead of an allocation abort.
 //!
 //! The estimate is analytic (parameters from the config; activations per token from coefficients
-//! measured as peak RSS of `astro train` on flex, 2026-12, see `docs/reliability.md`), errs on the
+//! measured as peak RSS of `astro train` on flex, 2026-11-30, see `docs/reliability.md`), errs on the
 //! large side by a few tens of percent, and is only used to refuse work that cannot fit.
 
 use crate::attention::AttentionConfig;
