@@ -80,24 +80,17 @@ pub fn distill(run: &Run, request: &DistillRequest, out: &Path, device: &Device)
     if request.features == 0 {
         return Err(EvalError::Invalid("--features must be at least 1 hidden neuron".into()));
     }
-    {
-        // The student: the run's model with m hidden neurons, trained on the fitting sequences.
-        use astro_model::memory::{KeyNames, MemoryEstimate, Workload, available};
-        let mut student = run.config.model.clone();
-        student.attention =
-            AttentionConfig::Astrocytic(AstrocyticConfig { features: request.features, ..AstrocyticConfig::default() });
-        let batch = request.fit_sequences.max(request.held_out_sequences).max(run.config.optim.batch_size);
-        let keys = KeyNames {
-            model: "the run's model.",
-            batch: "--fit-sequences",
-            seq: "the run's model.block_size",
-            features: "--features",
-        };
-        let vocab = student.vocab_size.unwrap_or(0);
-        MemoryEstimate::new(&student, vocab, 0, Workload::Train { batch, seq: student.block_size }, &keys)
-            .check("this distillation", &available())
-            .map_err(astro_model::ModelError::from)?;
-    }
+    // The student: the run's model with m hidden neurons, trained on the fitting sequences.
+    let keys = astro_model::memory::KeyNames {
+        model: "the run's model.",
+        batch: "--fit-sequences",
+        seq: "the run's model.block_size",
+        features: "--features",
+    };
+    let batch = request.fit_sequences.max(request.held_out_sequences).max(run.config.optim.batch_size);
+    let workload = astro_model::memory::Workload::Train { batch, seq: run.config.model.block_size };
+    astro_model::memory::check_swapped(&run.config.model, request.features, workload, &keys, "this distillation")
+        .map_err(astro_model::ModelError::from)?;
     if request.options.steps > 0 && !(request.options.lr > 0.0 && request.options.lr.is_finite()) {
         return Err(EvalError::Invalid(format!("--lr {} must be a positive number", request.options.lr)));
     }

@@ -159,26 +159,19 @@ pub fn run(dir: &Path, options: &ReplicateOptions, out: &Path, device: &Device) 
     };
     let fit_mask = fit_batch.as_ref().map(|(_, pad)| AttentionMask::bidirectional().with_padding(pad.clone()));
     let sentences = sentences(&options.text);
-    {
-        // The swapped encoder at the largest m, over the fitting lines or the sentences.
-        use astro_model::memory::{KeyNames, MemoryEstimate, Workload, available};
-        let mut swapped = config.clone();
-        let m = options.features.iter().copied().max().unwrap_or(1);
-        swapped.attention =
-            AttentionConfig::Astrocytic(AstrocyticConfig { features: m, ..AstrocyticConfig::default() });
-        let fit_seq = fit_batch.as_ref().map_or(0, |(tokens, _)| tokens.dims()[1]);
-        let batch = fit.len().max(sentences.len()).max(1);
-        let keys = KeyNames {
-            model: "the checkpoint's ",
-            batch: "sentences per batch",
-            seq: "tokens per sentence",
-            features: "--features",
-        };
-        let vocab = swapped.vocab_size.unwrap_or(0);
-        MemoryEstimate::new(&swapped, vocab, 0, Workload::Infer { batch, seq: t.max(fit_seq) }, &keys)
-            .check("this replication", &available())
-            .map_err(astro_model::ModelError::from)?;
-    }
+    // The swapped encoder at the largest m, over the fitting lines or the sentences.
+    let keys = astro_model::memory::KeyNames {
+        model: "the checkpoint's ",
+        batch: "sentences per batch",
+        seq: "tokens per sentence",
+        features: "--features",
+    };
+    let fit_seq = fit_batch.as_ref().map_or(0, |(tokens, _)| tokens.dims()[1]);
+    let workload =
+        astro_model::memory::Workload::Infer { batch: fit.len().max(sentences.len()).max(1), seq: t.max(fit_seq) };
+    let m = options.features.iter().copied().max().unwrap_or(1);
+    astro_model::memory::check_swapped(&config, m, workload, &keys, "this replication")
+        .map_err(astro_model::ModelError::from)?;
     let reference = bert.embed(&sentences, device)?;
 
     let mut stats = Vec::new();

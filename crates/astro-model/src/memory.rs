@@ -264,6 +264,23 @@ impl MemoryEstimate {
     }
 }
 
+/// Checks `workload` on `config` with every layer's attention swapped for astrocytic attention of
+/// `features` hidden neurons (distillation's student, a swapped pretrained encoder) against the
+/// memory available; the error names the work as `what`.
+pub fn check_swapped(
+    config: &TransformerConfig,
+    features: usize,
+    workload: Workload,
+    keys: &KeyNames,
+    what: &str,
+) -> Result<(), Box<MemoryError>> {
+    use crate::attention::AstrocyticConfig;
+    let mut swapped = config.clone();
+    swapped.attention = AttentionConfig::Astrocytic(AstrocyticConfig { features, ..AstrocyticConfig::default() });
+    let vocab = swapped.vocab_size.unwrap_or(0);
+    MemoryEstimate::new(&swapped, vocab, 0, workload, keys).check(what, &available())
+}
+
 /// A workload that cannot fit in the memory this machine has.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
