@@ -66,6 +66,9 @@ def feature_logs(x, omega, phase, kind):
         return u - half_sq + 1.0 - 0.5 * math.log(m), torch.zeros_like(half_sq)
     if kind == "elu":
         return F.elu(u) + 1.0, torch.zeros_like(half_sq)
+    if kind == "taylor":  # [1, u, vec(u uᵀ)/√2] with u = Ωx̃ (Based): φ(q)·φ(k) = 1 + s + s²/2
+        second = (u.unsqueeze(-1) * u.unsqueeze(-2)).flatten(-2) / math.sqrt(2.0)
+        return torch.cat([torch.ones_like(u[..., :1]), u, second], -1), torch.zeros_like(half_sq)
     raise ValueError(f"unknown feature map {kind!r}")
 
 

@@ -166,7 +166,7 @@ impl MemoryEstimate {
             AttentionConfig::Astrocytic(a) => floats(
                 tokens
                     .saturating_mul(h)
-                    .saturating_mul(a.features as u64)
+                    .saturating_mul(a.feature_map.width(a.features) as u64)
                     .saturating_mul(TRAIN_FLOATS_PER_FEATURE)
                     .saturating_mul(layers_alive),
             ),

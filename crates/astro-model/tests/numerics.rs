@@ -89,6 +89,12 @@ fn orthogonal_features_lower_the_error() {
 /// Literal φ from the reference table, on the host in f64. `x`: one token, `omega`: [m × D] row-major.
 fn phi_naive(map: FeatureMap, x: &[f64], omega: &[f64], phase: &[f64], m: usize) -> Vec<f64> {
     let d = x.len();
+    if map == FeatureMap::Taylor {
+        // [1, u, (u_i u_j / √2) for i, j] with u = Ωx.
+        let u: Vec<f64> = (0..m).map(|mu| (0..d).map(|i| omega[mu * d + i] * x[i]).sum()).collect();
+        let second = u.iter().flat_map(|a| u.iter().map(move |b| a * b / std::f64::consts::SQRT_2));
+        return std::iter::once(1.0).chain(u.iter().copied()).chain(second).collect();
+    }
     let sq: f64 = x.iter().map(|v| v * v).sum();
     (0..m)
         .map(|mu| {
@@ -111,6 +117,7 @@ fn phi_naive(map: FeatureMap, x: &[f64], omega: &[f64], phase: &[f64], m: usize)
                 }
                 // Uncalibrated (ψ = 1, c = 0, A = 0): the positive map; calibrated ones in calibrated_maps.rs.
                 FeatureMap::Saderf | FeatureMap::ShiftedSaderf => (u - sq / 2.0).exp() / (m as f64).sqrt(),
+                FeatureMap::Taylor => unreachable!("handled above"),
             }
         })
         .collect()

@@ -82,6 +82,14 @@ impl AstrocyticConfig {
                 "the number of hidden neurons m must be at least 1",
             ));
         }
+        if self.feature_map == FeatureMap::Taylor && self.features > 64 {
+            return Err(ConfigError::invalid(
+                "attention.features",
+                self.features,
+                "the Taylor map has 1 + r + r² hidden neurons for a projection to r = features dimensions; \
+                 use r ≤ 64 (Based uses 16)",
+            ));
+        }
         if self.chunk_size == Some(0) {
             return Err(ConfigError::invalid("attention.chunk_size", 0, "chunks must hold at least 1 token"));
         }
@@ -103,7 +111,12 @@ impl AstrocyticConfig {
     /// Builds the layer for `heads` heads of width `head_dim`; Ω is drawn from [`Self::layer_seed`].
     pub fn init(&self, heads: usize, head_dim: usize, layer: usize, device: &Device) -> AstrocyticAttention {
         let seed = self.layer_seed(layer);
-        let omega = Tensor::<3>::from_data(sample_omega(heads, self.features, head_dim, self.orthogonal, seed), device);
+        let mut omega =
+            Tensor::<3>::from_data(sample_omega(heads, self.features, head_dim, self.orthogonal, seed), device);
+        if self.feature_map == FeatureMap::Taylor {
+            // A Johnson–Lindenstrauss projection: u_q·u_k ≈ q̃·k̃ at the start.
+            omega = omega.div_scalar((self.features as f64).sqrt());
+        }
         let omega = Param::from_tensor(omega).set_require_grad(self.learnable_omega);
         let phase = self.feature_map.uses_phase().then(|| {
             let b = Tensor::<2>::from_data(sample_phase(heads, self.features, seed), device);
@@ -407,6 +420,7 @@ impl InnerAttention for AstrocyticAttention {
     }
 
     fn state_floats(&self, heads: usize, head_dim: usize, _context: usize) -> usize {
-        heads * (head_dim * self.config.features + self.config.features + 1)
+        let m = self.config.feature_map.width(self.config.features);
+        heads * (head_dim * m + m + 1)
     }
 }

@@ -45,11 +45,17 @@ pub enum FeatureMap {
     /// SADERF with the keys shifted by c = ȳ + Ψ²x̄ and Ψ from variances (see [`super::calibration`]):
     /// the estimator's variance then depends on the spread of queries and keys, not on their offset.
     ShiftedSaderf,
+    /// Second-order Taylor features of exp (Based, Arora et al. 2024) on a projection to r = `features`
+    /// dimensions, u = Ωx̃ with Ω `[heads, r, D]` drawn N(0, 1/r): φ(x) = [1, u, vec(u uᵀ)/√2], so
+    /// φ(q)·φ(k) = 1 + s + s²/2 with s = u_q·u_k ≈ q·k/√D — always ≥ ½, a sharp polynomial kernel
+    /// with 1 + r + r² hidden neurons. Train Ω (`learnable_omega = true`) as Based trains its
+    /// projection.
+    Taylor,
 }
 
 impl FeatureMap {
     /// Every map, in declaration order.
-    pub const ALL: [FeatureMap; 8] = [
+    pub const ALL: [FeatureMap; 9] = [
         FeatureMap::Positive,
         FeatureMap::Cosine,
         FeatureMap::Truncated,
@@ -58,6 +64,7 @@ impl FeatureMap {
         FeatureMap::Elu,
         FeatureMap::Saderf,
         FeatureMap::ShiftedSaderf,
+        FeatureMap::Taylor,
     ];
 
     /// Name as written in configs.
@@ -71,6 +78,15 @@ impl FeatureMap {
             FeatureMap::Elu => "elu",
             FeatureMap::Saderf => "saderf",
             FeatureMap::ShiftedSaderf => "shifted_saderf",
+            FeatureMap::Taylor => "taylor",
+        }
+    }
+
+    /// Width of φ for `features` = m random projections: m, or 1 + r + r² for the Taylor map.
+    pub fn width(self, features: usize) -> usize {
+        match self {
+            FeatureMap::Taylor => 1 + features + features * features,
+            _ => features,
         }
     }
 
@@ -81,7 +97,7 @@ impl FeatureMap {
 
     /// Whether φ ≥ 0 everywhere, so the astrocyte response pᵀφ(q̃) can never change sign.
     pub fn is_positive(self) -> bool {
-        !matches!(self, FeatureMap::Cosine | FeatureMap::Linear)
+        !matches!(self, FeatureMap::Cosine | FeatureMap::Linear | FeatureMap::Taylor)
     }
 
     /// Whether the map uses the random phases b ~ U[0, 2π).
@@ -150,8 +166,18 @@ impl FeatureMap {
             },
             FeatureMap::Linear => Features::Scaled { g: (u - half_sq).add_scalar(1.0 - 0.5 * ln_m), log_scale: None },
             FeatureMap::Elu => Features::Scaled { g: elu(u, 1.0).add_scalar(1.0), log_scale: None },
+            FeatureMap::Taylor => Features::Scaled { g: taylor(u), log_scale: None },
         }
     }
+}
+
+/// [1, u, vec(u uᵀ)/√2] for `u` `[batch, heads, seq, r]` → `[batch, heads, seq, 1 + r + r²]`.
+fn taylor(u: Tensor<4>) -> Tensor<4> {
+    let [b, h, t, r] = u.dims();
+    let outer = u.clone().reshape([b, h, t, r, 1]) * u.clone().reshape([b, h, t, 1, r]); // [B,H,T,r,r]
+    let second = outer.reshape([b, h, t, r * r]).mul_scalar(std::f64::consts::FRAC_1_SQRT_2);
+    let ones = Tensor::<4>::ones([b, h, t, 1], (&u.device(), u.dtype()));
+    Tensor::cat(vec![ones, u, second], 3)
 }
 
 /// φ for a set of tokens, `[batch, heads, seq, m]`, in a form that never overflows.

@@ -249,7 +249,7 @@ mod tests {
     use burn::tensor::TensorData;
 
     fn host(t: Tensor<3>) -> Vec<f32> {
-        t.into_data().to_vec::<f32>().unwrap()
+        t.into_data().try_to_vec::<f32>().unwrap()
     }
 
     /// The convolution against its definition y_t[c] = Σ_j w[c, j] x_{t−j}[c] (x before the
