@@ -86,7 +86,11 @@ pub fn report(model: &LanguageModel, contexts: &[usize]) -> ModelReport {
                 .trunk
                 .blocks
                 .iter()
-                .map(|b| b.attn.inner.state_floats(config.n_head, config.head_dim(), ctx))
+                .map(|b| {
+                    // The short convolutions keep the q | k | v projections of the last K − 1 tokens.
+                    let conv = b.attn.conv.as_ref().map_or(0, |c| 3 * config.n_embd * (c.kernel() - 1));
+                    b.attn.inner.state_floats(config.n_head, config.head_dim(), ctx) + conv
+                })
                 .sum();
             (ctx, per_layer)
         })

@@ -173,6 +173,22 @@ fn recurrent_state_size_does_not_grow_with_context() {
     assert_eq!(c2.num_floats(), c1.num_floats() * 6, "the KV cache grows linearly");
 }
 
+/// `astro info`'s decoding-state size is what decoding really holds, short convolutions included.
+#[test]
+fn reported_state_size_is_the_decoding_state() {
+    let dev = device();
+    let seq = sequence(12, 4);
+    for (name, attention) in variants() {
+        for short_conv in [0, 4] {
+            let config = TransformerConfig { short_conv, ..small(attention.clone(), Positions::Rotary) };
+            let model = LanguageModel::new(&config, &dev).unwrap();
+            let (_, state) = model.forward_incremental(tokens(&seq, 1, &dev), DecodeState::default()).unwrap();
+            let report = astro_model::info::report(&model, &[12]);
+            assert_eq!(report.state_floats, vec![(12, state.num_floats())], "{name}, short_conv {short_conv}");
+        }
+    }
+}
+
 /// Greedy generation past the block (learned positions) equals re-encoding the last `block_size`
 /// tokens with a full forward at every step and taking the argmax of the last position.
 #[test]
