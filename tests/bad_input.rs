@@ -137,6 +137,10 @@ fn run_case(w: &World, case: &str) -> Output {
         "config-zero-features" => w.set(&["model.attention.features=0"]),
         "config-decay" => w.set(&["model.attention.decay=2"]),
         "config-bad-override" => w.set(&["model.n_layer"]),
+        "config-taylor-too-wide" => {
+            w.set(&[r#"model.attention={kind="astrocytic",features=100,feature_map="taylor",learnable_omega=true}"#])
+        }
+        "config-short-conv-too-long" => w.set(&["model.short_conv=1000"]),
         "config-missing-file" => w.astro(&["train", "--config", "nope.toml"]).output().unwrap(),
         "corpus-empty" => w.set(&[&w.corpus("empty.txt", b"")]),
         "corpus-binary" => {
@@ -308,6 +312,8 @@ const CASES: &[&str] = &[
     "config-zero-features",
     "config-decay",
     "config-bad-override",
+    "config-taylor-too-wide",
+    "config-short-conv-too-long",
     "config-missing-file",
     "corpus-empty",
     "corpus-binary",
