@@ -140,7 +140,7 @@ fn check_resume(dir: &Path, mut given: RunConfig) -> Result<RunConfig, TrainErro
     }
     let changed: Vec<String> = changed_keys(&saved, &given)
         .into_iter()
-        .filter(|(key, _, _)| !RESUMABLE_KEYS.iter().any(|k| key == k || key.starts_with(&format!("{k}."))))
+        .filter(|(key, _, _)| !RESUMABLE_KEYS.contains(&key.as_str()))
         .map(|(key, was, now)| format!("{key} ({was} → {now})"))
         .collect();
     if !changed.is_empty() {
@@ -214,24 +214,35 @@ fn check_memory(config: &RunConfig) -> Result<(), TrainError> {
     estimate.check("this training run", &available()).map_err(|e| astro_model::ModelError::from(e).into())
 }
 
-fn prepare(config: RunConfig, options: &TrainOptions) -> Result<Setup, TrainError> {
-    // `existing`: the run directory was made by an earlier invocation (its tokenizer is reused).
-    let (mut config, run_dir, resume, existing) = match &options.resume {
+/// What [`prepare`] found: a run to train, or one that already reached `train.max_iters`.
+enum Prepared {
+    Ready(Box<Setup>),
+    Finished(TrainSummary),
+}
+
+fn prepare(config: RunConfig, options: &TrainOptions) -> Result<Prepared, TrainError> {
+    // `run_dir`: made by an earlier invocation (resume); its tokenizer is reused.
+    let (mut config, run_dir, resume) = match &options.resume {
         Some(dir) => {
             let config = check_resume(dir, config)?;
             let ckpt_root = dir.join("checkpoints");
             checkpoint::remove_stale(&ckpt_root);
             checkpoint::remove_stale_weights(dir);
             let ckpt = checkpoint::latest_valid(&ckpt_root);
-            if ckpt.is_none() {
+            match &ckpt {
+                // Nothing to train: answer before loading the corpus or building anything.
+                Some((_, state)) if state.step >= config.train.max_iters => {
+                    return Ok(Prepared::Finished(finished_summary(dir, state)));
+                }
                 // Killed before its first checkpoint: nothing to continue from, so start it again.
-                eprintln!("warning: {} has no valid checkpoint; starting it again from step 0", dir.display());
+                None => eprintln!("warning: {} has no valid checkpoint; starting it again from step 0", dir.display()),
+                Some(_) => {}
             }
-            (config, Some(dir.clone()), ckpt, true)
+            (config, Some(dir.clone()), ckpt)
         }
         None => {
             config.validate()?;
-            (config, None, None, false)
+            (config, None, None)
         }
     };
     let source = match config.task.clone() {
@@ -239,25 +250,33 @@ fn prepare(config: RunConfig, options: &TrainOptions) -> Result<Setup, TrainErro
             config.model.vocab_size = Some(task.vocab_size());
             Source::task(&task, &config)
         }
-        None => corpus_source(&mut config, run_dir.as_deref().filter(|_| existing))?,
+        None => corpus_source(&mut config, run_dir.as_deref())?,
     };
     if resume.is_none() {
         check_memory(&config)?;
     }
-    Ok(Setup { config, run_dir, source, resume })
+    Ok(Prepared::Ready(Box::new(Setup { config, run_dir, source, resume })))
 }
 
-/// Makes (fresh run) or reuses (a resumed run without a checkpoint) the run directory and writes
-/// the resolved config and the tokenizer into it; called once the model and optimiser exist.
+/// Makes the directory of a fresh run (with the tokenizer), or takes the one an earlier invocation
+/// made; writes the resolved config where it differs from the one there (a resumed run's changed
+/// keys become its own). Called once the model and optimiser exist.
 fn open_run_dir(config: &RunConfig, source: &Source, existing: Option<PathBuf>) -> Result<RunDir, TrainError> {
     let dir = match existing {
         Some(path) => RunDir::existing(path),
-        None => RunDir::create(&config.run.out_dir, &config.run.name)?,
+        None => {
+            let dir = RunDir::create(&config.run.out_dir, &config.run.name)?;
+            if let Source::Corpus { tokenizer, .. } = source {
+                tokenizer.save(&dir.path.join("tokenizer.json"))?;
+            }
+            dir
+        }
     };
-    if let Source::Corpus { tokenizer, .. } = source {
-        tokenizer.save(&dir.path.join("tokenizer.json"))?;
+    let path = dir.path.join("config.toml");
+    let text = config.to_toml();
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        write_file(&path, text.as_bytes())?;
     }
-    write_file(&dir.path.join("config.toml"), config.to_toml().as_bytes())?;
     Ok(dir)
 }
 
@@ -284,6 +303,7 @@ fn finished_summary(run_dir: &Path, state: &CheckpointState) -> TrainSummary {
             already_finished: true,
         }
     });
+    // What summary.json says of its own invocation does not apply to this one.
     summary.run_dir = run_dir.to_path_buf();
     summary.sample = None;
     summary.already_finished = true;
@@ -329,12 +349,10 @@ fn corpus_source(config: &mut RunConfig, resumed_from: Option<&Path>) -> Result<
 /// Trains (or resumes) the network `config` describes on its corpus or task.
 pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, TrainError> {
     let wall = Instant::now();
-    let Setup { config, run_dir, source, resume } = prepare(config, &options)?;
-    if let (Some(dir), Some((_, state))) = (&run_dir, &resume)
-        && state.step >= config.train.max_iters
-    {
-        return Ok(finished_summary(dir, state));
-    }
+    let Setup { config, run_dir, source, resume } = match prepare(config, &options)? {
+        Prepared::Ready(setup) => *setup,
+        Prepared::Finished(summary) => return Ok(summary),
+    };
     let device_name = options.device.clone().or_else(|| config.run.device.clone());
     let device = match device_name {
         Some(name) => name.parse::<astro_model::device::BackendKind>().map_err(astro_model::ModelError::from)?.device(),
@@ -380,14 +398,7 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
         }
     };
     // The directory of a fresh run appears only now that the model and optimiser exist.
-    let mut run = match (&resume, run_dir) {
-        (Some(_), Some(dir)) => {
-            // Keys allowed to change on resume (more steps…) become the run's own.
-            write_file(&dir.join("config.toml"), config.to_toml().as_bytes())?;
-            RunDir::existing(dir)
-        }
-        (_, existing) => open_run_dir(&config, &source, existing)?,
-    };
+    let mut run = open_run_dir(&config, &source, run_dir)?;
     let run_dir = run.path.clone();
     let ckpt_root = run_dir.join("checkpoints");
     let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), step)?;
