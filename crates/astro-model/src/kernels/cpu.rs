@@ -50,6 +50,11 @@ impl View {
     pub(super) fn t(self) -> Self {
         View { ptr: self.ptr, rs: self.cs, cs: self.rs }
     }
+
+    /// This view without its first `n` rows (the caller keeps within the viewed slice).
+    pub(super) fn skip_rows(self, n: usize) -> Self {
+        View { ptr: self.ptr.wrapping_offset(n as isize * self.rs), ..self }
+    }
 }
 
 /// dst `[m, n]` (row-major, overwritten) = `scale` · lhs `[m, k]` · rhs `[k, n]`, on this thread.
@@ -71,6 +76,9 @@ pub(super) fn matmul_acc(
     scale: f32,
 ) {
     assert!(dst.len() >= m * n, "matmul destination too small");
+    if m == 0 || n == 0 {
+        return;
+    }
     // SAFETY: `dst` holds m·n elements (checked); the views address m·k and k·n elements of
     // slices that outlive the call (built by the `View` constructors from them).
     unsafe {
@@ -98,15 +106,28 @@ pub(super) fn matmul_acc(
     }
 }
 
-/// Largest `[T, S]` score tile the materialising forward builds per head (1 MiB of f32, L2-sized);
-/// longer sequences go to flex's flash attention.
-pub(super) const SCORE_TILE: usize = 256 * 1024;
+/// Largest `[rows, S]` score strip the attention kernels build per task (1 MiB of f32, L2-sized).
+const SCORE_TILE: usize = 256 * 1024;
 
-/// P = softmax(scale · q kᵀ) in place over `p` `[T, S]` (blocked entries 0): row by row, causal
-/// rows only over the keys they read.
-fn softmax_rows(p: &mut [f32], s: usize, offset: usize, causal: bool) {
+/// Query rows per score strip: causal attention skips the keys after a strip's last row, so
+/// shorter strips skip more of the upper triangle (at T = 256: 4 strips of 64 compute 62.5 % of
+/// the square), at the cost of more, smaller products. Long key sequences get shorter strips, so a
+/// strip stays within [`SCORE_TILE`] (16 rows at the least).
+fn strip_rows(t: usize, s: usize) -> usize {
+    const ROWS: usize = 64;
+    (SCORE_TILE / s.max(1)).clamp(16, ROWS).min(t.max(1))
+}
+
+/// Keys read by query rows `..r1` (all S unless causal: query i reads keys j ≤ i + offset).
+fn keys_read(r1: usize, s: usize, offset: usize, causal: bool) -> usize {
+    if causal { (r1 + offset).min(s) } else { s }
+}
+
+/// P = softmax(scale · q kᵀ) in place over a strip `p` `[rows, S']` whose first row is query
+/// `row0` (blocked entries 0): row by row, causal rows only over the keys they read.
+fn softmax_rows(p: &mut [f32], s: usize, row0: usize, offset: usize, causal: bool) {
     for (i, row) in p.chunks_exact_mut(s).enumerate() {
-        let readable = if causal { (i + offset + 1).min(s) } else { s };
+        let readable = if causal { (row0 + i + offset + 1).min(s) } else { s };
         let (live, blocked) = row.split_at_mut(readable);
         blocked.fill(0.0);
         let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -115,30 +136,39 @@ fn softmax_rows(p: &mut [f32], s: usize, offset: usize, causal: bool) {
     }
 }
 
-/// Forward of scaled-dot-product attention for every head: O = softmax(q·kᵀ/√D) · v, the
-/// `[T, S]` probabilities of one head at a time in a reused tile. Returns O `[heads, T, Dv]`.
+/// Forward of scaled-dot-product attention for every head: O = softmax(q·kᵀ/√D) · v, in strips
+/// of query rows (parallel over heads × strips), each strip's `[rows, S']` probabilities in a
+/// reused buffer over only the keys it reads. Returns O `[heads, T, Dv]`.
 pub(super) fn attention_forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims, causal: bool) -> Vec<f32> {
     let Dims { heads, t, s, d, dv } = dims;
     let scale = 1.0 / (d as f32).sqrt();
     let offset = s.saturating_sub(t);
+    let rows = strip_rows(t, s);
     let mut out = vec![0f32; heads * t * dv];
-    out.par_chunks_mut(t * dv).enumerate().for_each_init(
-        || vec![0f32; t * s],
-        |p, (head, oh)| {
-            let qh = &q[head * t * d..][..t * d];
-            let kh = &k[head * s * d..][..s * d];
-            let vh = &v[head * s * dv..][..s * dv];
-            matmul(p, t, s, d, View::rows(qh, d), View::transposed(kh, d), scale); //  [T,S]
-            softmax_rows(p, s, offset, causal);
-            matmul(oh, t, dv, s, View::rows(p, s), View::rows(vh, dv), 1.0); //            [T,Dv]
-        },
-    );
+    out.par_chunks_mut(t * dv).enumerate().for_each(|(head, oh)| {
+        let qh = &q[head * t * d..][..t * d];
+        let kh = &k[head * s * d..][..s * d];
+        let vh = &v[head * s * dv..][..s * dv];
+        oh.par_chunks_mut(rows * dv).enumerate().for_each_init(
+            || vec![0f32; rows * s],
+            |p, (strip, os)| {
+                let (r0, n) = (strip * rows, os.len() / dv);
+                let sr = keys_read(r0 + n, s, offset, causal);
+                let p = &mut p[..n * sr];
+                let qs = &qh[r0 * d..][..n * d];
+                matmul(p, n, sr, d, View::rows(qs, d), View::transposed(kh, d), scale); //   [n,S']
+                softmax_rows(p, sr, r0, offset, causal);
+                matmul(os, n, dv, sr, View::rows(p, sr), View::rows(vh, dv), 1.0); //          [n,Dv]
+            },
+        );
+    });
     out
 }
 
 /// Backward of causal (or full) scaled-dot-product attention for every head, given the inputs,
-/// the forward output `o` and its gradient `go`. Per head, with P = softmax(q·kᵀ/√D):
-/// dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ∘ (dP − rowsum(dO ∘ O)) / √D, dQ = dS·K, dK = dSᵀ·Q.
+/// the forward output `o` and its gradient `go`. Per head (in parallel) and strip of query rows
+/// (in order, over the keys the strip reads), with P = softmax(q·kᵀ/√D):
+/// dV += Pᵀ·dO, dP = dO·Vᵀ, dS = P ∘ (dP − rowsum(dO ∘ O)) / √D, dQ = dS·K, dK += dSᵀ·Q.
 pub(super) fn attention_backward(
     q: &[f32],
     k: &[f32],
@@ -153,6 +183,7 @@ pub(super) fn attention_backward(
     let mut grads = Grads { q: vec![0.0; heads * t * d], k: vec![0.0; heads * s * d], v: vec![0.0; heads * s * dv] };
     // Query i reads keys j ≤ i + offset when causal (bottom-right aligned, as Burn's mask).
     let offset = s.saturating_sub(t);
+    let rows = strip_rows(t, s);
     grads
         .q
         .par_chunks_mut(t * d)
@@ -160,29 +191,44 @@ pub(super) fn attention_backward(
         .zip(grads.v.par_chunks_mut(s * dv))
         .enumerate()
         .for_each_init(
-            || (vec![0f32; t * s], vec![0f32; t * s]),
+            || (vec![0f32; rows * s], vec![0f32; rows * s]),
             |(p, dp), (head, ((dq, dk), dvh))| {
                 let qh = &q[head * t * d..][..t * d];
                 let kh = &k[head * s * d..][..s * d];
                 let vh = &v[head * s * dv..][..s * dv];
                 let oh = &o[head * t * dv..][..t * dv];
                 let goh = &go[head * t * dv..][..t * dv];
-                // P = softmax(scale · q kᵀ), row by row:                        [T,S]
-                matmul(p, t, s, d, View::rows(qh, d), View::transposed(kh, d), scale);
-                softmax_rows(p, s, offset, causal);
-                // dV = Pᵀ dO:                                                    [S,Dv]
-                matmul(dvh, s, dv, t, View::transposed(p, s), View::rows(goh, dv), 1.0);
-                // dP = dO Vᵀ:                                                    [T,S]
-                matmul(dp, t, s, dv, View::rows(goh, dv), View::transposed(vh, dv), 1.0);
-                // dS = P ∘ (dP − δ) · scale, δ_i = Σ_c dO_ic O_ic (stored over dP).
-                for i in 0..t {
-                    let delta: f32 = goh[i * dv..][..dv].iter().zip(&oh[i * dv..][..dv]).map(|(a, b)| a * b).sum();
-                    let (pr, dr) = (&p[i * s..][..s], &mut dp[i * s..][..s]);
-                    dr.iter_mut().zip(pr).for_each(|(g, &pv)| *g = pv * (*g - delta) * scale);
+                // Keys no strip reads keep zero gradients (dK, dV start at zero).
+                let mut written = 0;
+                for r0 in (0..t).step_by(rows) {
+                    let n = rows.min(t - r0);
+                    let sr = keys_read(r0 + n, s, offset, causal);
+                    let (p, dp) = (&mut p[..n * sr], &mut dp[..n * sr]);
+                    let (qs, os, gos) = (&qh[r0 * d..][..n * d], &oh[r0 * dv..][..n * dv], &goh[r0 * dv..][..n * dv]);
+                    // Accumulate into the keys an earlier strip already wrote; overwrite the rest.
+                    let (old, fresh) = (written.min(sr), sr - written.min(sr));
+                    // P = softmax(scale · q kᵀ), row by row:                              [n,S']
+                    matmul(p, n, sr, d, View::rows(qs, d), View::transposed(kh, d), scale);
+                    softmax_rows(p, sr, r0, offset, causal);
+                    // dV += Pᵀ dO:                                                         [S',Dv]
+                    let pt = View::transposed(p, sr);
+                    matmul_acc(&mut dvh[..old * dv], old, dv, n, pt, View::rows(gos, dv), Some(1.0), 1.0);
+                    matmul(&mut dvh[old * dv..sr * dv], fresh, dv, n, pt.skip_rows(old), View::rows(gos, dv), 1.0);
+                    // dP = dO Vᵀ:                                                          [n,S']
+                    matmul(dp, n, sr, dv, View::rows(gos, dv), View::transposed(vh, dv), 1.0);
+                    // dS = P ∘ (dP − δ) · scale, δ_i = Σ_c dO_ic O_ic (stored over dP).
+                    for i in 0..n {
+                        let delta = dot(&gos[i * dv..][..dv], &os[i * dv..][..dv]);
+                        let (pr, dr) = (&p[i * sr..][..sr], &mut dp[i * sr..][..sr]);
+                        dr.iter_mut().zip(pr).for_each(|(g, &pv)| *g = pv * (*g - delta) * scale);
+                    }
+                    // dQ = dS K,  dK += dSᵀ Q:                                             [n,D], [S',D]
+                    matmul(&mut dq[r0 * d..][..n * d], n, d, sr, View::rows(dp, sr), View::rows(kh, d), 1.0);
+                    let dst = View::transposed(dp, sr);
+                    matmul_acc(&mut dk[..old * d], old, d, n, dst, View::rows(qs, d), Some(1.0), 1.0);
+                    matmul(&mut dk[old * d..sr * d], fresh, d, n, dst.skip_rows(old), View::rows(qs, d), 1.0);
+                    written = written.max(sr);
                 }
-                // dQ = dS K,  dK = dSᵀ Q:                                        [T,D], [S,D]
-                matmul(dq, t, d, s, View::rows(dp, s), View::rows(kh, d), 1.0);
-                matmul(dk, s, d, t, View::transposed(dp, s), View::rows(qh, d), 1.0);
             },
         );
     grads

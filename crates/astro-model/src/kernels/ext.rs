@@ -308,8 +308,7 @@ impl FusedOps for Flex {
         let [b, h, t, d] = q.shape().dims::<4>();
         let [_, _, s, dv] = v.shape().dims::<4>();
         let all_f32 = [&q, &k, &v].iter().all(|x| x.dtype() == DType::F32);
-        if !all_f32 || t * s > super::cpu::SCORE_TILE {
-            // Long sequences: flex's flash attention (no [T, S] tile).
+        if !all_f32 {
             return <Flex as ModuleOps<Flex>>::attention(q, k, v, None, None, options(causal));
         }
         let dims = super::cpu::Dims { heads: b * h, t, s, d, dv };
