@@ -237,9 +237,19 @@ pub(super) fn attention_backward(
 /// x ← exp(x − shift) in place; returns Σ x. Vectorised (AVX2 + FMA where the CPU has them).
 pub(super) fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for (checked above).
-        return unsafe { exp_shifted_avx2(x, shift) };
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn wide(x: &mut [f32], shift: f32) -> f32 {
+            exp_shifted_portable(x, shift)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the function is compiled for (checked here).
+            return unsafe { wide(x, shift) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { exp_shifted_avx2(x, shift) };
+        }
     }
     exp_shifted_portable(x, shift)
 }
@@ -414,9 +424,18 @@ macro_rules! elementwise {
 
         fn $name($o: &mut [f32], $x: &[f32] $(, $g: &[f32])?) {
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports the features the function is compiled for (checked above).
-                return unsafe { $avx($o, $x $(, $g)?) };
+            {
+                // 16 lanes where the CPU has AVX-512 (the same code, compiled for it).
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn wide($o: &mut [f32], $x: &[f32] $(, $g: &[f32])?) $body
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports the features the function is compiled for (checked above).
+                    return unsafe { wide($o, $x $(, $g)?) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above.
+                    return unsafe { $avx($o, $x $(, $g)?) };
+                }
             }
             $body
         }
@@ -452,9 +471,19 @@ pub(super) fn exp(x: &[f32]) -> Vec<f32> {
 /// out = e^{x − shift} element-wise (vectorised).
 pub(super) fn exp_sub_block(out: &mut [f32], x: &[f32], shift: f32) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for (checked above).
-        return unsafe { exp_sub_block_avx2(out, x, shift) };
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn wide(out: &mut [f32], x: &[f32], shift: f32) {
+            exp_sub_block_portable(out, x, shift)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the function is compiled for (checked here).
+            return unsafe { wide(out, x, shift) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { exp_sub_block_avx2(out, x, shift) };
+        }
     }
     exp_sub_block_portable(out, x, shift)
 }
