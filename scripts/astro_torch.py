@@ -132,7 +132,16 @@ class Inner(nn.Module):
             gq, lq = feature_logs(q * scale, omega, phase, kind)
             gk, lk = feature_logs(k * scale, omega, phase, kind)
         decay = float(self.spec.get("decay", 1.0))
-        return kernel_attention(gq, lq, gk, lk, v, causal, decay).to(dtype)
+        y = kernel_attention(gq, lq, gk, lk, v, causal, decay)
+        window = self.spec.get("window")
+        if window:  # exact softmax over the last W tokens (|t − s| < W for encoders), added to the astrocyte's output
+            t = q.shape[2]
+            pos = torch.arange(t)
+            offset = pos[:, None] - pos[None, :]  # t − s
+            band = (offset >= 0) & (offset < window) if causal else offset.abs() < window
+            scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+            y = y + torch.softmax(scores.masked_fill(~band, float("-inf")), dim=-1) @ v
+        return y.to(dtype)
 
 
 def rotary(x, start=0):

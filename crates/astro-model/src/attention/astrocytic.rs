@@ -17,7 +17,7 @@ use super::calibration::{self, HeadStats};
 use super::feature_map::{FeatureMap, Features, sample_omega, sample_phase};
 pub use super::kernel::ExecutionForm;
 use super::kernel::{self, KernelInput};
-use super::{AttentionMask, AttentionState, InnerAttention, NormaliserTrace};
+use super::{AttentionMask, AttentionState, InnerAttention, NormaliserTrace, window};
 use crate::error::{CalibrationError, ConfigError};
 
 fn default_features() -> usize {
@@ -55,6 +55,10 @@ pub struct AstrocyticConfig {
     /// Execution form of `forward`.
     #[serde(default)]
     pub form: ExecutionForm,
+    /// Exact softmax over the last W tokens beside the astrocyte (Based's hybrid; see
+    /// [`super::window`]); unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<usize>,
 }
 
 impl Default for AstrocyticConfig {
@@ -68,6 +72,7 @@ impl Default for AstrocyticConfig {
             learnable_omega: false,
             chunk_size: None,
             form: ExecutionForm::default(),
+            window: None,
         }
     }
 }
@@ -92,6 +97,13 @@ impl AstrocyticConfig {
         }
         if self.chunk_size == Some(0) {
             return Err(ConfigError::invalid("attention.chunk_size", 0, "chunks must hold at least 1 token"));
+        }
+        if self.window == Some(0) {
+            return Err(ConfigError::invalid(
+                "attention.window",
+                0,
+                "a sliding window must hold at least 1 token; remove the key for no window",
+            ));
         }
         if !(self.decay > 0.0 && self.decay <= 1.0) {
             return Err(ConfigError::invalid(
@@ -334,31 +346,8 @@ impl AstrocyticAttention {
         self
     }
 
-    /// The explicit network, token by token (see [`kernel::mechanistic`]).
-    pub fn forward_mechanistic(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
-        kernel::mechanistic(self.input(q, k, v, mask), mask.causal, None).0
-    }
-
-    /// Bidirectional parallel form φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1), ignoring `mask.causal`.
-    pub fn forward_parallel(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
-        kernel::parallel(self.input(q, k, v, mask))
-    }
-
-    /// Causal chunked form with chunks of `chunk` tokens, ignoring `mask.causal`.
-    pub fn forward_chunked(
-        &self,
-        q: Tensor<4>,
-        k: Tensor<4>,
-        v: Tensor<4>,
-        mask: &AttentionMask,
-        chunk: usize,
-    ) -> Tensor<4> {
-        kernel::chunked(self.input(q, k, v, mask), chunk, None).0
-    }
-}
-
-impl InnerAttention for AstrocyticAttention {
-    fn forward(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
+    /// The astrocyte's output alone (the fast path of `forward`), without the window.
+    fn astrocyte_forward(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
         let chunk = self.chunk(&v);
         // Inference with the paper's map: the hidden activity is built inside the fused operation.
         if self.config.feature_map == FeatureMap::Positive
@@ -379,11 +368,8 @@ impl InnerAttention for AstrocyticAttention {
         kernel::forward(self.config.form, self.input(q, k, v, mask), mask.causal, chunk)
     }
 
-    fn forward_reference(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
-        kernel::quadratic(self.input(q, k, v, mask), mask.causal).output
-    }
-
-    fn forward_incremental(
+    /// The astrocyte's part of `forward_incremental` (the fused step where it applies).
+    fn astrocyte_incremental(
         &self,
         q: Tensor<4>,
         k: Tensor<4>,
@@ -398,9 +384,92 @@ impl InnerAttention for AstrocyticAttention {
         kernel::incremental(self.input(q, k, v, &AttentionMask::causal()), chunk, state)
     }
 
+    /// The sliding window's output for `q`, `k`, `v` `[batch, heads, seq, ·]` (banded form), if
+    /// the layer has a window.
+    fn window_part(&self, q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, mask: &AttentionMask) -> Option<Tensor<4>> {
+        self.config.window.map(|w| {
+            window::window_attention(q.clone(), k.clone(), v.clone(), w, mask.causal, mask.key_padding.clone())
+        })
+    }
+
+    /// `y` plus the window's output, if any.
+    fn plus(y: Tensor<4>, window: Option<Tensor<4>>) -> Tensor<4> {
+        match window {
+            Some(w) => y + w,
+            None => y,
+        }
+    }
+
+    /// The explicit network, token by token (see [`kernel::mechanistic`]).
+    pub fn forward_mechanistic(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
+        let window = self.window_part(&q, &k, &v, mask);
+        Self::plus(kernel::mechanistic(self.input(q, k, v, mask), mask.causal, None).0, window)
+    }
+
+    /// Bidirectional parallel form φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1), ignoring `mask.causal`.
+    pub fn forward_parallel(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
+        let bidirectional = AttentionMask { causal: false, ..mask.clone() };
+        let window = self.window_part(&q, &k, &v, &bidirectional);
+        Self::plus(kernel::parallel(self.input(q, k, v, mask)), window)
+    }
+
+    /// Causal chunked form with chunks of `chunk` tokens, ignoring `mask.causal`.
+    pub fn forward_chunked(
+        &self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        mask: &AttentionMask,
+        chunk: usize,
+    ) -> Tensor<4> {
+        let causal = AttentionMask { causal: true, ..mask.clone() };
+        let window = self.window_part(&q, &k, &v, &causal);
+        Self::plus(kernel::chunked(self.input(q, k, v, mask), chunk, None).0, window)
+    }
+}
+
+impl InnerAttention for AstrocyticAttention {
+    fn forward(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
+        let window = self.window_part(&q, &k, &v, mask);
+        let y = self.astrocyte_forward(q, k, v, mask);
+        Self::plus(y, window)
+    }
+
+    fn forward_reference(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
+        let window = self.config.window.map(|w| {
+            window::window_reference(q.clone(), k.clone(), v.clone(), w, mask.causal, mask.key_padding.clone())
+        });
+        Self::plus(kernel::quadratic(self.input(q, k, v, mask), mask.causal).output, window)
+    }
+
+    fn forward_incremental(
+        &self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        state: Option<AttentionState>,
+    ) -> (Tensor<4>, AttentionState) {
+        let Some(w) = self.config.window else {
+            return self.astrocyte_incremental(q, k, v, state);
+        };
+        let (memory, cache) = match state {
+            None => (None, None),
+            Some(AttentionState::Windowed(memory, cache)) => (Some(AttentionState::Recurrent(memory)), cache),
+            Some(_) => panic!("windowed astrocytic attention was given a state without its window"),
+        };
+        let (y_window, cache) = window::window_incremental(q.clone(), k.clone(), v.clone(), w, cache);
+        let (y, memory) = self.astrocyte_incremental(q, k, v, memory);
+        let AttentionState::Recurrent(memory) = memory else { unreachable!("the astrocyte keeps a recurrent state") };
+        (y + y_window, AttentionState::Windowed(memory, cache))
+    }
+
     fn attention_weights(&self, q: Tensor<4>, k: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
         let like = q.clone();
-        kernel::weights(self.query_features(q), self.key_features(k), &like, mask, self.config.decay)
+        let window = self.config.window.map(|w| {
+            window::window_probabilities(q.clone(), k.clone(), w, mask.causal, mask.key_padding.clone())
+        });
+        let weights = kernel::weights(self.query_features(q), self.key_features(k), &like, mask, self.config.decay);
+        Self::plus(weights, window)
     }
 
     fn normalisers(&self, q: Tensor<4>, k: Tensor<4>, mask: &AttentionMask) -> NormaliserTrace {
@@ -419,8 +488,10 @@ impl InnerAttention for AstrocyticAttention {
         trace
     }
 
-    fn state_floats(&self, heads: usize, head_dim: usize, _context: usize) -> usize {
+    fn state_floats(&self, heads: usize, head_dim: usize, context: usize) -> usize {
         let m = self.config.feature_map.width(self.config.features);
-        heads * (head_dim * m + m + 1)
+        // The window keeps the keys and values of the last W − 1 tokens.
+        let window = self.config.window.map_or(0, |w| w.saturating_sub(1).min(context));
+        heads * (head_dim * m + m + 1 + 2 * window * head_dim)
     }
 }

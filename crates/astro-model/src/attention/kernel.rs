@@ -468,7 +468,9 @@ pub(crate) fn incremental(
     let state = match state {
         None => None,
         Some(super::AttentionState::Recurrent(s)) => Some(s),
-        Some(super::AttentionState::KvCache(_)) => panic!("kernelised attention was given a KV cache"),
+        Some(super::AttentionState::KvCache(_) | super::AttentionState::Windowed(..)) => {
+            panic!("kernelised attention was given a KV cache")
+        }
     };
     let (output, state) = if input.v.dims()[2] == 1 {
         match fused_step(input, state) {

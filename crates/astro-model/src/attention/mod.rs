@@ -13,6 +13,7 @@ pub(crate) mod kernel;
 pub mod layer;
 pub mod linear;
 pub mod softmax;
+pub mod window;
 
 use burn::module::Module;
 use burn::tensor::{Bool, Tensor};
@@ -68,13 +69,16 @@ pub enum AttentionState {
     Recurrent(RecurrentState),
     /// Keys and values of every token so far (softmax attention).
     KvCache(KvCache),
+    /// Astrocytic attention with a sliding window (`attention.window`): the (H, p) memory and the
+    /// keys and values of the last W − 1 tokens (none for W = 1).
+    Windowed(RecurrentState, Option<KvCache>),
 }
 
 impl AttentionState {
     /// Tokens summarised by this state.
     pub fn tokens(&self) -> usize {
         match self {
-            AttentionState::Recurrent(s) => s.tokens,
+            AttentionState::Recurrent(s) | AttentionState::Windowed(s, _) => s.tokens,
             AttentionState::KvCache(c) => c.keys.dims()[2],
         }
     }
@@ -88,6 +92,10 @@ impl AttentionState {
                     + s.log_scale.shape().num_elements()
             }
             AttentionState::KvCache(c) => c.keys.shape().num_elements() + c.values.shape().num_elements(),
+            AttentionState::Windowed(s, c) => {
+                AttentionState::Recurrent(s.clone()).num_floats()
+                    + c.as_ref().map_or(0, |c| AttentionState::KvCache(c.clone()).num_floats())
+            }
         }
     }
 }

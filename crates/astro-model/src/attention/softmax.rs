@@ -127,7 +127,9 @@ impl InnerAttention for SoftmaxAttention {
                 keys: Tensor::cat(vec![c.keys, k], 2),     // [B,H,T+Tn,D]
                 values: Tensor::cat(vec![c.values, v], 2), // [B,H,T+Tn,Dv]
             },
-            Some(AttentionState::Recurrent(_)) => panic!("softmax attention was given a recurrent state"),
+            Some(AttentionState::Recurrent(_) | AttentionState::Windowed(..)) => {
+                panic!("softmax attention was given a recurrent state")
+            }
         };
         // New queries are the last Tn positions; the causal mask is aligned bottom-right.
         let out = self.fused(q, cache.keys.clone(), cache.values.clone(), &AttentionMask::causal());
