@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "astro", version, about)]
 struct Cli {
-    /// Compute backend: flex (CPU, default), ndarray (CPU) or wgpu (GPU); default from $ASTRO_DEVICE.
+    /// Compute backend: flex (CPU, default), ndarray (CPU), wgpu (GPU) or cuda (NVIDIA GPU); default from $ASTRO_DEVICE.
     #[arg(long, global = true)]
     device: Option<String>,
     #[command(subcommand)]
@@ -80,7 +80,30 @@ fn tune_allocator() {
     }
 }
 
+/// Mesa's Vulkan drivers print `error: XDG_RUNTIME_DIR is invalid or not set in the environment.`
+/// at start-up (four times) when the variable is unset, as on servers and in containers; astro opens
+/// no window, so the message only reads as if astro had failed. Where it is unset, it is pointed at
+/// a private directory under the temporary folder before any thread starts.
+#[cfg(all(unix, feature = "wgpu"))]
+fn quiet_vulkan_start() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return;
+    }
+    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("astro-runtime-{uid}"));
+    let private = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
+        .is_ok();
+    if private {
+        // SAFETY: called first thing in `main`, before any thread exists that could read the environment.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(all(unix, feature = "wgpu"))]
+    quiet_vulkan_start();
     tune_allocator();
     // A write past a file-size limit (`ulimit -f`) then fails with EFBIG, which is reported like a
     // full disk (previous checkpoint intact), instead of the signal killing the process mid-write.
@@ -89,8 +112,13 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
+    // Without ASTRO_LOG: errors only, and none from the GPU stack's adapter probing (wgpu tries
+    // every API and logs each one that is missing, e.g. OpenGL on a machine with Vulkan only);
+    // a device that cannot be opened is reported as astro's own error.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ASTRO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error,wgpu_hal=off,wgpu_core=off,naga=off"));
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("ASTRO_LOG"))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

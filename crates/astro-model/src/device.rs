@@ -1,7 +1,7 @@
 //! Compute backends: which are compiled in, and how to pick one at run time.
 //!
 //! Burn 0.22 has no backend type parameter; the backend is a run-time [`Device`]. The backends are
-//! cargo features (`flex`, `ndarray`, `wgpu`); this module maps a name (CLI `--device`, config key
+//! cargo features (`flex`, `ndarray`, `wgpu`, `cuda`); this module maps a name (CLI `--device`, config key
 //! `device`, or the `ASTRO_DEVICE` environment variable) to a device of a compiled-in backend.
 
 use std::fmt;
@@ -21,25 +21,37 @@ pub enum BackendKind {
     Ndarray,
     /// GPUs through wgpu (Vulkan, Metal, DX12, WebGPU).
     Wgpu,
+    /// NVIDIA GPUs through CUDA (the first device).
+    Cuda,
 }
 
 /// A backend name that is unknown or not compiled into this binary.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum DeviceError {
     /// The name is not a backend astro knows.
-    #[error("unknown device `{0}`; expected one of: flex, ndarray, wgpu")]
+    #[error("unknown device `{0}`; expected one of: flex, ndarray, wgpu, cuda")]
     Unknown(String),
     /// The backend exists but this build does not include it.
     #[error("device `{0}` is not compiled into this build (compiled: {1}); rebuild with `--features {0}`")]
     NotCompiled(BackendKind, String),
     /// No backend feature was enabled at all.
-    #[error("no compute backend is compiled in; build with `--features flex` (or ndarray, wgpu)")]
+    #[error("no compute backend is compiled in; build with `--features flex` (or ndarray, wgpu, cuda)")]
     NoneCompiled,
+    /// The backend is compiled in but found no device to run on.
+    #[error(
+        "{0} found no usable device (the runtime reported: {1}); {hint}",
+        hint = match .0 {
+            BackendKind::Cuda => "install the NVIDIA driver (libcuda) or pick another device: --device wgpu or --device flex",
+            _ => "install a Vulkan driver — your GPU vendor's, or Mesa's software renderer \
+                  (Debian/Ubuntu: apt-get install mesa-vulkan-drivers libvulkan1) — or pick --device flex",
+        }
+    )]
+    NoDevice(BackendKind, String),
 }
 
 impl BackendKind {
     /// All backends, in the order the default is chosen from.
-    pub const ALL: [BackendKind; 3] = [BackendKind::Flex, BackendKind::Ndarray, BackendKind::Wgpu];
+    pub const ALL: [BackendKind; 4] = [BackendKind::Flex, BackendKind::Ndarray, BackendKind::Wgpu, BackendKind::Cuda];
 
     /// Whether this backend is compiled into the current build.
     pub fn is_compiled(self) -> bool {
@@ -47,6 +59,7 @@ impl BackendKind {
             BackendKind::Flex => cfg!(feature = "flex"),
             BackendKind::Ndarray => cfg!(feature = "ndarray"),
             BackendKind::Wgpu => cfg!(feature = "wgpu"),
+            BackendKind::Cuda => cfg!(feature = "cuda"),
         }
     }
 
@@ -77,7 +90,16 @@ impl BackendKind {
         }
     }
 
-    /// A device of this backend (the default adapter for wgpu).
+    /// The CPU backend whose generator draws the initial parameters of a model that runs on this
+    /// backend (they are then moved to it): flex where compiled, else ndarray; `None` when neither
+    /// is compiled (the device then draws its own). One seed, one model, on every backend.
+    pub fn host(self) -> Option<BackendKind> {
+        [BackendKind::Flex, BackendKind::Ndarray].into_iter().find(|b| b.is_compiled())
+    }
+
+    /// A device of this backend (the default adapter for wgpu, the first GPU for CUDA). A GPU
+    /// backend is tried once here (one tiny operation), so that a machine without a usable device
+    /// gets [`DeviceError::NoDevice`] now instead of a panic at the first operation.
     pub fn device(self) -> Result<Device, DeviceError> {
         self.check_compiled()?;
         #[allow(unreachable_code)]
@@ -93,7 +115,11 @@ impl BackendKind {
             }
             BackendKind::Wgpu => {
                 #[cfg(feature = "wgpu")]
-                return Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice));
+                return probe(self, || Device::wgpu(burn::tensor::DeviceKind::DefaultDevice));
+            }
+            BackendKind::Cuda => {
+                #[cfg(feature = "cuda")]
+                return probe(self, || Device::cuda(0));
             }
         }
         Err(DeviceError::NotCompiled(self, String::new()))
@@ -106,6 +132,7 @@ impl fmt::Display for BackendKind {
             BackendKind::Flex => "flex",
             BackendKind::Ndarray => "ndarray",
             BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
         })
     }
 }
@@ -117,9 +144,33 @@ impl FromStr for BackendKind {
             "flex" | "cpu" => Ok(BackendKind::Flex),
             "ndarray" => Ok(BackendKind::Ndarray),
             "wgpu" | "gpu" => Ok(BackendKind::Wgpu),
+            "cuda" => Ok(BackendKind::Cuda),
             _ => Err(DeviceError::Unknown(s.to_string())),
         }
     }
+}
+
+/// Opens a GPU device and runs one tiny operation on it. Burn's GPU runtimes panic when they find
+/// no adapter or driver (at the first operation); the panic is caught here, without its message
+/// on stderr, and becomes [`DeviceError::NoDevice`] with what the runtime said.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn probe(kind: BackendKind, open: impl FnOnce() -> Device + std::panic::UnwindSafe) -> Result<Device, DeviceError> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(|| {
+        let device = open();
+        let _ = burn::tensor::Tensor::<1>::zeros([1], &device).into_data();
+        device
+    });
+    std::panic::set_hook(hook);
+    result.map_err(|panic| {
+        let said = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the runtime gave no reason".to_string());
+        DeviceError::NoDevice(kind, said.lines().next().unwrap_or_default().to_string())
+    })
 }
 
 /// The default device: see [`BackendKind::default_kind`].

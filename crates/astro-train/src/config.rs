@@ -51,7 +51,7 @@ pub struct RunSection {
     /// Seed of initialisation, data order and dropout.
     #[serde(default = "defaults::seed")]
     pub seed: u64,
-    /// Compute backend (`flex`, `ndarray`, `wgpu`); default: the first compiled.
+    /// Compute backend (`flex`, `ndarray`, `wgpu`, `cuda`); default: the first compiled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
 }

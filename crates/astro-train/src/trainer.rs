@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use astro_data::{TokenFile, Tokenizer, build_tokenizer, load_tokenizer, split, tokenize_cached};
 use astro_model::LanguageModel;
+use astro_model::device::BackendKind;
 use astro_model::transformer::{SamplingConfig, generate};
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
@@ -354,22 +355,13 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
         Prepared::Finished(summary) => return Ok(summary),
     };
     let device_name = options.device.clone().or_else(|| config.run.device.clone());
-    let device = match device_name {
-        Some(name) => name.parse::<astro_model::device::BackendKind>().map_err(astro_model::ModelError::from)?.device(),
-        None => astro_model::device::default_device(),
+    let kind = match device_name {
+        Some(name) => name.parse::<BackendKind>(),
+        None => BackendKind::default_kind(),
     }
     .map_err(astro_model::ModelError::from)?;
-    let ad = device.clone().autodiff();
-    // Parameters are drawn now (Burn draws most of them lazily, at first use), so that a model too
-    // large for memory fails before the run directory exists. The generator is seeded as it was
-    // when they were drawn lazily — the run seed while the model is built (biases are zeroed there,
-    // which draws them), then the first step's seed — so runs start from the same weights as
-    // before. (Drawing every parameter on the host from the run seed, the same on every backend,
-    // is issue 17.)
-    ad.seed(config.run.seed);
-    let net = Net::new(&config, &ad)?;
-    ad.seed(step_seed(config.run.seed, 0));
-    let mut net = net.materialise();
+    let ad = kind.device().map_err(astro_model::ModelError::from)?.autodiff();
+    let mut net = initial_net(&config, kind, &ad)?;
     if let (None, Some(init)) = (&resume, &config.train.init) {
         // A resumed run takes its weights from its checkpoint; a fresh one may start from an export.
         net = net.load_export(init)?;
@@ -554,6 +546,33 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
 /// The device generator's seed at `step` (dropout masks are a function of (seed, step)).
 fn step_seed(seed: u64, step: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64
+}
+
+/// The network a fresh run starts from, on the autodiff device `ad` of backend `kind`, with every
+/// parameter drawn now (Burn draws most of them lazily, at first use), so that a model too large
+/// for memory fails before the run directory exists.
+///
+/// Parameters are drawn on the host — the CPU backend [`BackendKind::host`] names, flex where it is
+/// compiled — and moved to `ad`, so the same seed starts the same model on every backend (each
+/// device has its own generator). The host's generator is seeded with the run seed while the model
+/// is built (biases are zeroed there, which draws them), then with the first step's seed for the
+/// remaining draws: the order in which runs drew them lazily before, so flex runs start from the
+/// weights they always had.
+pub fn initial_net(config: &RunConfig, kind: BackendKind, ad: &burn::tensor::Device) -> Result<Net, TrainError> {
+    let draw = |on: &burn::tensor::Device| -> Result<Net, TrainError> {
+        on.seed(config.run.seed);
+        let net = Net::new(config, on)?;
+        on.seed(step_seed(config.run.seed, 0));
+        Ok(net.materialise())
+    };
+    match kind.host() {
+        Some(host) if host != kind => {
+            let on = host.device().map_err(astro_model::ModelError::from)?.autodiff();
+            // `fork`: the values move, each parameter a fresh leaf on `ad` that requires gradients.
+            Ok(draw(&on)?.fork(ad))
+        }
+        _ => draw(ad),
+    }
 }
 
 /// Samples `train.sample_tokens` tokens after the first validation token, streaming them.
