@@ -141,6 +141,7 @@ fn run_case(w: &World, case: &str) -> Output {
             w.set(&[r#"model.attention={kind="astrocytic",features=100,feature_map="taylor",learnable_omega=true}"#])
         }
         "config-short-conv-too-long" => w.set(&["model.short_conv=1000"]),
+        "config-window-zero" => w.set(&["model.attention={ kind = \"astrocytic\", window = 0 }"]),
         "config-missing-file" => w.astro(&["train", "--config", "nope.toml"]).output().unwrap(),
         "corpus-empty" => w.set(&[&w.corpus("empty.txt", b"")]),
         "corpus-binary" => {
@@ -314,6 +315,7 @@ const CASES: &[&str] = &[
     "config-bad-override",
     "config-taylor-too-wide",
     "config-short-conv-too-long",
+    "config-window-zero",
     "config-missing-file",
     "corpus-empty",
     "corpus-binary",
