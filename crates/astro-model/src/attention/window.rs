@@ -67,14 +67,7 @@ pub fn window_attention(
         let pad = Tensor::cat(per_offset, 3).greater_elem(0.5); //                       [B,1,T,W']
         blocked = blocked.expand([b, 1, t, offsets.len()]).bool_or(pad);
     }
-    let scores = scores.mask_fill(blocked.clone(), f64::NEG_INFINITY);
-    // Softmax over the band; rows with nothing readable give 0, not NaN.
-    let max = scores.clone().max_dim(3).detach();
-    let max = max.clone().mask_fill(max.clone().is_inf(), 0.0);
-    let e = (scores - max).exp().mask_fill(blocked, 0.0); //                               [B,H,T,W']
-    let z = e.clone().sum_dim(3);
-    let z = z.clone().mask_fill(z.clone().equal_elem(0.0), 1.0);
-    let p = e / z;
+    let p = masked_softmax(scores, blocked); //                                              [B,H,T,W']
     // y_t = Σ_o p_{t,o} v_{t−o}.
     offsets
         .iter()
@@ -122,6 +115,12 @@ pub fn window_probabilities(
         blocked = blocked.expand([b, 1, t, t]).bool_or(pad.expand([b, 1, t, t]));
     }
     let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt()); //   [B,H,T,T]
+    masked_softmax(scores, blocked)
+}
+
+/// Softmax over the last axis of `scores` with the `blocked` entries (broadcast) excluded; a row
+/// with nothing readable gives zeros, not NaN.
+fn masked_softmax(scores: Tensor<4>, blocked: Tensor<4, Bool>) -> Tensor<4> {
     let scores = scores.mask_fill(blocked.clone(), f64::NEG_INFINITY);
     let max = scores.clone().max_dim(3).detach();
     let max = max.clone().mask_fill(max.clone().is_inf(), 0.0);
