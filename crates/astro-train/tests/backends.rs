@@ -186,13 +186,14 @@ fn every_attention_form_agrees_with_flex_on_every_backend() {
     }
     let dir = tempfile::tempdir().unwrap();
     // The paper's map, elu+1, softmax, the recall configuration (Taylor map + short convolution),
-    // and the paper's map beside a sliding window.
+    // the paper's map beside a sliding window, and a calibrated map (fitted on each device).
     let variants = [
         r#"{ kind = "astrocytic", features = 16, chunk_size = 4 }"#,
         r#"{ kind = "astrocytic", features = 16, window = 3 }"#,
         r#"{ kind = "linear", chunk_size = 4 }"#,
         r#"{ kind = "softmax" }"#,
         r#"{ kind = "astrocytic", features = 4, feature_map = "taylor", learnable_omega = true }"#,
+        r#"{ kind = "astrocytic", features = 16, feature_map = "shifted_saderf" }"#,
     ];
     for (i, attention) in variants.into_iter().enumerate() {
         let mut config = config(dir.path(), "forms");
@@ -206,6 +207,8 @@ fn every_attention_form_agrees_with_flex_on_every_backend() {
         let run = |kind: BackendKind| -> (Vec<f32>, Vec<Vec<f32>>, Vec<f32>, Vec<f32>) {
             let ad = kind.device().unwrap().autodiff();
             let Ok(astro_train::Net::Lm(model)) = initial_net(&config, kind, &ad) else { panic!("a language model") };
+            // Calibrated maps fit ψ, c and A to this device's own queries and keys first.
+            let model = if attention.contains("saderf") { model.calibrate(tokens(&ad), false).unwrap().0 } else { model };
             let logits = model.forward(tokens(&ad));
             let grads = (logits.clone() * logits.clone()).sum().backward();
             let grads = burn::optim::GradientsParams::from_grads(grads, &model);
