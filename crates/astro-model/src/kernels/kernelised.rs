@@ -833,42 +833,15 @@ fn head_step_with(
         None => (&x.lq[head * m..][..m], &x.lk[head * m..][..m]),
     };
     let (fq, fk) = (&mut s.fq, &mut s.fk);
-    // Key-side activity and the memory's rescaling (as `key_activity`, inlined).
-    let sk = match d.map {
-        Activation::Exp => {
-            let sk = finite_max(lk);
-            if sk <= NEG / 2.0 {
-                fk.fill(0.0);
-                NEG
-            } else {
-                fk.iter_mut().zip(lk).for_each(|(f, &l)| *f = exp_approx(l - sk));
-                sk
-            }
-        }
-        Activation::Identity => {
-            fk.copy_from_slice(lk);
-            0.0
-        }
-        Activation::EluPlusOne => {
-            elu_plus_one(fk, lk);
-            0.0
-        }
-    };
+    // Key-side activity, and the memory's rescaling to the larger of its and the token's scale.
+    let sk = key_activity(fk, lk, d.map);
     let decayed = *r + d.decay.ln();
     let r_new = decayed.max(sk);
     let (keep, scale) = (exp_approx(decayed - r_new), exp_approx(sk - r_new));
     fk.iter_mut().for_each(|f| *f *= scale);
     ps.iter_mut().zip(fk.iter()).for_each(|(p, f)| *p = keep * *p + f);
     *r = r_new;
-    // Query-side activity (as `query_activity`, inlined).
-    match d.map {
-        Activation::Exp => {
-            let sq = finite_max(lq);
-            fq.iter_mut().zip(lq).for_each(|(f, &l)| *f = exp_approx(l - sq));
-        }
-        Activation::Identity => fq.copy_from_slice(lq),
-        Activation::EluPlusOne => elu_plus_one(fq, lq),
-    }
+    query_activity(fq, lq, m, d.map);
     let den = dot(ps, fq);
     let inv = if den.abs() < TINY { 0.0 } else { 1.0 / den };
     // Write each synapse row and read it back in the same pass: y_c = (γ'H_c + v_c φk)·φq / den.
