@@ -5,7 +5,8 @@
 //! `cargo test -p astro-train --features astro-model/flex,astro-model/wgpu --test backends`
 //! (CI runs that on Mesa's software Vulkan, with `ASTRO_REQUIRE_BACKENDS=wgpu` so that a missing
 //! backend fails instead of skipping). Under a plain `cargo test` only flex is compiled and the
-//! tests say they skip. (ndarray draws from the same host generator as flex even without this.)
+//! tests say they skip. CI compiles ndarray in too (`ASTRO_REQUIRE_BACKENDS=wgpu,ndarray`) and sets
+//! `$ASTRO_EXPORT_DIR`, so that the models trained on each backend are checked against PyTorch.
 
 use std::path::Path;
 
@@ -140,6 +141,9 @@ fn runs_on_every_backend_agree_with_flex_step_by_step() {
     let losses = |device: &str| -> Vec<(f64, Option<f64>)> {
         let options = TrainOptions { device: Some(device.into()), ..TrainOptions::default() };
         let summary = train(config(dir.path(), device), options).unwrap();
+        if device != "flex" {
+            export_trained(&summary.run_dir, device);
+        }
         std::fs::read_to_string(summary.run_dir.join("metrics.jsonl"))
             .unwrap()
             .lines()
@@ -162,6 +166,30 @@ fn runs_on_every_backend_agree_with_flex_step_by_step() {
             }
         }
     }
+}
+
+/// Exports the model a run trained on `device` from that device (its reference logits computed
+/// there) into `$ASTRO_EXPORT_DIR/<device>` when that is set — CI then checks it with
+/// `scripts/astro_torch.py` — and checks here that the export reloads to the same logits.
+fn export_trained(run_dir: &Path, device: &str) {
+    use astro_train::Net;
+    let kind: BackendKind = device.parse().unwrap();
+    let on = kind.device().unwrap();
+    let net = Net::load(&run_dir.join("model.bpk"), &on).unwrap();
+    let out = match std::env::var_os("ASTRO_EXPORT_DIR") {
+        Some(root) => Path::new(&root).join(device),
+        None => run_dir.join("export"),
+    };
+    if out.exists() {
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    net.export(&out).unwrap();
+    let (Net::Lm(trained), Net::Lm(reloaded)) = (net, Net::from_export(&out, &on).unwrap()) else {
+        panic!("a language model")
+    };
+    let host = |t: Tensor<3>| t.into_data().try_into_vec_as::<f32>().unwrap();
+    let (a, b) = (host(trained.forward(tokens(&on))), host(reloaded.forward(tokens(&on))));
+    assert!(err(&b, &a) < 1e-6, "{device}: the export reloads to other logits ({})", err(&b, &a));
 }
 
 /// `[batch, seq]` token ids from a fixed pattern (vocabulary 12).
