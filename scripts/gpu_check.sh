@@ -10,6 +10,8 @@
 #    ASTRO_DEVICE=cuda;
 # 3. trains the shakespeare-char recipe with each attention variant on CUDA for $ITERS iterations
 #    (default 500; the README's rows are 2000 on the CPU) and records validation loss and tokens/s;
+#    With two or more GPUs it also checks data-parallel training (cuda:0,cuda:1 equals one device)
+#    and trains the astrocytic recipe over both;
 # 4. runs `astro bench --device cuda` (training, forward, long contexts up to T = 65536, generation
 #    latency at contexts 64 and 4096);
 # 5. writes OUT_DIR/summary.json (one object: machine, GPU, each step's status and seconds, the
@@ -54,6 +56,13 @@ for variant in softmax astrocytic linear; do
   step "train-$variant" 600 "$ASTRO" train --device cuda --json --name "gpu-$variant" \
     --set run.out_dir="$OUT/runs" --set train.max_iters="$ITERS" --set model.attention.kind="$variant"
 done
+# Data-parallel training where the machine has two or more GPUs (one run over the first two).
+if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
+  ASTRO_REQUIRE_BACKENDS=cuda ASTRO_PARALLEL_DEVICES=cuda:0,cuda:1 step data-parallel-test 600 \
+    cargo test --release -p astro-train --features astro-model/flex,astro-model/cuda --test backends data_parallel
+  step train-astrocytic-2gpu 600 "$ASTRO" train --devices cuda:0,cuda:1 --json --name gpu-astrocytic-2gpu \
+    --set run.out_dir="$OUT/runs" --set train.max_iters="$ITERS"
+fi
 step bench 900 "$ASTRO" bench --device cuda --json --lengths 1024,4096,16384,65536 --contexts 64,4096
 cp "$OUT/bench.log" "$OUT/bench.json" 2>/dev/null || true
 
@@ -83,7 +92,7 @@ summary = {
     "gpu": gpu,
     "steps": [json.loads(l) for l in lines(f"{out}/steps.jsonl")],
     "train_iters": iters,
-    "train": {v: last_json(f"{out}/train-{v}.log") for v in ("softmax", "astrocytic", "linear")},
+    "train": {v: last_json(f"{out}/train-{v}.log") for v in ("softmax", "astrocytic", "linear", "astrocytic-2gpu")},
     "bench": last_json(f"{out}/bench.json"),
 }
 json.dump(summary, open(f"{out}/summary.json", "w"), indent=1)

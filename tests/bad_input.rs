@@ -142,6 +142,10 @@ fn run_case(w: &World, case: &str) -> Output {
         }
         "config-short-conv-too-long" => w.set(&["model.short_conv=1000"]),
         "config-window-zero" => w.set(&["model.attention={ kind = \"astrocytic\", window = 0 }"]),
+        "device-bad-index" => w.astro(&["train", "--device", "flex:1"]).output().unwrap(),
+        "devices-cpu-backend" => w.astro(&["train", "--devices", "flex,flex"]).output().unwrap(),
+        "devices-mixed-backends" => w.astro(&["train", "--devices", "wgpu:0,cuda:0"]).output().unwrap(),
+        "devices-and-device" => w.astro(&["train", "--devices", "wgpu:0,wgpu:1", "--device", "flex"]).output().unwrap(),
         "config-missing-file" => w.astro(&["train", "--config", "nope.toml"]).output().unwrap(),
         "corpus-empty" => w.set(&[&w.corpus("empty.txt", b"")]),
         "corpus-binary" => {
@@ -316,6 +320,10 @@ const CASES: &[&str] = &[
     "config-taylor-too-wide",
     "config-short-conv-too-long",
     "config-window-zero",
+    "device-bad-index",
+    "devices-cpu-backend",
+    "devices-mixed-backends",
+    "devices-and-device",
     "config-missing-file",
     "corpus-empty",
     "corpus-binary",

@@ -20,7 +20,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "astro", version, about)]
 struct Cli {
-    /// Compute backend: flex (CPU, default), ndarray (CPU), wgpu (GPU) or cuda (NVIDIA GPU); default from $ASTRO_DEVICE.
+    /// Compute backend: flex (CPU, default), ndarray (CPU), wgpu (GPU; wgpu:N the N-th discrete GPU,
+    /// wgpu:cpu the software adapter) or cuda (NVIDIA GPU; cuda:N); default from $ASTRO_DEVICE.
     #[arg(long, global = true)]
     device: Option<String>,
     #[command(subcommand)]
@@ -149,12 +150,14 @@ fn main() -> ExitCode {
 
 /// The device named by `--device` (or the default one).
 pub(crate) fn device(name: Option<&str>) -> anyhow::Result<burn::tensor::Device> {
-    use astro_model::device::BackendKind;
-    let kind = match name {
-        Some(n) => n.parse::<BackendKind>()?,
-        None => BackendKind::default_kind()?,
-    };
-    Ok(kind.device()?)
+    use astro_model::device::{BackendKind, DeviceSpec};
+    match name {
+        Some(n) if n.contains(',') => {
+            anyhow::bail!("--device {n}: this command runs on one device; several are for `astro train --devices`")
+        }
+        Some(n) => Ok(n.parse::<DeviceSpec>()?.open()?),
+        None => Ok(BackendKind::default_kind()?.device()?),
+    }
 }
 
 /// `--feature-map` text → the map, or an error listing the choices.

@@ -34,6 +34,11 @@ pub struct TrainArgs {
     /// Run name (the run directory is runs/<name>).
     #[arg(long)]
     name: Option<String>,
+    /// Data-parallel training over several devices of one backend, e.g. `wgpu:0,wgpu:1` or
+    /// `cuda:0,cuda:1`: the batch is split over them (optim.batch_size must divide evenly) and the
+    /// run equals one device with the whole batch. Instead of --device.
+    #[arg(long, value_name = "LIST")]
+    devices: Option<String>,
     /// Print one JSON summary line at the end (and the sample on stderr).
     #[arg(long)]
     json: bool,
@@ -73,7 +78,11 @@ pub fn run(args: TrainArgs, device: Option<&str>) -> anyhow::Result<()> {
     let config = config.with_overrides(&sets)?;
     let options = TrainOptions {
         resume: args.resume.clone(),
-        device: device.map(str::to_string),
+        device: match (&args.devices, device) {
+            (Some(_), Some(one)) => anyhow::bail!("--device {one} and --devices both given; use --devices alone"),
+            (Some(list), None) => Some(list.clone()),
+            (None, one) => one.map(str::to_string),
+        },
         sample_to_stderr: args.json,
         stop_after: std::env::var("ASTRO_STOP_AFTER").ok().and_then(|v| v.parse().ok()),
     };

@@ -47,6 +47,134 @@ pub enum DeviceError {
         }
     )]
     NoDevice(BackendKind, String),
+    /// A device name with an index or kind its backend does not have.
+    #[error(
+        "device `{0}`: {1}; write flex, ndarray, wgpu (default adapter), wgpu:N (N-th discrete GPU), \
+         wgpu:cpu (software adapter), cuda or cuda:N"
+    )]
+    BadOrdinal(String, String),
+    /// A list of devices for data-parallel training that cannot be used together.
+    #[error("devices `{0}`: {1}")]
+    BadList(String, String),
+}
+
+/// Which device of a backend: its default one, the N-th, or (wgpu) the software adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ordinal {
+    /// The backend's default device (wgpu: the best adapter; CUDA: device 0).
+    Default,
+    /// The N-th device (wgpu: the N-th discrete GPU; CUDA: device N).
+    Index(usize),
+    /// wgpu only: the software (CPU) adapter, e.g. Mesa's lavapipe.
+    Cpu,
+}
+
+/// One device of one backend, as written on the command line: `wgpu`, `wgpu:1`, `wgpu:cpu`, `cuda:0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeviceSpec {
+    /// The backend.
+    pub kind: BackendKind,
+    /// Which of its devices.
+    pub ordinal: Ordinal,
+}
+
+impl DeviceSpec {
+    /// Opens the device (a GPU is tried once with one tiny operation; see [`BackendKind::device`]).
+    pub fn open(self) -> Result<Device, DeviceError> {
+        self.kind.check_compiled()?;
+        #[allow(unreachable_code, unused_variables)]
+        match (self.kind, self.ordinal) {
+            (BackendKind::Flex, _) => {
+                #[cfg(feature = "flex")]
+                return Ok(Device::flex());
+            }
+            (BackendKind::Ndarray, _) => {
+                #[cfg(feature = "ndarray")]
+                #[allow(deprecated)]
+                return Ok(Device::ndarray());
+            }
+            (BackendKind::Wgpu, ordinal) => {
+                #[cfg(feature = "wgpu")]
+                {
+                    use burn::tensor::DeviceKind;
+                    let which = match ordinal {
+                        Ordinal::Default => DeviceKind::DefaultDevice,
+                        Ordinal::Index(i) => DeviceKind::DiscreteGpu(i),
+                        Ordinal::Cpu => DeviceKind::Cpu,
+                    };
+                    return probe(self.kind, move || Device::wgpu(which));
+                }
+            }
+            (BackendKind::Cuda, ordinal) => {
+                #[cfg(feature = "cuda")]
+                {
+                    let index = match ordinal {
+                        Ordinal::Index(i) => i,
+                        _ => 0,
+                    };
+                    return probe(self.kind, move || Device::cuda(index));
+                }
+            }
+        }
+        Err(DeviceError::NotCompiled(self.kind, String::new()))
+    }
+
+    /// A comma-separated list of distinct devices of one backend, for data-parallel training
+    /// (`wgpu:0,wgpu:1`; on one machine with Mesa's software Vulkan, `wgpu,wgpu:cpu` are two).
+    pub fn parse_list(list: &str) -> Result<Vec<DeviceSpec>, DeviceError> {
+        let bad = |why: &str| DeviceError::BadList(list.to_string(), why.to_string());
+        let specs = list.split(',').map(str::parse).collect::<Result<Vec<DeviceSpec>, _>>()?;
+        let first = specs[0];
+        if let Some(other) = specs.iter().find(|s| s.kind != first.kind) {
+            return Err(bad(&format!(
+                "{} and {} are different backends; data-parallel training uses devices of one backend",
+                first.kind, other.kind
+            )));
+        }
+        if specs.len() > 1 && matches!(first.kind, BackendKind::Flex | BackendKind::Ndarray) {
+            return Err(bad(&format!(
+                "{} is one device (it already uses every core); name one device, or GPUs (wgpu:0,wgpu:1 / cuda:0,cuda:1)",
+                first.kind
+            )));
+        }
+        for (i, s) in specs.iter().enumerate() {
+            if specs[..i].contains(s) {
+                return Err(bad(&format!("{s} is named twice; name each device once")));
+            }
+        }
+        Ok(specs)
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ordinal {
+            Ordinal::Default => write!(f, "{}", self.kind),
+            Ordinal::Index(i) => write!(f, "{}:{i}", self.kind),
+            Ordinal::Cpu => write!(f, "{}:cpu", self.kind),
+        }
+    }
+}
+
+impl FromStr for DeviceSpec {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, which) = match s.trim().split_once(':') {
+            Some((name, which)) => (name, Some(which.trim().to_ascii_lowercase())),
+            None => (s.trim(), None),
+        };
+        let kind: BackendKind = name.parse()?;
+        let bad = |why: String| DeviceError::BadOrdinal(s.trim().to_string(), why);
+        let ordinal = match which.as_deref() {
+            None => Ordinal::Default,
+            Some(_) if matches!(kind, BackendKind::Flex | BackendKind::Ndarray) => {
+                return Err(bad(format!("{kind} has one device and takes no index")));
+            }
+            Some("cpu") if kind == BackendKind::Wgpu => Ordinal::Cpu,
+            Some(n) => Ordinal::Index(n.parse().map_err(|_| bad(format!("`{n}` is not a device index")))?),
+        };
+        Ok(DeviceSpec { kind, ordinal })
+    }
 }
 
 impl BackendKind {
@@ -101,28 +229,7 @@ impl BackendKind {
     /// backend is tried once here (one tiny operation), so that a machine without a usable device
     /// gets [`DeviceError::NoDevice`] now instead of a panic at the first operation.
     pub fn device(self) -> Result<Device, DeviceError> {
-        self.check_compiled()?;
-        #[allow(unreachable_code)]
-        match self {
-            BackendKind::Flex => {
-                #[cfg(feature = "flex")]
-                return Ok(Device::flex());
-            }
-            BackendKind::Ndarray => {
-                #[cfg(feature = "ndarray")]
-                #[allow(deprecated)]
-                return Ok(Device::ndarray());
-            }
-            BackendKind::Wgpu => {
-                #[cfg(feature = "wgpu")]
-                return probe(self, || Device::wgpu(burn::tensor::DeviceKind::DefaultDevice));
-            }
-            BackendKind::Cuda => {
-                #[cfg(feature = "cuda")]
-                return probe(self, || Device::cuda(0));
-            }
-        }
-        Err(DeviceError::NotCompiled(self, String::new()))
+        DeviceSpec { kind: self, ordinal: Ordinal::Default }.open()
     }
 }
 
@@ -194,6 +301,36 @@ mod tests {
     fn flex_is_compiled_by_default() {
         assert!(BackendKind::Flex.is_compiled());
         assert!(BackendKind::Flex.device().is_ok());
+    }
+
+    #[test]
+    fn parses_device_indices_and_lists() {
+        let spec: DeviceSpec = "wgpu:1".parse().unwrap();
+        assert_eq!(spec, DeviceSpec { kind: BackendKind::Wgpu, ordinal: Ordinal::Index(1) });
+        assert_eq!("WGPU:CPU".parse::<DeviceSpec>().unwrap().ordinal, Ordinal::Cpu);
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap().to_string(), "cuda");
+        for (text, said) in [
+            ("flex:1", "flex has one device"),
+            ("cuda:x", "`x` is not a device index"),
+            ("cuda:cpu", "`cpu` is not a device index"),
+            ("tpu:0", "unknown device `tpu`"),
+        ] {
+            let err = text.parse::<DeviceSpec>().unwrap_err().to_string();
+            assert!(err.contains(said), "{text}: {err}");
+        }
+        let list = DeviceSpec::parse_list("wgpu:0, wgpu:1").unwrap();
+        assert_eq!(list.iter().map(|s| s.to_string()).collect::<Vec<_>>(), ["wgpu:0", "wgpu:1"]);
+        for (text, said) in [
+            ("wgpu,cuda", "different backends"),
+            ("wgpu:1,wgpu:1", "wgpu:1 is named twice"),
+            ("flex,flex", "flex is one device"),
+            ("ndarray", ""),
+        ] {
+            match DeviceSpec::parse_list(text) {
+                Ok(l) => assert!(said.is_empty() && l.len() == 1, "{text}"),
+                Err(e) => assert!(e.to_string().contains(said), "{text}: {e}"),
+            }
+        }
     }
 
     #[cfg(not(feature = "wgpu"))]

@@ -21,3 +21,42 @@ impl Batch {
         }
     }
 }
+
+impl Batch {
+    /// Splits the batch by rows into `parts` equal slices (the batch size must divide), each moved
+    /// to its device, with the number of labelled positions it scores (the loss is a mean over
+    /// them, so a slice's weight in the whole batch's mean is its count over the total).
+    pub fn split(self, devices: &[burn::tensor::Device]) -> Vec<(Batch, usize)> {
+        let parts = devices.len();
+        let rows = |inputs: &Tensor<2, Int>| inputs.dims()[0] / parts;
+        match self {
+            Batch::Lm { inputs, targets } => {
+                let (r, t) = (rows(&inputs), inputs.dims()[1]);
+                devices
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        let targets = targets[i * r * t..(i + 1) * r * t].to_vec();
+                        let count = targets.iter().filter(|&&y| y != astro_data::tasks::IGNORE).count();
+                        (Batch::Lm { inputs: inputs.clone().narrow(0, i * r, r).to_device(d), targets }, count)
+                    })
+                    .collect()
+            }
+            Batch::Class { inputs, padding, labels } => {
+                let r = rows(&inputs);
+                devices
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        let part = Batch::Class {
+                            inputs: inputs.clone().narrow(0, i * r, r).to_device(d),
+                            padding: padding.as_ref().map(|p| p.clone().narrow(0, i * r, r).to_device(d)),
+                            labels: labels[i * r..(i + 1) * r].to_vec(),
+                        };
+                        (part, r)
+                    })
+                    .collect()
+            }
+        }
+    }
+}

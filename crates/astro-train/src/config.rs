@@ -51,7 +51,8 @@ pub struct RunSection {
     /// Seed of initialisation, data order and dropout.
     #[serde(default = "defaults::seed")]
     pub seed: u64,
-    /// Compute backend (`flex`, `ndarray`, `wgpu`, `cuda`); default: the first compiled.
+    /// Compute device (`flex`, `ndarray`, `wgpu`, `wgpu:1`, `cuda:0`, …), or a comma-separated list of
+    /// devices of one backend for data-parallel training; default: the first compiled backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod metrics;
 pub mod net;
 pub mod optim;
+pub mod parallel;
 pub mod progress;
 pub mod schedule;
 pub mod source;

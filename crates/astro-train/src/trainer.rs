@@ -5,8 +5,8 @@
 //! Written on `burn::optim` rather than `burn-train`'s `SupervisedTraining`: burn-train checkpoints
 //! at epoch granularity and does not persist the data sampler's or the dropout RNG's state, so a
 //! resumed run could not reproduce the uninterrupted run's metrics, which this project requires.
-//! Multi-device training is therefore not offered yet; when added it must use Burn's own
-//! `ExecutionStrategy`, not a home-made one.
+//! Data-parallel training over several devices follows burn-train's `MultiDevice` strategy with
+//! the optimiser on the first device (see [`crate::parallel`]).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -14,10 +14,11 @@ use std::time::Instant;
 
 use astro_data::{TokenFile, Tokenizer, build_tokenizer, load_tokenizer, split, tokenize_cached};
 use astro_model::LanguageModel;
-use astro_model::device::BackendKind;
+use astro_model::device::{BackendKind, DeviceSpec, Ordinal};
 use astro_model::transformer::{SamplingConfig, generate};
 use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::optim::GradientsAccumulator;
+use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointState, MODEL_FILE, OPTIM_FILE};
@@ -26,9 +27,10 @@ use crate::error::TrainError;
 use crate::metrics::{MetricsLog, MetricsRow};
 use crate::net::Net;
 use crate::optim::{clip_global_norm, optimizer};
+use crate::parallel;
 use crate::progress::Progress;
 use crate::schedule::learning_rate;
-use crate::source::{DataState, Source, score};
+use crate::source::{DataState, Source};
 
 /// The model with the best validation loss so far, in the run directory.
 pub const BEST_FILE: &str = "best.bpk";
@@ -38,7 +40,7 @@ pub const BEST_FILE: &str = "best.bpk";
 pub struct TrainOptions {
     /// Continue the run in this directory from its newest valid checkpoint.
     pub resume: Option<PathBuf>,
-    /// Compute backend override (`--device`).
+    /// Device override (`--device`, or `--devices` a comma-separated list for data-parallel training).
     pub device: Option<String>,
     /// Print the final sample to stderr instead of stdout (for `--json`).
     pub sample_to_stderr: bool,
@@ -354,13 +356,10 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
         Prepared::Ready(setup) => *setup,
         Prepared::Finished(summary) => return Ok(summary),
     };
-    let device_name = options.device.clone().or_else(|| config.run.device.clone());
-    let kind = match device_name {
-        Some(name) => name.parse::<BackendKind>(),
-        None => BackendKind::default_kind(),
-    }
-    .map_err(astro_model::ModelError::from)?;
-    let ad = kind.device().map_err(astro_model::ModelError::from)?.autodiff();
+    let devices = open_devices(&config, &options)?;
+    let kind = devices.0;
+    let devices = devices.1;
+    let ad = devices[0].clone();
     let mut net = initial_net(&config, kind, &ad)?;
     if let (None, Some(init)) = (&resume, &config.train.init) {
         // A resumed run takes its weights from its checkpoint; a fresh one may start from an export.
@@ -421,6 +420,9 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
         );
         // Dropout masks are a function of (seed, step): identical after a resume.
         ad.seed(step_seed(seed, step));
+        for (i, device) in devices.iter().enumerate().skip(1) {
+            device.seed(step_seed(seed, step) ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        }
         let mut accum = GradientsAccumulator::<Net>::new();
         let mut loss_sum = 0.0;
         let mut step_tokens = 0u64;
@@ -436,10 +438,8 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
                 }
             }
             step_tokens += batch.tokens() as u64;
-            let loss = score(&net, batch, false).loss;
-            loss_sum += loss.clone().into_scalar::<f64>();
-            let loss = loss.div_scalar(config.optim.grad_accum as f64);
-            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            let (loss, grads) = parallel::backward(&net, batch, &devices, config.optim.grad_accum);
+            loss_sum += loss;
             accum.accumulate(&net, grads);
         }
         let loss = loss_sum / config.optim.grad_accum as f64;
@@ -573,6 +573,35 @@ pub fn initial_net(config: &RunConfig, kind: BackendKind, ad: &burn::tensor::Dev
         }
         _ => draw(ad),
     }
+}
+
+/// The backend and the devices (autodiff) a run trains on: `--device`/`--devices`, else the
+/// config's `run.device`, else the default; one device, or several for data-parallel training
+/// (the batch must split evenly over them).
+fn open_devices(config: &RunConfig, options: &TrainOptions) -> Result<(BackendKind, Vec<Device>), TrainError> {
+    let name = options.device.clone().or_else(|| config.run.device.clone());
+    let specs = match name {
+        Some(name) => DeviceSpec::parse_list(&name),
+        None => BackendKind::default_kind().map(|kind| vec![DeviceSpec { kind, ordinal: Ordinal::Default }]),
+    }
+    .map_err(astro_model::ModelError::from)?;
+    let n = specs.len();
+    if n > 1 && !config.optim.batch_size.is_multiple_of(n) {
+        return Err(TrainError::Config(format!(
+            "`optim.batch_size` = {} does not split evenly over {n} devices; set it to a multiple of {n}",
+            config.optim.batch_size
+        )));
+    }
+    let devices = specs
+        .iter()
+        .map(|s| s.open().map(Device::autodiff))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(astro_model::ModelError::from)?;
+    if n > 1 {
+        let list: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+        eprintln!("data-parallel over {n} devices ({}): {} rows each", list.join(", "), config.optim.batch_size / n);
+    }
+    Ok((specs[0].kind, devices))
 }
 
 /// Samples `train.sample_tokens` tokens after the first validation token, streaming them.

@@ -11,10 +11,12 @@
 use std::path::Path;
 
 use astro_model::device::BackendKind;
+use astro_data::tasks::IGNORE;
+use astro_train::batch::Batch;
 use astro_train::trainer::initial_net;
 use astro_train::{RunConfig, TrainOptions, train};
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor, TensorData};
 
 /// The host generator is one per process: tests that seed it and draw from it take turns.
 static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -279,4 +281,89 @@ fn every_attention_form_agrees_with_flex_on_every_backend() {
             assert!(err(&other.3, &flex.3) < 1e-4, "{attention}: {kind} decoding differs by {}", err(&other.3, &flex.3));
         }
     }
+}
+
+/// Train and validation losses of each metrics row of a run.
+fn run_losses(run_dir: &Path) -> Vec<(f64, Option<f64>)> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let row: astro_train::metrics::MetricsRow = serde_json::from_str(l).unwrap();
+            (row.train_loss, row.val_loss)
+        })
+        .collect()
+}
+
+#[test]
+fn batch_split_keeps_rows_in_order_and_counts_labelled_positions() {
+    let device = BackendKind::Flex.device().unwrap();
+    let ids: Vec<i64> = (0..12).collect();
+    let inputs = Tensor::<2, Int>::from_data(TensorData::new(ids, [4, 3]), &device);
+    // Rows 0–1 have 6 labelled targets, rows 2–3 only 2.
+    let targets = vec![1, 2, 3, 4, 5, 6, IGNORE, IGNORE, 9, IGNORE, IGNORE, 12];
+    let parts = Batch::Lm { inputs, targets }.split(&[device.clone(), device.clone()]);
+    assert_eq!(parts.len(), 2);
+    let rows = |b: &Batch| match b {
+        Batch::Lm { inputs, targets } => (inputs.clone().into_data().try_into_vec_as::<i64>().unwrap(), targets.clone()),
+        Batch::Class { .. } => unreachable!(),
+    };
+    assert_eq!(rows(&parts[0].0), ((0..6).collect::<Vec<i64>>(), vec![1, 2, 3, 4, 5, 6]));
+    assert_eq!(rows(&parts[1].0).0, (6..12).collect::<Vec<i64>>());
+    assert_eq!((parts[0].1, parts[1].1), (6, 2));
+    let labels = vec![0, 1, 1, 0];
+    let inputs = Tensor::<2, Int>::zeros([4, 3], &device);
+    let parts = Batch::Class { inputs, padding: None, labels }.split(&[device.clone(), device]);
+    let Batch::Class { labels, .. } = &parts[1].0 else { unreachable!() };
+    assert_eq!((labels.clone(), parts[1].1), (vec![1, 0], 2));
+}
+
+#[test]
+fn data_parallel_over_two_wgpu_devices_equals_one_device() {
+    let _turn = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    // On Mesa's software Vulkan the default adapter and the CPU adapter are two devices (separate
+    // clients, memory and queues); elsewhere `$ASTRO_PARALLEL_DEVICES` names them (wgpu:0,wgpu:1 or
+    // cuda:0,cuda:1). Skipped when the default pair cannot be opened; a named pair must open.
+    let named = std::env::var("ASTRO_PARALLEL_DEVICES").ok();
+    let pair = named.clone().unwrap_or_else(|| "wgpu,wgpu:cpu".to_string());
+    let specs = astro_model::device::DeviceSpec::parse_list(&pair).unwrap();
+    let single = specs[0].to_string();
+    if let Some(e) = specs.iter().find_map(|s| s.open().err()) {
+        assert!(named.is_none(), "ASTRO_PARALLEL_DEVICES={pair}: {e}");
+        eprintln!("skipped: {pair} cannot be opened here ({e})");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, devices: &str, accumulation: usize| {
+        let mut config = config(dir.path(), name);
+        config.optim.grad_accum = accumulation;
+        let options = TrainOptions { device: Some(devices.into()), ..TrainOptions::default() };
+        train(config, options).unwrap().run_dir
+    };
+    for accumulation in [1, 2] {
+        let one = run(&format!("one-{accumulation}"), &single, accumulation);
+        let two = run(&format!("two-{accumulation}"), &pair, accumulation);
+        let (a, b) = (run_losses(&one), run_losses(&two));
+        assert_eq!(a.len(), 4);
+        for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!((x.0 - y.0).abs() < 1e-5, "accumulation {accumulation}, step {}: loss {} vs {}", step + 1, x.0, y.0);
+            if let (Some(p), Some(q)) = (x.1, y.1) {
+                assert!((p - q).abs() < 1e-5, "step {}: val loss {p} vs {q}", step + 1);
+            }
+        }
+        let device = specs[0].open().unwrap();
+        let weights = |run: &Path| parameters(&astro_train::Net::load(&run.join("model.bpk"), &device).unwrap());
+        let (a, b) = (weights(&one), weights(&two));
+        assert!(a.len() > 5);
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(err(y, x) < 1e-5, "accumulation {accumulation}: parameter {i} differs by {}", err(y, x));
+        }
+    }
+    // A batch that does not split evenly is refused before anything is written.
+    let mut config = config(dir.path(), "uneven");
+    config.optim.batch_size = 5;
+    let options = TrainOptions { device: Some(pair.clone()), ..TrainOptions::default() };
+    let e = train(config, options).unwrap_err().to_string();
+    assert!(e.contains("`optim.batch_size` = 5 does not split evenly over 2 devices"), "{e}");
+    assert!(!dir.path().join("runs/uneven").exists(), "nothing written");
 }
