@@ -69,6 +69,9 @@ def feature_logs(x, omega, phase, kind):
     if kind == "taylor":  # [1, u, vec(u uᵀ)/√2] with u = Ωx̃ (Based): φ(q)·φ(k) = 1 + s + s²/2
         second = (u.unsqueeze(-1) * u.unsqueeze(-2)).flatten(-2) / math.sqrt(2.0)
         return torch.cat([torch.ones_like(u[..., :1]), u, second], -1), torch.zeros_like(half_sq)
+    if kind == "hedgehog":  # [softmax(u), softmax(−u)] over the hidden neurons (Hedgehog), in log space
+        logs = torch.cat([torch.log_softmax(u, -1), torch.log_softmax(-u, -1)], -1)
+        return torch.ones_like(logs), logs
     raise ValueError(f"unknown feature map {kind!r}")
 
 

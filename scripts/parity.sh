@@ -36,6 +36,7 @@ train astrocytic-cosine-rotary --set 'model.attention={ kind = "astrocytic", fea
 train linear --set 'model.attention={ kind = "linear" }'
 train astrocytic-short-conv --set 'model.attention={ kind = "astrocytic", features = 64 }' --set model.short_conv=4
 train astrocytic-taylor --set 'model.attention={ kind = "astrocytic", features = 8, feature_map = "taylor", learnable_omega = true }'
+train astrocytic-hedgehog --set 'model.attention={ kind = "astrocytic", features = 16, feature_map = "hedgehog" }' --set model.short_conv=2
 train astrocytic-window --set 'model.attention={ kind = "astrocytic", features = 64, window = 4 }'
 train shifted-saderf --set 'model.attention={ kind = "astrocytic", features = 64, feature_map = "shifted_saderf" }' \
   --set train.calibrate_every=50

@@ -120,7 +120,7 @@ fn short_attention(a: &AttentionConfig) -> String {
             if c.decay < 1.0 {
                 s.push_str(&format!(" γ={}", c.decay));
             }
-            if c.learnable_omega {
+            if c.omega_trained() {
                 s.push_str(" learnable");
             }
             s

@@ -138,7 +138,7 @@ impl MemoryEstimate {
     pub fn new(config: &TransformerConfig, vocab: usize, classes: usize, workload: Workload, keys: &KeyNames) -> Self {
         let params = parameter_count(config, vocab, classes);
         let frozen = match &config.attention {
-            AttentionConfig::Astrocytic(a) if !a.learnable_omega => {
+            AttentionConfig::Astrocytic(a) if !a.omega_trained() => {
                 config.n_layer as u64
                     * config.n_head as u64
                     * a.features as u64

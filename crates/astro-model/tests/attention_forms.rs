@@ -11,7 +11,7 @@ use astro_model::attention::{
 use burn::tensor::{DType, Tensor};
 use common::{device, normal4, padding, rel_err};
 
-const MAPS: [FeatureMap; 9] = FeatureMap::ALL;
+const MAPS: [FeatureMap; 10] = FeatureMap::ALL;
 
 struct Case {
     map: FeatureMap,
@@ -188,7 +188,7 @@ fn forms_agree_across_shapes() {
 #[test]
 fn forms_agree_with_a_sliding_window() {
     // Windows of one token, a few, and longer than the sequence; with and without padding.
-    for map in [FeatureMap::Positive, FeatureMap::Taylor, FeatureMap::Elu] {
+    for map in [FeatureMap::Positive, FeatureMap::Taylor, FeatureMap::Elu, FeatureMap::Hedgehog] {
         for window in [1, 3, 20] {
             for padded in [false, true] {
                 let features = if map == FeatureMap::Taylor { 4 } else { 32 };

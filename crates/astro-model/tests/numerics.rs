@@ -95,6 +95,15 @@ fn phi_naive(map: FeatureMap, x: &[f64], omega: &[f64], phase: &[f64], m: usize)
         let second = u.iter().flat_map(|a| u.iter().map(move |b| a * b / std::f64::consts::SQRT_2));
         return std::iter::once(1.0).chain(u.iter().copied()).chain(second).collect();
     }
+    if map == FeatureMap::Hedgehog {
+        // [softmax(u), softmax(−u)] over the m hidden neurons, u = Ωx.
+        let u: Vec<f64> = (0..m).map(|mu| (0..d).map(|i| omega[mu * d + i] * x[i]).sum()).collect();
+        let softmax = |sign: f64| {
+            let z: f64 = u.iter().map(|a| (sign * a).exp()).sum();
+            u.iter().map(move |a| (sign * a).exp() / z).collect::<Vec<f64>>()
+        };
+        return softmax(1.0).into_iter().chain(softmax(-1.0)).collect();
+    }
     let sq: f64 = x.iter().map(|v| v * v).sum();
     (0..m)
         .map(|mu| {
@@ -117,7 +126,7 @@ fn phi_naive(map: FeatureMap, x: &[f64], omega: &[f64], phase: &[f64], m: usize)
                 }
                 // Uncalibrated (ψ = 1, c = 0, A = 0): the positive map; calibrated ones in calibrated_maps.rs.
                 FeatureMap::Saderf | FeatureMap::ShiftedSaderf => (u - sq / 2.0).exp() / (m as f64).sqrt(),
-                FeatureMap::Taylor => unreachable!("handled above"),
+                FeatureMap::Taylor | FeatureMap::Hedgehog => unreachable!("handled above"),
             }
         })
         .collect()

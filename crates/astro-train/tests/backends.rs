@@ -216,7 +216,8 @@ fn every_attention_form_agrees_with_flex_on_every_backend() {
     }
     let dir = tempfile::tempdir().unwrap();
     // The paper's map, elu+1, softmax, the recall configuration (Taylor map + short convolution),
-    // the paper's map beside a sliding window, and a calibrated map (fitted on each device).
+    // the paper's map beside a sliding window, a calibrated map (fitted on each device) and Hedgehog's
+    // trained map.
     let variants = [
         r#"{ kind = "astrocytic", features = 16, chunk_size = 4 }"#,
         r#"{ kind = "astrocytic", features = 16, window = 3 }"#,
@@ -224,6 +225,7 @@ fn every_attention_form_agrees_with_flex_on_every_backend() {
         r#"{ kind = "softmax" }"#,
         r#"{ kind = "astrocytic", features = 4, feature_map = "taylor", learnable_omega = true }"#,
         r#"{ kind = "astrocytic", features = 16, feature_map = "shifted_saderf" }"#,
+        r#"{ kind = "astrocytic", features = 8, feature_map = "hedgehog" }"#,
     ];
     for (i, attention) in variants.into_iter().enumerate() {
         let mut config = config(dir.path(), "forms");

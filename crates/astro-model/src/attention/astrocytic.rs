@@ -46,7 +46,8 @@ pub struct AstrocyticConfig {
     /// Calcium decay γ ∈ (0, 1]: H ← γH + …, p ← γp + … (1 = the paper).
     #[serde(default = "default_decay")]
     pub decay: f64,
-    /// Train Ω by gradient descent (astrocyte plasticity ablation); fixed otherwise.
+    /// Train Ω by gradient descent (astrocyte plasticity ablation); fixed otherwise (the Hedgehog
+    /// map always trains it).
     #[serde(default)]
     pub learnable_omega: bool,
     /// Tokens per chunk in the causal chunked form; unset: [`crate::attention::auto_chunk`] (measured rule).
@@ -115,6 +116,11 @@ impl AstrocyticConfig {
         Ok(())
     }
 
+    /// Whether Ω is trained: `learnable_omega`, or a map that is trained by definition (Hedgehog).
+    pub fn omega_trained(&self) -> bool {
+        self.learnable_omega || self.feature_map == FeatureMap::Hedgehog
+    }
+
     /// The seed of layer `layer`'s Ω: layers must not share hidden neurons.
     pub fn layer_seed(&self, layer: usize) -> u64 {
         self.seed.wrapping_add((layer as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
@@ -129,7 +135,7 @@ impl AstrocyticConfig {
             // A Johnson–Lindenstrauss projection: u_q·u_k ≈ q̃·k̃ at the start.
             omega = omega.div_scalar((self.features as f64).sqrt());
         }
-        let omega = Param::from_tensor(omega).set_require_grad(self.learnable_omega);
+        let omega = Param::from_tensor(omega).set_require_grad(self.omega_trained());
         let phase = self.feature_map.uses_phase().then(|| {
             let b = Tensor::<2>::from_data(sample_phase(heads, self.features, seed), device);
             Param::from_tensor(b).set_require_grad(false)

@@ -51,11 +51,18 @@ pub enum FeatureMap {
     /// with 1 + r + r² hidden neurons. Train Ω (`learnable_omega = true`) as Based trains its
     /// projection.
     Taylor,
+    /// Hedgehog (Zhang et al. 2024): a trained projection u = Ωx̃ read through both signs and a
+    /// softmax over the hidden neurons of each half, φ(x) = [softmax(u), softmax(−u)] — 2m hidden
+    /// neurons, positive, each token's activity summing to 2. Ω is always trained (with the model,
+    /// end to end; Hedgehog also offers distilling it to softmax's weights, not done here); it starts
+    /// as drawn for the positive map (`orthogonal = true` with m = head width: a random rotation, as
+    /// Hedgehog's identity start up to a rotation). Hedgehog's bias b in Ωx̃ + b is left out.
+    Hedgehog,
 }
 
 impl FeatureMap {
     /// Every map, in declaration order.
-    pub const ALL: [FeatureMap; 9] = [
+    pub const ALL: [FeatureMap; 10] = [
         FeatureMap::Positive,
         FeatureMap::Cosine,
         FeatureMap::Truncated,
@@ -65,6 +72,7 @@ impl FeatureMap {
         FeatureMap::Saderf,
         FeatureMap::ShiftedSaderf,
         FeatureMap::Taylor,
+        FeatureMap::Hedgehog,
     ];
 
     /// Name as written in configs.
@@ -79,13 +87,16 @@ impl FeatureMap {
             FeatureMap::Saderf => "saderf",
             FeatureMap::ShiftedSaderf => "shifted_saderf",
             FeatureMap::Taylor => "taylor",
+            FeatureMap::Hedgehog => "hedgehog",
         }
     }
 
-    /// Width of φ for `features` = m random projections: m, or 1 + r + r² for the Taylor map.
+    /// Width of φ for `features` = m random projections: m, 1 + r + r² for the Taylor map, 2m for
+    /// Hedgehog.
     pub fn width(self, features: usize) -> usize {
         match self {
             FeatureMap::Taylor => 1 + features + features * features,
+            FeatureMap::Hedgehog => 2 * features,
             _ => features,
         }
     }
@@ -167,6 +178,7 @@ impl FeatureMap {
             FeatureMap::Linear => Features::Scaled { g: (u - half_sq).add_scalar(1.0 - 0.5 * ln_m), log_scale: None },
             FeatureMap::Elu => Features::Scaled { g: elu(u, 1.0).add_scalar(1.0), log_scale: None },
             FeatureMap::Taylor => Features::Scaled { g: taylor(u), log_scale: None },
+            FeatureMap::Hedgehog => Features::Log(hedgehog(u)),
         }
     }
 }
@@ -178,6 +190,17 @@ fn taylor(u: Tensor<4>) -> Tensor<4> {
     let second = outer.reshape([b, h, t, r * r]).mul_scalar(std::f64::consts::FRAC_1_SQRT_2);
     let ones = Tensor::<4>::ones([b, h, t, 1], (&u.device(), u.dtype()));
     Tensor::cat(vec![ones, u, second], 3)
+}
+
+/// Hedgehog's log φ = [u − logsumexp(u), −u − logsumexp(−u)] for `u` `[batch, heads, seq, m]`
+/// → `[batch, heads, seq, 2m]` (each half a log-softmax over the hidden neurons).
+fn hedgehog(u: Tensor<4>) -> Tensor<4> {
+    let log_softmax = |x: Tensor<4>| {
+        let top = x.clone().detach().max_dim(3); //                                  [B,H,T,1]
+        let lse = (x.clone() - top.clone()).exp().sum_dim(3).log() + top; //          logsumexp: [B,H,T,1]
+        x - lse
+    };
+    Tensor::cat(vec![log_softmax(u.clone()), log_softmax(u.neg())], 3)
 }
 
 /// φ for a set of tokens, `[batch, heads, seq, m]`, in a form that never overflows.

@@ -254,7 +254,7 @@ impl AttentionConfig {
                 c.features,
                 c.feature_map.name(),
                 if c.orthogonal { "orthogonal" } else { "i.i.d." },
-                if c.learnable_omega { ", learnable" } else { "" },
+                if c.omega_trained() { ", learnable" } else { "" },
                 c.decay
             ),
         }
