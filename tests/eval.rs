@@ -106,11 +106,19 @@ fn ablation_tabulates_plots_and_skips_finished_cells() {
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 7, "{csv}");
     assert_eq!(csv.matches(",ok,").count(), 6);
-    for f in ["results.md", "curves.png", "curves.svg", "metric_vs_m.png", "metric_vs_m.svg"] {
+    for f in ["results.md", "curves.png", "curves.svg", "metric_vs_m.png", "metric_vs_m.svg", "metric_vs_state.png"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert!(md.contains("astrocytic m=16") && md.contains("2/2"), "{md}");
+    // The last column: each group's decoding state in floats per sequence — the astrocyte's grows
+    // with m (H·(D·m + m + 1) per layer), softmax's is its KV cache.
+    let state = |label: &str| -> usize {
+        let row = md.lines().find(|l| l.starts_with(&format!("| {label} |"))).expect(label);
+        row.trim_end_matches(" |").rsplit("| ").next().unwrap().trim().parse().expect("a number of floats")
+    };
+    let (soft, m8, m16) = (state("softmax"), state("astrocytic m=8"), state("astrocytic m=16"));
+    assert!(soft > 0 && m8 > 0 && m16 > m8, "{md}");
     // Re-running trains nothing and writes no duplicate rows.
     ablate(root, &grid, &out).success().stdout(predicate::str::contains("0 trained now, 6 already done"));
     assert_eq!(std::fs::read_to_string(out.join("results.csv")).unwrap(), csv);

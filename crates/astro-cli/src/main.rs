@@ -118,10 +118,7 @@ fn main() -> ExitCode {
     // a device that cannot be opened is reported as astro's own error.
     let filter = tracing_subscriber::EnvFilter::try_from_env("ASTRO_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error,wgpu_hal=off,wgpu_core=off,naga=off"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(args, cli.device.as_deref()),

@@ -279,9 +279,26 @@ pub fn run(config_path: &Path, out: &Path, device: Option<String>) -> Result<Abl
     let rows: Vec<Row> = cells.iter().filter_map(|c| rows.get(&c.id).cloned()).collect();
     write_rows(&csv_path, &rows)?;
     let mut files = vec![csv_path];
-    files.push(write_markdown(out, &ablation, &cells, &rows)?);
-    files.extend(write_plots(out, &ablation, &cells, &rows, &runs_dir)?);
+    let states: BTreeMap<String, usize> = cells
+        .iter()
+        .zip(&rows)
+        .filter(|(_, row)| row.status == "ok")
+        .filter_map(|(cell, _)| Some((cell.id.clone(), state_floats(&runs_dir, cell)?)))
+        .collect();
+    files.push(write_markdown(out, &ablation, &cells, &rows, &states)?);
+    files.extend(write_plots(out, &ablation, &cells, &rows, &runs_dir, &states)?);
     Ok(AblationReport { rows, trained, skipped, files })
+}
+
+/// Decoding state of a finished cell's language model after `block_size` tokens, in floats per
+/// sequence over all layers (softmax: its KV cache; astrocytic: (H, p), window and convolution
+/// buffers) — the x axis of Zoology's accuracy-against-state picture. `None` for classifiers.
+fn state_floats(runs_dir: &Path, cell: &Cell) -> Option<usize> {
+    let device = astro_model::device::default_device().ok()?;
+    let run = crate::Run::load(&runs_dir.join(&cell.id), crate::Weights::Final, &device).ok()?;
+    let astro_train::Net::Lm(model) = &run.net else { return None };
+    let context = model.config().block_size;
+    astro_model::info::report(model, &[context]).state_floats.first().map(|&(_, floats)| floats)
 }
 
 fn metric_of(metric: Metric, row: &Row) -> Option<f64> {
@@ -316,13 +333,19 @@ fn groups<'a>(cells: &'a [Cell], rows: &'a [Row]) -> Vec<Group<'a>> {
     out.into_iter().map(|(_, g)| g).collect()
 }
 
-fn write_markdown(out: &Path, ablation: &AblationConfig, cells: &[Cell], rows: &[Row]) -> Result<PathBuf, EvalError> {
+fn write_markdown(
+    out: &Path,
+    ablation: &AblationConfig,
+    cells: &[Cell],
+    rows: &[Row],
+    states: &BTreeMap<String, usize>,
+) -> Result<PathBuf, EvalError> {
     let metric = match ablation.metric {
         Metric::ValLoss => "val loss",
         Metric::Accuracy => "accuracy",
     };
     let mut md = format!(
-        "# Ablation results\n\nMean ± sample std over seeds; {} cells, base `{}`.\n\n| cell group | seeds ok | {metric} | best val loss | tokens/s | wall s |\n|---|---:|---:|---:|---:|---:|\n",
+        "# Ablation results\n\nMean ± sample std over seeds; {} cells, base `{}`.\n\n| cell group | seeds ok | {metric} | best val loss | tokens/s | wall s | decoding state (floats/sequence) |\n|---|---:|---:|---:|---:|---:|---:|\n",
         rows.len(),
         ablation.base.display()
     );
@@ -336,15 +359,17 @@ fn write_markdown(out: &Path, ablation: &AblationConfig, cells: &[Cell], rows: &
             let (m, s) = mean_std(&xs);
             if xs.len() > 1 { format!("{m:.digits$} ± {s:.digits$}") } else { format!("{m:.digits$}") }
         };
+        let state = g.cells.iter().find_map(|(c, _)| states.get(&c.id)).map_or("—".to_string(), |f| f.to_string());
         md.push_str(&format!(
-            "| {} | {}/{} | {} | {} | {} | {} |\n",
+            "| {} | {}/{} | {} | {} | {} | {} | {} |\n",
             g.label,
             ok.len(),
             g.cells.len(),
             col(&|r| metric_of(ablation.metric, r), 4),
             col(&|r| r.best_val_loss, 4),
             col(&|r| r.tokens_per_sec, 0),
-            col(&|r| r.wall_seconds, 0)
+            col(&|r| r.wall_seconds, 0),
+            state
         ));
     }
     let failed: Vec<&Row> = rows.iter().filter(|r| r.status != "ok").collect();
@@ -379,6 +404,7 @@ fn write_plots(
     cells: &[Cell],
     rows: &[Row],
     runs_dir: &Path,
+    states: &BTreeMap<String, usize>,
 ) -> Result<Vec<PathBuf>, EvalError> {
     let y_label = match ablation.metric {
         Metric::ValLoss => "validation loss",
@@ -453,6 +479,46 @@ fn write_plots(
             references: references.into_iter().map(|(l, v)| (l, mean_std(&v).0)).collect(),
         };
         let (png, svg) = plot::save(&chart, &out.join("metric_vs_m"))?;
+        files.extend([png, svg]);
+    }
+    // 3. Zoology's picture: final metric against the decoding state (floats per sequence), one
+    //    line per group of cells that differ only in m, one point per cell group.
+    let mut by_state: BTreeMap<String, BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
+    for g in groups(cells, rows) {
+        let (cell, _) = g.cells[0];
+        let Some(&state) = g.cells.iter().find_map(|(c, _)| states.get(&c.id)) else { continue };
+        let values: Vec<f64> = g.cells.iter().filter_map(|(_, r)| metric_of(ablation.metric, r)).collect();
+        if values.is_empty() {
+            continue;
+        }
+        let label = match &cell.config.model.attention {
+            AttentionConfig::Astrocytic(c) => g.label.replace(&format!("m={}", c.features), "m=·"),
+            _ => g.label.clone(),
+        };
+        by_state.entry(label).or_default().entry(state).or_default().extend(values);
+    }
+    if by_state.len() > 1 {
+        let series = by_state
+            .into_iter()
+            .map(|(label, points)| {
+                let stats: Vec<(f64, (f64, f64))> = points.iter().map(|(x, v)| (*x as f64, mean_std(v))).collect();
+                Series {
+                    label,
+                    points: stats.iter().map(|(x, (mean, _))| (*x, *mean)).collect(),
+                    errors: Some(stats.iter().map(|(_, (_, s))| *s).collect()),
+                }
+            })
+            .collect();
+        let chart = Chart {
+            title: format!("final {y_label} against decoding state"),
+            x_label: "decoding state (floats per sequence, all layers)".into(),
+            y_label: y_label.into(),
+            log_x: true,
+            log_y: false,
+            series,
+            references: vec![],
+        };
+        let (png, svg) = plot::save(&chart, &out.join("metric_vs_state"))?;
         files.extend([png, svg]);
     }
     Ok(files)

@@ -49,7 +49,10 @@ pub fn backward(net: &Net, batch: Batch, devices: &[Device], accumulation: usize
                 scope.spawn(move || {
                     let loss = score(&replica, part, false).loss;
                     let value = loss.clone().into_scalar::<f64>() * weight;
-                    let grads = GradientsParams::from_grads(loss.mul_scalar(weight).div_scalar(accumulation).backward(), &replica);
+                    let grads = GradientsParams::from_grads(
+                        loss.mul_scalar(weight).div_scalar(accumulation).backward(),
+                        &replica,
+                    );
                     (value, grads.to_device(main, &replica))
                 })
             })

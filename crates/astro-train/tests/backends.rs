@@ -10,8 +10,8 @@
 
 use std::path::Path;
 
-use astro_model::device::BackendKind;
 use astro_data::tasks::IGNORE;
+use astro_model::device::BackendKind;
 use astro_train::batch::Batch;
 use astro_train::trainer::initial_net;
 use astro_train::{RunConfig, TrainOptions, train};
@@ -240,7 +240,8 @@ fn every_attention_form_agrees_with_flex_on_every_backend() {
             let ad = kind.device().unwrap().autodiff();
             let Ok(astro_train::Net::Lm(model)) = initial_net(&config, kind, &ad) else { panic!("a language model") };
             // Calibrated maps fit ψ, c and A to this device's own queries and keys first.
-            let model = if attention.contains("saderf") { model.calibrate(tokens(&ad), false).unwrap().0 } else { model };
+            let model =
+                if attention.contains("saderf") { model.calibrate(tokens(&ad), false).unwrap().0 } else { model };
             let logits = model.forward(tokens(&ad));
             let grads = (logits.clone() * logits.clone()).sum().backward();
             let grads = burn::optim::GradientsParams::from_grads(grads, &model);
@@ -280,7 +281,11 @@ fn every_attention_form_agrees_with_flex_on_every_backend() {
                 assert!(err(a, b) < 1e-3, "{attention}: {kind} gradient of parameter {j} differs by {}", err(a, b));
             }
             assert!(err(&other.2, &flex.2) < 1e-4, "{attention}: {kind} eval logits differ");
-            assert!(err(&other.3, &flex.3) < 1e-4, "{attention}: {kind} decoding differs by {}", err(&other.3, &flex.3));
+            assert!(
+                err(&other.3, &flex.3) < 1e-4,
+                "{attention}: {kind} decoding differs by {}",
+                err(&other.3, &flex.3)
+            );
         }
     }
 }
@@ -307,7 +312,9 @@ fn batch_split_keeps_rows_in_order_and_counts_labelled_positions() {
     let parts = Batch::Lm { inputs, targets }.split(&[device.clone(), device.clone()]);
     assert_eq!(parts.len(), 2);
     let rows = |b: &Batch| match b {
-        Batch::Lm { inputs, targets } => (inputs.clone().into_data().try_into_vec_as::<i64>().unwrap(), targets.clone()),
+        Batch::Lm { inputs, targets } => {
+            (inputs.clone().into_data().try_into_vec_as::<i64>().unwrap(), targets.clone())
+        }
         Batch::Class { .. } => unreachable!(),
     };
     assert_eq!(rows(&parts[0].0), ((0..6).collect::<Vec<i64>>(), vec![1, 2, 3, 4, 5, 6]));
@@ -348,7 +355,13 @@ fn data_parallel_over_two_wgpu_devices_equals_one_device() {
         let (a, b) = (run_losses(&one), run_losses(&two));
         assert_eq!(a.len(), 4);
         for (step, (x, y)) in a.iter().zip(&b).enumerate() {
-            assert!((x.0 - y.0).abs() < 1e-5, "accumulation {accumulation}, step {}: loss {} vs {}", step + 1, x.0, y.0);
+            assert!(
+                (x.0 - y.0).abs() < 1e-5,
+                "accumulation {accumulation}, step {}: loss {} vs {}",
+                step + 1,
+                x.0,
+                y.0
+            );
             if let (Some(p), Some(q)) = (x.1, y.1) {
                 assert!((p - q).abs() < 1e-5, "step {}: val loss {p} vs {q}", step + 1);
             }

@@ -471,9 +471,10 @@ impl InnerAttention for AstrocyticAttention {
 
     fn attention_weights(&self, q: Tensor<4>, k: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
         let like = q.clone();
-        let window = self.config.window.map(|w| {
-            window::window_probabilities(q.clone(), k.clone(), w, mask.causal, mask.key_padding.clone())
-        });
+        let window = self
+            .config
+            .window
+            .map(|w| window::window_probabilities(q.clone(), k.clone(), w, mask.causal, mask.key_padding.clone()));
         let weights = kernel::weights(self.query_features(q), self.key_features(k), &like, mask, self.config.decay);
         Self::plus(weights, window)
     }
