@@ -146,14 +146,7 @@ fn runs_on_every_backend_agree_with_flex_step_by_step() {
         if device != "flex" {
             export_trained(&summary.run_dir, device);
         }
-        std::fs::read_to_string(summary.run_dir.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let row: astro_train::metrics::MetricsRow = serde_json::from_str(l).unwrap();
-                (row.train_loss, row.val_loss)
-            })
-            .collect()
+        run_losses(&summary.run_dir)
     };
     let flex = losses("flex");
     assert_eq!(flex.len(), 4, "one metrics row per step");
