@@ -398,6 +398,21 @@ fn curve(run_dir: &Path, metric: Metric) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// One line per label through (x, mean) with ±sample-std bars, from the values at each x.
+fn mean_series(lines: BTreeMap<String, BTreeMap<usize, Vec<f64>>>) -> Vec<Series> {
+    lines
+        .into_iter()
+        .map(|(label, at)| {
+            let stats: Vec<(f64, (f64, f64))> = at.iter().map(|(x, v)| (*x as f64, mean_std(v))).collect();
+            Series {
+                label,
+                points: stats.iter().map(|(x, (mean, _))| (*x, *mean)).collect(),
+                errors: Some(stats.iter().map(|(_, (_, s))| *s).collect()),
+            }
+        })
+        .collect()
+}
+
 fn write_plots(
     out: &Path,
     ablation: &AblationConfig,
@@ -458,17 +473,7 @@ fn write_plots(
         }
     }
     if astro.values().any(|by_m| by_m.len() > 1) {
-        let series = astro
-            .into_iter()
-            .map(|(label, by_m)| {
-                let stats: Vec<(f64, (f64, f64))> = by_m.iter().map(|(m, v)| (*m as f64, mean_std(v))).collect();
-                Series {
-                    label,
-                    points: stats.iter().map(|(m, (mean, _))| (*m, *mean)).collect(),
-                    errors: Some(stats.iter().map(|(_, (_, s))| *s).collect()),
-                }
-            })
-            .collect();
+        let series = mean_series(astro);
         let chart = Chart {
             title: format!("final {y_label} against hidden neurons m"),
             x_label: "hidden neurons m".into(),
@@ -498,17 +503,7 @@ fn write_plots(
         by_state.entry(label).or_default().entry(state).or_default().extend(values);
     }
     if by_state.len() > 1 {
-        let series = by_state
-            .into_iter()
-            .map(|(label, points)| {
-                let stats: Vec<(f64, (f64, f64))> = points.iter().map(|(x, v)| (*x as f64, mean_std(v))).collect();
-                Series {
-                    label,
-                    points: stats.iter().map(|(x, (mean, _))| (*x, *mean)).collect(),
-                    errors: Some(stats.iter().map(|(_, (_, s))| *s).collect()),
-                }
-            })
-            .collect();
+        let series = mean_series(by_state);
         let chart = Chart {
             title: format!("final {y_label} against decoding state"),
             x_label: "decoding state (floats per sequence, all layers)".into(),

@@ -356,9 +356,7 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
         Prepared::Ready(setup) => *setup,
         Prepared::Finished(summary) => return Ok(summary),
     };
-    let devices = open_devices(&config, &options)?;
-    let kind = devices.0;
-    let devices = devices.1;
+    let (kind, devices) = open_devices(&config, &options)?;
     let ad = devices[0].clone();
     let mut net = initial_net(&config, kind, &ad)?;
     if let (None, Some(init)) = (&resume, &config.train.init) {

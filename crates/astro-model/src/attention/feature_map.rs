@@ -8,7 +8,7 @@
 //! [`super::kernel`] subtract stabilising constants from these logs before exponentiating; the
 //! constants cancel in the ratio H·φ(q̃) / pᵀφ(q̃).
 
-use burn::tensor::activation::{elu, relu};
+use burn::tensor::activation::{elu, log_softmax, relu};
 use burn::tensor::{Bool, Tensor, TensorData};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -195,12 +195,7 @@ fn taylor(u: Tensor<4>) -> Tensor<4> {
 /// Hedgehog's log φ = [u − logsumexp(u), −u − logsumexp(−u)] for `u` `[batch, heads, seq, m]`
 /// → `[batch, heads, seq, 2m]` (each half a log-softmax over the hidden neurons).
 fn hedgehog(u: Tensor<4>) -> Tensor<4> {
-    let log_softmax = |x: Tensor<4>| {
-        let top = x.clone().detach().max_dim(3); //                                  [B,H,T,1]
-        let lse = (x.clone() - top.clone()).exp().sum_dim(3).log() + top; //          logsumexp: [B,H,T,1]
-        x - lse
-    };
-    Tensor::cat(vec![log_softmax(u.clone()), log_softmax(u.neg())], 3)
+    Tensor::cat(vec![log_softmax(u.clone(), 3), log_softmax(u.neg(), 3)], 3)
 }
 
 /// φ for a set of tokens, `[batch, heads, seq, m]`, in a form that never overflows.
