@@ -108,10 +108,12 @@ class Inner(nn.Module):
                 self.phase = nn.Parameter(torch.zeros(heads, m), requires_grad=False)
             else:
                 self.phase = None
-            if spec.get("feature_map") in ("saderf", "shifted_saderf"):  # calibrated: ψ, c, A
+            if spec.get("feature_map") in ("saderf", "shifted_saderf", "full_saderf"):  # calibrated: ψ, c, A
                 self.log_psi = nn.Parameter(torch.zeros(heads, head_dim), requires_grad=False)
                 self.shift = nn.Parameter(torch.zeros(heads, head_dim), requires_grad=False)
                 self.gerf_a = nn.Parameter(torch.zeros(heads), requires_grad=False)
+            if spec.get("feature_map") == "full_saderf":  # the rotation U: both sides read x̃ U
+                self.rotation = nn.Parameter(torch.zeros(heads, head_dim, head_dim), requires_grad=False)
 
     def forward(self, q, k, v, causal):  # [B,H,T,D] each → [B,H,T,D]
         if self.kind == "softmax":
@@ -126,11 +128,15 @@ class Inner(nn.Module):
         kind = self.spec.get("feature_map", "positive")
         omega = self.omega.double()
         phase = None if self.phase is None else self.phase.double()
-        if kind in ("saderf", "shifted_saderf"):
+        if kind in ("saderf", "shifted_saderf", "full_saderf"):
             psi = self.log_psi.double().exp()[None, :, None, :]  # [1,H,1,D]
             c = self.shift.double()[None, :, None, :]
-            gq, lq = gerf_logs(q * scale * psi, omega, self.gerf_a.double())  # query side: ψ ⊙ q̃
-            gk, lk = gerf_logs((k * scale - c) / psi, omega, self.gerf_a.double())  # key side: (k̃ − c) / ψ
+            qs, ks = q * scale, k * scale
+            if kind == "full_saderf":  # rotate both sides: x̃ U  ([B,H,T,D] @ [1,H,D,D])
+                u = self.rotation.double()[None]
+                qs, ks = qs @ u, ks @ u
+            gq, lq = gerf_logs(qs * psi, omega, self.gerf_a.double())  # query side: ψ ⊙ q̃
+            gk, lk = gerf_logs((ks - c) / psi, omega, self.gerf_a.double())  # key side: (k̃ − c) / ψ
         else:
             gq, lq = feature_logs(q * scale, omega, phase, kind)
             gk, lk = feature_logs(k * scale, omega, phase, kind)

@@ -40,6 +40,8 @@ train astrocytic-hedgehog --set 'model.attention={ kind = "astrocytic", features
 train astrocytic-window --set 'model.attention={ kind = "astrocytic", features = 64, window = 4 }'
 train shifted-saderf --set 'model.attention={ kind = "astrocytic", features = 64, feature_map = "shifted_saderf" }' \
   --set train.calibrate_every=50
+train full-saderf --set 'model.attention={ kind = "astrocytic", features = 64, feature_map = "full_saderf" }' \
+  --set train.calibrate_every=50
 train bert-layout --set 'model.attention={ kind = "astrocytic", features = 64 }' --set 'model.norm="post"' \
   --set model.type_vocab_size=2 --set model.embedding_norm=true --set model.layer_norm_eps=1e-12 --set model.bias=true
 train listops-encoder --task listops --set task.max_length=32 --set task.min_length=16 --set 'model.attention={ kind = "astrocytic", features = 32 }'

@@ -161,7 +161,7 @@ pub(crate) fn device(name: Option<&str>) -> anyhow::Result<burn::tensor::Device>
 pub(crate) fn feature_map(name: &str) -> anyhow::Result<astro_model::attention::FeatureMap> {
     serde_json::from_value(serde_json::Value::String(name.to_string())).map_err(|_| {
         anyhow::anyhow!(
-            "unknown feature map `{name}`; expected positive, saderf, shifted_saderf, cosine, truncated, positive_cosine, linear, elu, taylor or hedgehog"
+            "unknown feature map `{name}`; expected positive, saderf, shifted_saderf, full_saderf, cosine, truncated, positive_cosine, linear, elu, taylor or hedgehog"
         )
     })
 }

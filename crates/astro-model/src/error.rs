@@ -78,7 +78,7 @@ pub enum ModelError {
     Calibration(#[from] CalibrationError),
 }
 
-/// Why a calibrated hidden-neuron map (`saderf`, `shifted_saderf`) could not get its parameters.
+/// Why a calibrated hidden-neuron map (`saderf`, `shifted_saderf`, `full_saderf`) could not get its parameters.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum CalibrationError {
     /// Ψ = (spread of keys / spread of queries)^{1/4} needs both spreads positive.
@@ -101,6 +101,24 @@ pub enum CalibrationError {
         /// `variance` or `mean square`.
         statistic: &'static str,
     },
+    /// The full map's P needs both covariance matrices non-singular.
+    #[error(
+        "layer {layer}, head {head}: the {side}' covariance is singular (eigenvalue {index} is 0), so the {map} \
+         map's transform P (P Σ_q P = Σ_k) is undefined; calibrate on more varied text, or pass --fallback \
+         (train.calibration_fallback = true when training) to floor that spectrum"
+    )]
+    Singular {
+        /// The map.
+        map: &'static str,
+        /// Block index.
+        layer: usize,
+        /// Head index.
+        head: usize,
+        /// Index of the vanishing eigenvalue (ascending order).
+        index: usize,
+        /// `queries` or `keys`.
+        side: &'static str,
+    },
     /// No token reached the statistics (all padding, or no data).
     #[error("layer {layer}, head {head}: no (non-padding) tokens to calibrate on; give more text")]
     NoData {
@@ -110,7 +128,7 @@ pub enum CalibrationError {
         head: usize,
     },
     /// The map has no data-dependent parameters.
-    #[error("the {map} map has no parameters to calibrate; use saderf or shifted_saderf")]
+    #[error("the {map} map has no parameters to calibrate; use saderf, shifted_saderf or full_saderf")]
     NotCalibrated {
         /// The map.
         map: &'static str,

@@ -11,7 +11,7 @@ use astro_model::attention::{
 use burn::tensor::{DType, Tensor};
 use common::{device, normal4, padding, rel_err};
 
-const MAPS: [FeatureMap; 10] = FeatureMap::ALL;
+const MAPS: [FeatureMap; 11] = FeatureMap::ALL;
 
 struct Case {
     map: FeatureMap,

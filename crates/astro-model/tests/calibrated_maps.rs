@@ -29,12 +29,15 @@ fn calibrated_response_equals_the_literal_formula() {
     // a_t = Σ_τ φ_q(q̃_t)·φ_k(k̃_τ) · exp(q̃_t·c) with φ_q(x) = GERF(ψx), φ_k(y) = GERF((y − c)/ψ),
     // GERF(x)_μ = (1 − 4A)^{D/4} m^{-1/2} exp(A‖ω_μ‖² + √(1 − 4A) ω_μ·x − ‖x‖²/2), in f64 on the host.
     let dev = device();
-    let (h, t, d, m) = (2, 6, 8, 16);
+    let (h, t, d, m) = (2, 12, 8, 16); // t > d: the full map needs non-singular covariances
     let q = normal4([1, h, t, d], 0.8, 21, DType::F32, &dev);
     let k = normal4([1, h, t, d], 0.8, 22, DType::F32, &dev).add_scalar(0.5);
-    for map in [FeatureMap::Saderf, FeatureMap::ShiftedSaderf] {
+    for map in [FeatureMap::Saderf, FeatureMap::ShiftedSaderf, FeatureMap::FullSaderf] {
         let (attn, _) = layer(map, m, 3, h, d).calibrate(q.clone(), k.clone(), None, 0, false).unwrap();
         let (a, _) = responses(&attn, &q, &k);
+        // The full map rotates both sides first (x̃ U); the diagonal maps have U = I.
+        let rotation = attn.rotation.as_ref().map(|u| host(&u.val()));
+        assert_eq!(rotation.is_some(), map == FeatureMap::FullSaderf);
         let omega = host(&attn.omega.val());
         let log_psi = host(&attn.log_psi.as_ref().unwrap().val());
         let shift = host(&attn.shift.as_ref().unwrap().val());
@@ -57,7 +60,12 @@ fn calibrated_response_equals_the_literal_formula() {
                     .collect()
             };
             let token = |x: &[f64], i: usize| -> Vec<f64> {
-                x[(head * t + i) * d..(head * t + i + 1) * d].iter().map(|v| v * scale).collect()
+                let x: Vec<f64> = x[(head * t + i) * d..(head * t + i + 1) * d].iter().map(|v| v * scale).collect();
+                match &rotation {
+                    // (x U)_c = Σ_r x_r U[r, c]
+                    Some(u) => (0..d).map(|c| (0..d).map(|r| x[r] * u[(head * d + r) * d + c]).sum()).collect(),
+                    None => x,
+                }
             };
             let psi = |l: usize| log_psi[head * d + l].exp();
             let c = |l: usize| shift[head * d + l];
@@ -86,7 +94,7 @@ fn calibrated_maps_are_unbiased_on_small_norms() {
     let (h, t, d, m) = (1, 8, 4, 8);
     let q = normal4([1, h, t, d], 0.4, 31, DType::F32, &dev);
     let k = normal4([1, h, t, d], 0.4, 32, DType::F32, &dev).add_scalar(0.3);
-    for map in [FeatureMap::Saderf, FeatureMap::ShiftedSaderf] {
+    for map in [FeatureMap::Saderf, FeatureMap::ShiftedSaderf, FeatureMap::FullSaderf] {
         let draws = 300;
         let mut mean = vec![0.0; h * t];
         let mut z = Vec::new();
@@ -129,11 +137,42 @@ fn calibration_lowers_the_error_on_offset_keys() {
 }
 
 #[test]
+fn the_full_map_lowers_the_error_on_correlated_heads() {
+    // Queries spread along one oblique direction e₁, keys along another, e₂ ⊥ e₁ (trained heads'
+    // queries and keys have different principal axes): per coordinate both look alike, so the
+    // diagonal Ψ stays near 1; the full map rotates into e₁, e₂ and balances each axis.
+    let dev = device();
+    let (h, t, d, m) = (1, 64, 8, 256);
+    let unit =
+        |signs: [f32; 8]| Tensor::<1>::from_floats(signs, &dev).div_scalar((d as f64).sqrt()).reshape([1, 1, 1, d]);
+    let (e1, e2) = (unit([1.0; 8]), unit([1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0]));
+    // 0.3 z + 2.5 (z·e) e: spread 2.8² along e, 0.3² across.
+    let along = |x: Tensor<4>, e: &Tensor<4>| {
+        x.clone().mul_scalar(0.3) + (x * e.clone()).sum_dim(3).mul_scalar(2.5) * e.clone()
+    };
+    let q = along(normal4([1, h, t, d], 1.0, 43, DType::F32, &dev), &e1);
+    let k = along(normal4([1, h, t, d], 1.0, 44, DType::F32, &dev), &e2).add_scalar(0.7);
+    let err = |map: FeatureMap| {
+        let errs: Vec<f64> = (0..4)
+            .map(|seed| {
+                let (attn, _) = layer(map, m, seed, h, d).calibrate(q.clone(), k.clone(), None, 0, false).unwrap();
+                let (a, z) = responses(&attn, &q, &k);
+                median(a.iter().zip(&z).map(|(a, z)| (a - z).abs() / z).collect())
+            })
+            .collect();
+        errs.iter().sum::<f64>() / errs.len() as f64
+    };
+    let (shifted, full) = (err(FeatureMap::ShiftedSaderf), err(FeatureMap::FullSaderf));
+    eprintln!("median relative error: shifted {shifted:.4}, full {full:.4}");
+    assert!(full < shifted * 0.8, "full {full} should beat shifted {shifted}");
+}
+
+#[test]
 fn calibrated_maps_stay_positive_at_large_norms() {
     let dev = device();
     let q = normal4([1, 2, 20, 16], 30.0, 51, DType::F32, &dev);
     let k = normal4([1, 2, 20, 16], 30.0, 52, DType::F32, &dev).add_scalar(50.0);
-    for map in [FeatureMap::Saderf, FeatureMap::ShiftedSaderf] {
+    for map in [FeatureMap::Saderf, FeatureMap::ShiftedSaderf, FeatureMap::FullSaderf] {
         let (attn, _) = layer(map, 64, 1, 2, 16).calibrate(q.clone(), k.clone(), None, 0, false).unwrap();
         let trace = attn.normalisers(q.clone(), k.clone(), &AttentionMask::causal());
         assert!(host(&trace.astrocyte_sign.unwrap()).iter().all(|&s| s == 1.0), "{map:?}: a_t must be positive");

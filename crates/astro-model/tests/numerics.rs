@@ -125,7 +125,9 @@ fn phi_naive(map: FeatureMap, x: &[f64], omega: &[f64], phase: &[f64], m: usize)
                     }
                 }
                 // Uncalibrated (ψ = 1, c = 0, A = 0): the positive map; calibrated ones in calibrated_maps.rs.
-                FeatureMap::Saderf | FeatureMap::ShiftedSaderf => (u - sq / 2.0).exp() / (m as f64).sqrt(),
+                FeatureMap::Saderf | FeatureMap::ShiftedSaderf | FeatureMap::FullSaderf => {
+                    (u - sq / 2.0).exp() / (m as f64).sqrt()
+                }
                 FeatureMap::Taylor | FeatureMap::Hedgehog => unreachable!("handled above"),
             }
         })

@@ -5,8 +5,8 @@
 //! Expressive Linear Attentions with Softmax Mimicry", ICLR 2024): per layer, on the softmax
 //! model's own queries and keys, minimise the cross-entropy between softmax's attention rows p_t and
 //! the astrocytic rows w_t = φ_q(q̃_t)·φ_k(k̃_τ) / Σ_τ' φ_q(q̃_t)·φ_k(k̃_τ'), i.e. the KL divergence
-//! KL(p_t ‖ w_t) averaged over queries. Trained: Ω and, for the calibrated maps, ψ and the key shift c
-//! (started from their closed form); A stays at its closed-form value. Fitted layers are no longer
+//! KL(p_t ‖ w_t) averaged over queries. Trained: Ω and, for the calibrated maps, ψ, the key shift c
+//! and the full map's U (started from their closed form); A stays at its closed-form value. Fitted layers are no longer
 //! unbiased random-feature estimators: they are learned kernels, and held-out data is what tells.
 
 use astro_model::attention::{AstrocyticAttention, AttentionMask, InnerAttention, SoftmaxConfig};
@@ -118,6 +118,7 @@ pub fn distill_layer(
     model.omega = tracked(model.omega, &ad);
     model.log_psi = model.log_psi.map(|p| tracked(p, &ad));
     model.shift = model.shift.map(|p| tracked(p, &ad));
+    model.rotation = model.rotation.map(|p| tracked(p, &ad));
     let to_ad = |x: &AttentionInputs| AttentionInputs {
         q: x.q.clone().to_device(&ad),
         k: x.k.clone().to_device(&ad),
@@ -145,6 +146,7 @@ pub fn distill_layer(
     fitted.omega = fixed(fitted.omega, device);
     fitted.log_psi = fitted.log_psi.map(|p| fixed(p, device));
     fitted.shift = fitted.shift.map(|p| fixed(p, device));
+    fitted.rotation = fitted.rotation.map(|p| fixed(p, device));
     let report = LayerFit {
         layer,
         fit_before,

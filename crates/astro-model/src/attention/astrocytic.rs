@@ -147,7 +147,12 @@ impl AstrocyticConfig {
         let shift = calibrated.then(|| fixed(Tensor::zeros([heads, head_dim], device)));
         let gerf_a =
             calibrated.then(|| Param::from_tensor(Tensor::<1>::zeros([heads], device)).set_require_grad(false));
-        AstrocyticAttention { omega, phase, log_psi, shift, gerf_a, config: self.clone() }
+        // The full map starts unrotated (U = I).
+        let rotation = (self.feature_map == FeatureMap::FullSaderf).then(|| {
+            let eye = Tensor::<2>::eye(head_dim, device).unsqueeze_dim::<3>(0).repeat_dim(0, heads);
+            Param::from_tensor(eye).set_require_grad(false)
+        });
+        AstrocyticAttention { omega, phase, log_psi, shift, gerf_a, rotation, config: self.clone() }
     }
 }
 
@@ -164,6 +169,9 @@ pub struct AstrocyticAttention {
     pub shift: Option<Param<Tensor<2>>>,
     /// Calibrated maps: GERF's A per head, `[heads]`.
     pub gerf_a: Option<Param<Tensor<1>>>,
+    /// The full map: the rotation U per head, `[heads, head_dim, head_dim]`; both sides read x̃ U
+    /// (= Uᵀx̃), and ψ, c are in U's coordinates.
+    pub rotation: Option<Param<Tensor<3>>>,
     #[module(skip)]
     config: AstrocyticConfig,
 }
@@ -229,9 +237,21 @@ impl AstrocyticAttention {
         )
     }
 
-    /// Query-side hidden activity φ(ψ ⊙ q / D^{1/4}) (ψ = 1 for uncalibrated maps), `q`: `[batch, heads, seq, head_dim]`.
+    /// x̃ = x / D^{1/4}, rotated (x̃ U) for the full map: `[batch, heads, seq, head_dim]`.
+    fn scaled_rotated(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = Self::scaled(x);
+        match &self.rotation {
+            Some(u) => {
+                let u = u.val().cast(x.dtype()).unsqueeze_dim::<4>(0); //           [1,H,D,D]
+                x.matmul(u)
+            }
+            None => x,
+        }
+    }
+
+    /// Query-side hidden activity φ(ψ ⊙ Uᵀq / D^{1/4}) (ψ = 1, U = I for uncalibrated maps), `q`: `[batch, heads, seq, head_dim]`.
     pub(crate) fn query_features(&self, q: Tensor<4>) -> Features {
-        let x = Self::scaled(q);
+        let x = self.scaled_rotated(q);
         let x = match &self.log_psi {
             Some(lp) => {
                 let psi = Self::per_head(lp, &x).exp();
@@ -242,9 +262,9 @@ impl AstrocyticAttention {
         self.map_features(x)
     }
 
-    /// Key-side hidden activity φ((k / D^{1/4} − c) / ψ) (c = 0, ψ = 1 for uncalibrated maps).
+    /// Key-side hidden activity φ((Uᵀk / D^{1/4} − c) / ψ) (c = 0, ψ = 1, U = I for uncalibrated maps).
     pub(crate) fn key_features(&self, k: Tensor<4>) -> Features {
-        let x = Self::scaled(k);
+        let x = self.scaled_rotated(k);
         let x = match &self.shift {
             Some(c) => {
                 let c = Self::per_head(c, &x);
@@ -266,7 +286,7 @@ impl AstrocyticAttention {
     /// `[batch, heads, seq]` (`None` without a shift): the astrocyte estimates Z_t·exp(−q̃_t·c).
     fn shift_log_factor(&self, q: Tensor<4>) -> Option<Tensor<3>> {
         self.shift.as_ref().map(|c| {
-            let x = Self::scaled(q);
+            let x = self.scaled_rotated(q);
             let c = Self::per_head(c, &x);
             (x * c).sum_dim(3).squeeze_dim(3)
         })
@@ -339,7 +359,8 @@ impl AstrocyticAttention {
         Ok((self.with_map_params(&params, heads, d), fallbacks))
     }
 
-    /// Replaces ψ, c and A (host values, `[heads, head_dim]`, `[heads, head_dim]`, `[heads]`), keeping
+    /// Replaces ψ, c, A and U (host values, `[heads, head_dim]`, `[heads, head_dim]`, `[heads]`,
+    /// `[heads, head_dim, head_dim]` for the full map), keeping
     /// the parameters' ids and whether they are trained.
     pub fn with_map_params(mut self, params: &calibration::MapParams, heads: usize, d: usize) -> Self {
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
@@ -349,6 +370,9 @@ impl AstrocyticAttention {
         self.log_psi = self.log_psi.map(|p| set(p, TensorData::new(f32s(&params.log_psi), [heads, d])));
         self.shift = self.shift.map(|p| set(p, TensorData::new(f32s(&params.shift), [heads, d])));
         self.gerf_a = self.gerf_a.map(|p| set(p, TensorData::new(f32s(&params.gerf_a), [heads])));
+        if params.rotation.len() == heads * d * d {
+            self.rotation = self.rotation.map(|p| set(p, TensorData::new(f32s(&params.rotation), [heads, d, d])));
+        }
         self
     }
 

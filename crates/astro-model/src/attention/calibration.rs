@@ -29,7 +29,7 @@
 use super::feature_map::FeatureMap;
 use crate::error::CalibrationError;
 
-/// Running sums of one head's scaled queries and keys: count, Σx, Σx² per dimension.
+/// Running sums of one head's scaled queries and keys: count, Σx, Σx² per dimension, Σxxᵀ.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeadStats {
     /// Queries counted.
@@ -44,6 +44,10 @@ pub struct HeadStats {
     pub k_sum: Vec<f64>,
     /// Σ k̃² per dimension.
     pub k_sq: Vec<f64>,
+    /// Σ q̃ q̃ᵀ, `[D, D]` row-major (the full map's covariance).
+    pub q_outer: Vec<f64>,
+    /// Σ k̃ k̃ᵀ, `[D, D]` row-major.
+    pub k_outer: Vec<f64>,
 }
 
 impl HeadStats {
@@ -56,7 +60,15 @@ impl HeadStats {
             keys: 0.0,
             k_sum: vec![0.0; d],
             k_sq: vec![0.0; d],
+            q_outer: vec![0.0; d * d],
+            k_outer: vec![0.0; d * d],
         }
+    }
+
+    /// Covariance `[D, D]` (row-major) from count, Σx and Σxxᵀ.
+    fn covariance(n: f64, sum: &[f64], outer: &[f64]) -> Vec<f64> {
+        let d = sum.len();
+        (0..d * d).map(|i| outer[i] / n - (sum[i / d] / n) * (sum[i % d] / n)).collect()
     }
 
     fn moments(n: f64, sum: &[f64], sq: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
@@ -78,12 +90,16 @@ pub fn accumulate(stats: &mut [HeadStats], q: &[f64], k: &[f64], dims: [usize; 4
                     continue;
                 }
                 let at = ((bi * h + hi) * t + ti) * d;
+                let (x, y) = (&q[at..at + d], &k[at..at + d]);
                 for l in 0..d {
-                    let (x, y) = (q[at + l], k[at + l]);
-                    s.q_sum[l] += x;
-                    s.q_sq[l] += x * x;
-                    s.k_sum[l] += y;
-                    s.k_sq[l] += y * y;
+                    s.q_sum[l] += x[l];
+                    s.q_sq[l] += x[l] * x[l];
+                    s.k_sum[l] += y[l];
+                    s.k_sq[l] += y[l] * y[l];
+                    for j in 0..d {
+                        s.q_outer[l * d + j] += x[l] * x[j];
+                        s.k_outer[l * d + j] += y[l] * y[j];
+                    }
                 }
                 s.queries += 1.0;
                 s.keys += 1.0;
@@ -101,6 +117,9 @@ pub struct MapParams {
     pub shift: Vec<f64>,
     /// GERF's A per head, `[heads]` (≤ 0).
     pub gerf_a: Vec<f64>,
+    /// The full map's rotation U per head, `[heads, D, D]` row-major (x̃ ↦ Uᵀx̃ is `x̃ U` on a row);
+    /// empty for the diagonal maps. ψ and c are then in U's coordinates.
+    pub rotation: Vec<f64>,
 }
 
 /// GERF's optimal A for a mean squared pair norm `mean_sq` (= mean‖x_i + y_j‖²) in width `d`.
@@ -126,10 +145,11 @@ pub fn closed_form(
     let shifted = match map {
         FeatureMap::Saderf => false,
         FeatureMap::ShiftedSaderf => true,
+        FeatureMap::FullSaderf => return full_form(stats, layer, fallback),
         other => return Err(CalibrationError::NotCalibrated { map: other.name() }),
     };
     let d = stats.first().map_or(0, |s| s.q_sum.len());
-    let mut out = MapParams { log_psi: Vec::new(), shift: Vec::new(), gerf_a: Vec::new() };
+    let mut out = MapParams { log_psi: Vec::new(), shift: Vec::new(), gerf_a: Vec::new(), rotation: Vec::new() };
     let mut fallbacks = 0;
     for (head, s) in stats.iter().enumerate() {
         if s.queries < 1.0 || s.keys < 1.0 {
@@ -174,6 +194,87 @@ pub fn closed_form(
             mean_sq += psi2 * qv[l] + kv[l] / psi2 + mean * mean;
         }
         out.gerf_a.push(optimal_a(mean_sq, d));
+    }
+    Ok((out, fallbacks))
+}
+
+/// A symmetric `[D, D]` matrix's eigenvalues and eigenvectors (columns), by nalgebra.
+fn symmetric_eigen(a: &[f64], d: usize) -> (Vec<f64>, nalgebra::DMatrix<f64>) {
+    let m = nalgebra::DMatrix::from_row_slice(d, d, a);
+    let m = (&m + m.transpose()) * 0.5;
+    let e = m.symmetric_eigen();
+    (e.eigenvalues.iter().copied().collect(), e.eigenvectors)
+}
+
+/// V f(Λ) Vᵀ for a symmetric matrix with eigen-decomposition (`values`, `vectors`).
+fn spectral(values: &[f64], vectors: &nalgebra::DMatrix<f64>, f: impl Fn(f64) -> f64) -> nalgebra::DMatrix<f64> {
+    let diag = nalgebra::DVector::from_iterator(values.len(), values.iter().map(|&v| f(v)));
+    vectors * nalgebra::DMatrix::from_diagonal(&diag) * vectors.transpose()
+}
+
+/// The full map's closed form ([`FeatureMap::FullSaderf`]). For x ↦ Mx, y ↦ M⁻ᵀ(y − c) (q·k kept
+/// up to the shift's per-query factor), the mean over pairs of ‖Mx + M⁻ᵀ(y − c)‖² is
+/// tr(P Σ_q) + tr(P⁻¹ Σ_k) + ‖mean‖² with P = MᵀM; it is minimised by c = ȳ + P x̄ and by P with
+/// P Σ_q P = Σ_k, i.e. P = Σ_q^{-1/2} (Σ_q^{1/2} Σ_k Σ_q^{1/2})^{1/2} Σ_q^{-1/2}, leaving
+/// 2 tr((Σ_q^{1/2} Σ_k Σ_q^{1/2})^{1/2}) — never more than the diagonal map's 2 Σ_l √(Var x_l Var y_l).
+/// With P = U diag(ψ²) Uᵀ, M = diag(ψ) Uᵀ: rotate by U, then the diagonal map. A covariance with a
+/// zero eigenvalue leaves P undefined: an error naming layer, head and side, unless `fallback`,
+/// which adds the floor to that side's spectrum (counted per head and side).
+fn full_form(stats: &[HeadStats], layer: usize, fallback: bool) -> Result<(MapParams, usize), CalibrationError> {
+    let d = stats.first().map_or(0, |s| s.q_sum.len());
+    let mut out = MapParams { log_psi: Vec::new(), shift: Vec::new(), gerf_a: Vec::new(), rotation: Vec::new() };
+    let mut fallbacks = 0;
+    for (head, s) in stats.iter().enumerate() {
+        if s.queries < 1.0 || s.keys < 1.0 {
+            return Err(CalibrationError::NoData { layer, head });
+        }
+        let qc = HeadStats::covariance(s.queries, &s.q_sum, &s.q_outer);
+        let kc = HeadStats::covariance(s.keys, &s.k_sum, &s.k_outer);
+        // Eigen-decompositions with the spectrum floored (or refused) where it has no spread.
+        let mut floored =
+            |cov: &[f64], side: &'static str| -> Result<(Vec<f64>, nalgebra::DMatrix<f64>), CalibrationError> {
+                let (mut values, vectors) = symmetric_eigen(cov, d);
+                let floor = DEGENERATE.sqrt() * (values.iter().sum::<f64>() / d as f64).max(1e-300);
+                if let Some(index) = values.iter().position(|&v| v <= floor) {
+                    if !fallback {
+                        return Err(CalibrationError::Singular {
+                            map: FeatureMap::FullSaderf.name(),
+                            layer,
+                            head,
+                            index,
+                            side,
+                        });
+                    }
+                    fallbacks += 1;
+                    values.iter_mut().for_each(|v| *v = v.max(floor));
+                }
+                Ok((values, vectors))
+            };
+        let (qv, qvec) = floored(&qc, "queries")?;
+        floored(&kc, "keys")?;
+        let sigma_k = nalgebra::DMatrix::from_row_slice(d, d, &kc);
+        let q_half = spectral(&qv, &qvec, f64::sqrt); //                      Σ_q^{1/2}
+        let q_inv_half = spectral(&qv, &qvec, |v| 1.0 / v.sqrt()); //        Σ_q^{-1/2}
+        let inner = &q_half * &sigma_k * &q_half; //                          Σ_q^{1/2} Σ_k Σ_q^{1/2}
+        let (iv, ivec) = symmetric_eigen(inner.as_slice(), d); // symmetric, so column- = row-major
+        let p = &q_inv_half * spectral(&iv, &ivec, |v| v.max(0.0).sqrt()) * &q_inv_half;
+        let (psi2, u) = symmetric_eigen(p.as_slice(), d);
+        let q_mean = nalgebra::DVector::from_iterator(d, s.q_sum.iter().map(|x| x / s.queries));
+        let k_mean = nalgebra::DVector::from_iterator(d, s.k_sum.iter().map(|x| x / s.keys));
+        let c = u.transpose() * (&k_mean + &p * &q_mean); //                   Uᵀ(ȳ + P x̄)
+        let sigma_q = nalgebra::DMatrix::from_row_slice(d, d, &qc);
+        let (rq, rk) = (u.transpose() * &sigma_q * &u, u.transpose() * &sigma_k * &u);
+        let mut mean_sq = 0.0;
+        for l in 0..d {
+            let psi2 = psi2[l].max(1e-300);
+            out.log_psi.push(0.5 * psi2.ln());
+            out.shift.push(c[l]);
+            mean_sq += psi2 * rq[(l, l)] + rk[(l, l)] / psi2;
+        }
+        out.gerf_a.push(optimal_a(mean_sq, d));
+        for r in 0..d {
+            out.rotation.extend((0..d).map(|col| u[(r, col)]));
+        }
     }
     Ok((out, fallbacks))
 }
@@ -223,6 +324,69 @@ mod tests {
         assert_eq!(p.log_psi[0], 0.0);
         // dimension 1: Var q = 1, Var k = 1 → ψ = 1, c = k̄ + q̄ = 2 + 3
         assert!((p.log_psi[1]).abs() < 1e-12 && (p.shift[1] - 5.0).abs() < 1e-12);
+    }
+
+    /// Random correlated queries and offset, correlated keys in width `d`: (queries, keys) row-major.
+    fn correlated(n: usize, d: usize, seed: u64) -> (Vec<f64>, Vec<f64>) {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mix: Vec<f64> = (0..2 * d * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mut q = Vec::new();
+        let mut k = Vec::new();
+        for _ in 0..n {
+            let z: Vec<f64> = (0..2 * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+            for r in 0..d {
+                q.push((0..d).map(|c| mix[r * d + c] * z[c]).sum::<f64>());
+                k.push(0.3 * (0..d).map(|c| mix[d * d + r * d + c] * z[d + c]).sum::<f64>() + 2.0 + r as f64);
+            }
+        }
+        (q, k)
+    }
+
+    #[test]
+    fn full_form_solves_p_sigma_q_p_and_beats_the_diagonal_map() {
+        let d = 4;
+        let n = 500;
+        let (q, k) = correlated(n, d, 7);
+        let mut s = vec![HeadStats::new(d)];
+        accumulate(&mut s, &q, &k, [1, 1, n, d], None);
+        let (full, fallbacks) = closed_form(FeatureMap::FullSaderf, &s, 0, false).unwrap();
+        assert_eq!(fallbacks, 0);
+        // P = U diag(ψ²) Uᵀ satisfies P Σ_q P = Σ_k, and U is orthogonal.
+        let u = nalgebra::DMatrix::from_row_slice(d, d, &full.rotation);
+        let psi2 = nalgebra::DVector::from_iterator(d, full.log_psi.iter().map(|l| (2.0 * l).exp()));
+        let p = &u * nalgebra::DMatrix::from_diagonal(&psi2) * u.transpose();
+        let sq = nalgebra::DMatrix::from_row_slice(d, d, &HeadStats::covariance(n as f64, &s[0].q_sum, &s[0].q_outer));
+        let sk = nalgebra::DMatrix::from_row_slice(d, d, &HeadStats::covariance(n as f64, &s[0].k_sum, &s[0].k_outer));
+        assert!((&p * &sq * &p - &sk).norm() < 1e-9 * sk.norm(), "P Σq P ≠ Σk");
+        assert!((u.transpose() * &u - nalgebra::DMatrix::identity(d, d)).norm() < 1e-9);
+        // The mean squared pair norm behind A*: the full map's never exceeds the diagonal one's.
+        let (diag, _) = closed_form(FeatureMap::ShiftedSaderf, &s, 0, false).unwrap();
+        let rho = |a: f64| {
+            // invert A*(ρ): 8A² + (2ρ − 1)A − ρ/2 = 0 → ρ = (A − 8A²)/(2A − 1/2)
+            (a - 8.0 * a * a) / (2.0 * a - 0.5)
+        };
+        let (rf, rd) = (rho(full.gerf_a[0]), rho(diag.gerf_a[0]));
+        assert!(rf < rd, "full map's mean ‖·‖² {rf} should be below the diagonal map's {rd} on correlated data");
+        // The shift in U's coordinates is Uᵀ(ȳ + P x̄).
+        let qm = nalgebra::DVector::from_iterator(d, s[0].q_sum.iter().map(|x| x / n as f64));
+        let km = nalgebra::DVector::from_iterator(d, s[0].k_sum.iter().map(|x| x / n as f64));
+        let c = u.transpose() * (km + &p * qm);
+        for l in 0..d {
+            assert!((full.shift[l] - c[l]).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn full_form_names_a_singular_covariance_and_floors_it_only_when_asked() {
+        // Keys on a line: rank 1 in width 2.
+        let s = stats_of(&[[1.0, 2.0], [3.0, 1.0], [0.0, 0.5]], &[[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]);
+        let msg = closed_form(FeatureMap::FullSaderf, std::slice::from_ref(&s), 4, false).unwrap_err().to_string();
+        assert!(msg.contains("layer 4, head 0") && msg.contains("keys' covariance is singular"), "{msg}");
+        assert!(msg.contains("--fallback"), "{msg}");
+        let (p, n) = closed_form(FeatureMap::FullSaderf, &[s], 4, true).unwrap();
+        assert_eq!(n, 1);
+        assert!(p.log_psi.iter().chain(&p.shift).chain(&p.rotation).all(|x| x.is_finite()));
     }
 
     #[test]

@@ -45,6 +45,12 @@ pub enum FeatureMap {
     /// SADERF with the keys shifted by c = ȳ + Ψ²x̄ and Ψ from variances (see [`super::calibration`]):
     /// the estimator's variance then depends on the spread of queries and keys, not on their offset.
     ShiftedSaderf,
+    /// Shifted SADERF with a full (non-diagonal) Ψ: queries and keys are first rotated into the
+    /// eigenbasis U of P, the matrix geometric mean of Σ_q⁻¹ and Σ_k (P Σ_q P = Σ_k), then read as
+    /// ψ ⊙ Uᵀx̃ and (Uᵀk̃ − c)/ψ with ψ² = P's eigenvalues — the transform x ↦ Mx, y ↦ M⁻ᵀy
+    /// (q·k unchanged) that minimises the mean ‖Mx + M⁻ᵀ(y − c)‖² over all M, not only diagonal
+    /// ones (see [`super::calibration`]). Positive, unbiased.
+    FullSaderf,
     /// Second-order Taylor features of exp (Based, Arora et al. 2024) on a projection to r = `features`
     /// dimensions, u = Ωx̃ with Ω `[heads, r, D]` drawn N(0, 1/r): φ(x) = [1, u, vec(u uᵀ)/√2], so
     /// φ(q)·φ(k) = 1 + s + s²/2 with s = u_q·u_k ≈ q·k/√D — always ≥ ½, a sharp polynomial kernel
@@ -62,7 +68,7 @@ pub enum FeatureMap {
 
 impl FeatureMap {
     /// Every map, in declaration order.
-    pub const ALL: [FeatureMap; 10] = [
+    pub const ALL: [FeatureMap; 11] = [
         FeatureMap::Positive,
         FeatureMap::Cosine,
         FeatureMap::Truncated,
@@ -71,6 +77,7 @@ impl FeatureMap {
         FeatureMap::Elu,
         FeatureMap::Saderf,
         FeatureMap::ShiftedSaderf,
+        FeatureMap::FullSaderf,
         FeatureMap::Taylor,
         FeatureMap::Hedgehog,
     ];
@@ -86,6 +93,7 @@ impl FeatureMap {
             FeatureMap::Elu => "elu",
             FeatureMap::Saderf => "saderf",
             FeatureMap::ShiftedSaderf => "shifted_saderf",
+            FeatureMap::FullSaderf => "full_saderf",
             FeatureMap::Taylor => "taylor",
             FeatureMap::Hedgehog => "hedgehog",
         }
@@ -103,7 +111,7 @@ impl FeatureMap {
 
     /// Whether the map has parameters fitted to data (Ψ, c, A): see [`super::calibration`].
     pub fn is_calibrated(self) -> bool {
-        matches!(self, FeatureMap::Saderf | FeatureMap::ShiftedSaderf)
+        matches!(self, FeatureMap::Saderf | FeatureMap::ShiftedSaderf | FeatureMap::FullSaderf)
     }
 
     /// Whether φ ≥ 0 everywhere, so the astrocyte response pᵀφ(q̃) can never change sign.
@@ -153,7 +161,7 @@ impl FeatureMap {
             None => u,
         };
         match self {
-            FeatureMap::Saderf | FeatureMap::ShiftedSaderf => {
+            FeatureMap::Saderf | FeatureMap::ShiftedSaderf | FeatureMap::FullSaderf => {
                 let Some(a) = gerf_a else {
                     return Features::Log(u - half_sq.add_scalar(0.5 * ln_m));
                 };

@@ -16,6 +16,7 @@
 //! blocks.{i}.attn.inner.log_psi   [heads, d/heads]  astrocytic, saderf maps: ln ψ (query ψ⊙q̃, key (k̃ − c)/ψ)
 //! blocks.{i}.attn.inner.shift     [heads, d/heads]  astrocytic, shifted_saderf: key shift c (0 for saderf)
 //! blocks.{i}.attn.inner.gerf_a    [heads]           astrocytic, saderf maps: GERF parameter A
+//! blocks.{i}.attn.inner.rotation  [heads, d/heads, d/heads]  astrocytic, full_saderf: U (both sides read x̃ U)
 //! blocks.{i}.ln_2.weight|bias     [d]
 //! blocks.{i}.mlp.fc.weight        [mlp_ratio·d, d]  blocks.{i}.mlp.proj.weight [d, mlp_ratio·d]
 //! ln_f.weight|bias                [d]
