@@ -269,6 +269,24 @@ impl Trunk {
         out
     }
 
+    /// Token embeddings `[batch, seq, d]` of `tokens` `[batch, seq]` (positions from 0): the input of
+    /// block 0, for walking the blocks one at a time ([`Self::block_queries_keys`], [`Self::block_forward`]).
+    pub fn embed_input(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.embed(tokens, 0)
+    }
+
+    /// Block `layer`'s per-head queries and keys `[batch, heads, seq, head_dim]` for its input `x`
+    /// `[batch, seq, d]` (as [`Self::attention_inputs`] gives them for the whole model).
+    pub fn block_queries_keys(&self, layer: usize, x: Tensor<3>) -> (Tensor<4>, Tensor<4>) {
+        let block = &self.blocks[layer];
+        block.attn.queries_keys(block.attention_input(x), self.rope.as_ref())
+    }
+
+    /// Block `layer`'s output `[batch, seq, d]` for its input `x` `[batch, seq, d]`.
+    pub fn block_forward(&self, layer: usize, x: Tensor<3>, mask: &AttentionMask) -> Tensor<3> {
+        self.blocks[layer].forward(x, mask, self.rope.as_ref())
+    }
+
     /// Fits every calibrated astrocytic layer's map (see [`crate::attention::calibration`]) to its
     /// own queries and keys on `tokens` `[batch, seq]`, block by block: block ℓ is calibrated on the
     /// activity that the already-calibrated blocks before it produce. Sequences go through in groups

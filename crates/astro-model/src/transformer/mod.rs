@@ -16,5 +16,7 @@ pub use encoder::EncoderClassifier;
 pub use export::{ExportConfig, is_export};
 pub use generate::{SamplingConfig, generate};
 pub use lm::{DecodeState, LanguageModel};
-pub use sentence::{SentenceEncoder, bert_config};
+pub use sentence::{
+    ASTRO_CONFIG_FILE, ASTROCYTES_FILE, AstroEncoderFile, SentenceEncoder, bert_config, bert_tensors, saved_attention,
+};
 pub use weights::{SavedArchitecture, read_architecture};

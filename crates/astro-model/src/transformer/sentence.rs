@@ -115,7 +115,7 @@ pub fn bert_config(path: &Path) -> Result<TransformerConfig, ModelError> {
 }
 
 /// The tensors of a BERT checkpoint for `config`, in Hugging Face names, with their shapes.
-fn bert_tensors(config: &TransformerConfig) -> BTreeMap<String, Vec<usize>> {
+pub fn bert_tensors(config: &TransformerConfig) -> BTreeMap<String, Vec<usize>> {
     let (d, ff, vocab) = (config.n_embd, config.mlp_ratio * config.n_embd, config.vocab_size.unwrap_or(0));
     let mut t = BTreeMap::new();
     t.insert("embeddings.word_embeddings.weight".to_string(), vec![vocab, d]);
@@ -218,6 +218,77 @@ impl SentenceEncoder {
         Ok(model)
     }
 
+    /// Loads an encoder directory: a Hugging Face BERT checkpoint as [`Self::from_hf_bert`] does
+    /// (`attention` in every layer, `None`: its softmax), or a saved astrocytic encoder (the
+    /// checkpoint's files plus [`ASTRO_CONFIG_FILE`] and [`ASTROCYTES_FILE`], written by
+    /// `astro distill --model <BERT dir>`), which loads with its own astrocytes; `attention` must
+    /// then be `None`.
+    pub fn load(dir: &Path, attention: Option<AttentionConfig>, device: &Device) -> Result<Self, ModelError> {
+        let Some(saved) = saved_attention(dir)? else {
+            return Self::from_hf_bert(dir, attention, device);
+        };
+        if attention.is_some() {
+            return Err(bad(
+                &dir.join(ASTRO_CONFIG_FILE),
+                "this directory is an astrocytic encoder with its own fitted attention; another attention cannot \
+                 replace it (load the original checkpoint for that)",
+            ));
+        }
+        let model = Self::from_hf_bert(dir, Some(saved), device)?;
+        model.load_astrocytes(&dir.join(ASTROCYTES_FILE))
+    }
+
+    /// The softmax encoder a directory was made from: for a saved astrocytic encoder, the original
+    /// checkpoint's weights with softmax attention (its `config.json` and weights are the source's).
+    pub fn load_softmax(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        Self::from_hf_bert(dir, None, device)
+    }
+
+    /// Writes the astrocytic layers' parameters (Ω and the map's ψ, c, A, U per block; nothing
+    /// else) to `path` as safetensors, under astro's module paths (`trunk.blocks.{i}.attn.inner.omega`, …).
+    pub fn save_astrocytes(&self, path: &Path) -> Result<(), ModelError> {
+        let mut store = SafetensorsStore::from_file(path).with_regex(r"\.attn\.inner\.").overwrite(true);
+        self.save_into(&mut store).map_err(|e| ModelError::Io {
+            action: "write",
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Reads [`Self::save_astrocytes`]'s file into this encoder's astrocytic layers; every such
+    /// parameter must be there with its shape.
+    fn load_astrocytes(mut self, path: &Path) -> Result<Self, ModelError> {
+        if !path.is_file() {
+            return Err(bad(
+                path,
+                format!(
+                    "no such file; an astrocytic encoder directory holds {ASTROCYTES_FILE} beside {ASTRO_CONFIG_FILE}"
+                ),
+            ));
+        }
+        let mut store =
+            SafetensorsStore::from_file(path).with_regex(r"\.attn\.inner\.").validate(true).allow_partial(true);
+        let result = self.load_from(&mut store).map_err(|e| bad(path, e))?;
+        let mut problems: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
+        problems.extend(
+            result
+                .missing
+                .iter()
+                .filter(|(name, _)| name.contains(".attn.inner."))
+                .map(|(name, _)| format!("tensor `{name}` is missing")),
+        );
+        problems.extend(result.unused.iter().map(|n| format!("tensor `{n}` has no place in this encoder")));
+        if !problems.is_empty() {
+            let more = problems.len().saturating_sub(3);
+            let mut reason = problems.into_iter().take(3).collect::<Vec<_>>().join("; ");
+            if more > 0 {
+                reason.push_str(&format!("; and {more} more"));
+            }
+            return Err(bad(path, format!("{reason} (does {ASTRO_CONFIG_FILE} match this file?)")));
+        }
+        Ok(self)
+    }
+
     /// The architecture.
     pub fn config(&self) -> &TransformerConfig {
         &self.config
@@ -257,6 +328,47 @@ impl SentenceEncoder {
     pub fn normalisers(&self, tokens: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>) -> Vec<NormaliserTrace> {
         self.trunk.normalisers(tokens, &mask(padding))
     }
+}
+
+/// A saved astrocytic encoder's settings file (beside the Hugging Face checkpoint's files).
+pub const ASTRO_CONFIG_FILE: &str = "astro.toml";
+/// A saved astrocytic encoder's astrocyte parameters.
+pub const ASTROCYTES_FILE: &str = "astrocytes.safetensors";
+
+/// `astro.toml`: which attention replaces the checkpoint's softmax, and where it came from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AstroEncoderFile {
+    /// The attention in every layer (its parameters are in [`ASTROCYTES_FILE`]).
+    pub attention: AttentionConfig,
+    /// How it was made (free-form key–value pairs: source, fitting text, steps, …).
+    #[serde(default)]
+    pub provenance: BTreeMap<String, String>,
+}
+
+impl AstroEncoderFile {
+    /// The file's TOML text.
+    pub fn to_toml(&self) -> Result<String, ModelError> {
+        toml::to_string(self).map_err(|e| ModelError::Io {
+            action: "write",
+            path: ASTRO_CONFIG_FILE.into(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// The attention of a saved astrocytic encoder in `dir` (`None` for a plain checkpoint directory).
+pub fn saved_attention(dir: &Path) -> Result<Option<AttentionConfig>, ModelError> {
+    let path = dir.join(ASTRO_CONFIG_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(&path, e))?;
+    let file: AstroEncoderFile =
+        toml::from_str(&text).map_err(|e| bad(&path, format!("not a valid {ASTRO_CONFIG_FILE}: {e}")))?;
+    if let AttentionConfig::Astrocytic(a) = &file.attention {
+        a.validate().map_err(|e| bad(&path, e))?;
+    }
+    Ok(Some(file.attention))
 }
 
 fn mask(padding: Option<Tensor<2, Bool>>) -> AttentionMask {
