@@ -106,6 +106,32 @@ fn write_weights(path: &Path, tensors: &[(String, Vec<usize>)]) {
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 
+/// 40 fitting lines from the tiny vocabulary (every 10th is held out for early stopping).
+fn fit_text() -> String {
+    (0..40)
+        .map(|i| {
+            let w = |k: usize| WORDS[(i * 7 + k * 5) % (WORDS.len() - 2)];
+            format!("the {} and {} of a {} . a {} fires and the {} .", w(0), w(1), w(2), w(3), w(4))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Held-out sentences (other word orders than the fitting lines), written to `root/held.txt`.
+fn held_out(root: &Path) -> std::path::PathBuf {
+    let text = (0..30)
+        .map(|i| {
+            let n = WORDS.len() - 2;
+            let (a, b) = (i % n, (i / n + 3 * (i % n) + 1) % n); // distinct (a, b) pairs
+            format!("a {} fires and the {} of {} .", WORDS[a], WORDS[b], WORDS[(i * 7 + 3) % n])
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = root.join("held.txt");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 fn checkpoint(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("config.json"), config().to_string()).unwrap();
@@ -182,11 +208,7 @@ fn replicate_reports_every_head_and_the_swap() {
     checkpoint(&dir);
     let out = root.join("report");
     let fit = root.join("fit.txt");
-    std::fs::write(
-        &fit,
-        "the astrocyte listens to the synapse and the neuron.\na calcium wave rises in the glia and falls again.\n",
-    )
-    .unwrap();
+    std::fs::write(&fit, fit_text()).unwrap();
     let json = astro(root)
         .args([
             "replicate",
@@ -197,11 +219,15 @@ fn replicate_reports_every_head_and_the_swap() {
             "1,1",
             "--text",
             "the glia fires. a calcium wave of the astrocyte.",
+            "--eval-sentences",
+            "12",
             "--model",
         ])
         .arg(&dir)
         .arg("--fit")
         .arg(&fit)
+        .arg("--eval")
+        .arg(held_out(root))
         .arg("--out")
         .arg(&out)
         .assert()
@@ -228,6 +254,13 @@ fn replicate_reports_every_head_and_the_swap() {
     for c in cosines.iter().filter(|c| c[1] == 16384) {
         assert!(c[2].as_array().unwrap().iter().all(|c| c.as_f64().unwrap() > 0.99), "{cosines:?}");
     }
+    // Usefulness on the held-out sentences: one row per map and m; more neurons, closer agreement.
+    let useful = r["usefulness"].as_array().unwrap();
+    assert_eq!(useful.len(), 3 * 2);
+    for u in useful.iter().filter(|u| u[1] == 16384) {
+        assert!(u[3]["spearman"].as_f64().unwrap() > 0.9 && u[3]["mean_cosine"].as_f64().unwrap() > 0.99, "{u}");
+    }
+    assert!(out.join("usefulness.csv").is_file() && out.join("usefulness_vs_m.png").is_file());
     for f in [
         "replicate.csv",
         "replicate.md",
@@ -242,7 +275,7 @@ fn replicate_reports_every_head_and_the_swap() {
     let json = astro(root)
         .args(["replicate", "--json", "--features", "16", "--feature-maps", "shifted_saderf", "--distill-steps", "3"])
         .args(["--head", "1,1"])
-        .args(["--text", "the glia fires. a calcium wave of the astrocyte.", "--model"])
+        .args(["--text", "the glia fires. a calcium wave of the astrocyte.", "--eval-sentences", "0", "--model"])
         .arg(&dir)
         .arg("--fit")
         .arg(&fit)
@@ -257,7 +290,8 @@ fn replicate_reports_every_head_and_the_swap() {
     let maps: Vec<&str> = r["embedding_cosine"].as_array().unwrap().iter().map(|c| c[0].as_str().unwrap()).collect();
     assert_eq!(maps, ["shifted_saderf", "distilled"]);
     astro(root)
-        .args(["replicate", "--head", "5,0", "--features", "16", "--feature-maps", "positive", "--model"])
+        .args(["replicate", "--head", "5,0", "--features", "16", "--feature-maps", "positive", "--eval-sentences", "0"])
+        .arg("--model")
         .arg(&dir)
         .arg("--out")
         .arg(root.join("r2"))
@@ -306,4 +340,141 @@ fn bad_checkpoints_name_the_option_file_or_tensor() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("--text"));
+}
+
+/// Every file under `dir` with its bytes (to show a directory was not touched).
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            out.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn distilled_encoder_is_saved_and_loads_in_embed_and_replicate() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let dir = root.join("bert");
+    checkpoint(&dir);
+    let fit = root.join("fit.txt");
+    std::fs::write(&fit, fit_text()).unwrap();
+    let source = snapshot(&dir);
+    let enc = root.join("enc");
+    let distill = |out: &Path, extra: &[&str]| {
+        let mut cmd = astro(root);
+        cmd.args(["distill", "--features", "16", "--feature-map", "full_saderf", "--steps", "4", "--eval-every", "2"])
+            .arg("--model")
+            .arg(&dir)
+            .arg("--fit")
+            .arg(&fit)
+            .arg("--out")
+            .arg(out)
+            .args(extra);
+        cmd
+    };
+    let json = distill(&enc, &["--json"]).assert().success().get_output().stdout.clone();
+    let report: Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(report["layers"].as_array().unwrap().len(), LAYERS);
+    assert_eq!((report["fit_lines"].as_u64(), report["held_out_lines"].as_u64()), (Some(36), Some(4)));
+    for l in report["layers"].as_array().unwrap() {
+        // Early stopping keeps the best held-out KL seen, never worse than the start.
+        assert!(l["held_out_after"].as_f64().unwrap() <= l["held_out_before"].as_f64().unwrap() + 1e-9, "{l}");
+    }
+    assert_eq!(snapshot(&dir), source, "the source checkpoint must be untouched");
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "astro.toml",
+        "astrocytes.safetensors",
+        "distill.json",
+        "distill.md",
+    ] {
+        assert!(enc.join(f).is_file(), "{f} missing");
+    }
+    assert_eq!(
+        std::fs::read(enc.join("model.safetensors")).unwrap(),
+        std::fs::read(dir.join("model.safetensors")).unwrap()
+    );
+    let toml = std::fs::read_to_string(enc.join("astro.toml")).unwrap();
+    assert!(toml.contains("full_saderf") && toml.contains("features = 16"), "{toml}");
+
+    // embed: the saved encoder is astrocytic (differs from the source's softmax) and deterministic.
+    let saved = rows(&embed(root, &enc, &[]));
+    let softmax = rows(&embed(root, &dir, &[]));
+    assert_eq!(saved, rows(&embed(root, &enc, &[])));
+    assert!(saved.iter().zip(&softmax).any(|(a, b)| cos(a, b) < 0.999_999), "saved encoder must not be softmax");
+    assert!(saved.iter().zip(&softmax).all(|(a, b)| cos(a, b) > 0.5), "but close to it");
+    astro(root)
+        .args(["embed", "--text", "the glia", "--attention", r#"{ kind = "astrocytic", features = 4 }"#, "--model"])
+        .arg(&enc)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("its own fitted attention"));
+
+    // replicate: a `saved` row beside the maps, compared with the source's softmax.
+    let json = astro(root)
+        .args(["replicate", "--json", "--features", "16", "--feature-maps", "positive", "--head", "0,0"])
+        .args(["--text", "the glia fires. a calcium wave of the astrocyte.", "--eval-sentences", "12", "--model"])
+        .arg(&enc)
+        .arg("--eval")
+        .arg(held_out(root))
+        .arg("--out")
+        .arg(root.join("rep"))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let r: Value = serde_json::from_slice(&json).unwrap();
+    let maps: Vec<&str> = r["embedding_cosine"].as_array().unwrap().iter().map(|c| c[0].as_str().unwrap()).collect();
+    assert_eq!(maps, ["positive", "saved (full_saderf, m = 16)"]);
+    let saved_cos = &r["embedding_cosine"][1][2];
+    assert!(saved_cos.as_array().unwrap().iter().all(|c| c.as_f64().unwrap() > 0.5), "{saved_cos}");
+
+    // Bad input: nothing written, the source untouched, one clear message each.
+    distill(&enc, &[]).assert().failure().stderr(predicate::str::contains("already exists; choose another --out"));
+    distill(&root.join("e2"), &["--fit-sequences", "8"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--fit-sequences applies to a language-model run directory"));
+    astro(root)
+        .args(["distill", "--model"])
+        .arg(&enc)
+        .arg("--out")
+        .arg(root.join("e3"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("is already an astrocytic encoder"));
+    std::fs::write(root.join("empty.txt"), "short\n = Heading =\n").unwrap();
+    astro(root)
+        .args(["distill", "--features", "16", "--model"])
+        .arg(&dir)
+        .arg("--fit")
+        .arg(root.join("empty.txt"))
+        .arg("--out")
+        .arg(root.join("e4"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("usable lines"));
+    astro(root)
+        .args(["distill", "--features", "0", "--model"])
+        .arg(&dir)
+        .arg("--fit")
+        .arg(&fit)
+        .arg("--out")
+        .arg(root.join("e5"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--features must be at least 1"));
+    for e in ["e2", "e3", "e4", "e5"] {
+        assert!(!root.join(e).exists(), "{e} must not be written");
+    }
+    assert!(std::fs::read_dir(root).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp-")));
+    assert_eq!(snapshot(&dir), source);
 }

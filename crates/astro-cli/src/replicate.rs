@@ -40,16 +40,29 @@ pub struct ReplicateArgs {
     /// Text the calibrated maps are fitted on: a file or a named dataset (held out from the text).
     #[arg(long, value_name = "FILE|DATASET", default_value = "wikitext2-valid")]
     fit: String,
-    /// Lines of the fitting text used (those of at least 20 characters).
-    #[arg(long, default_value_t = 64)]
-    fit_sentences: usize,
+    /// Lines of the fitting text used (those of at least 20 characters; default: all).
+    #[arg(long)]
+    fit_lines: Option<usize>,
+    /// Tokens per fitting line at most.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Held-out texts (files or dataset names, never fitted on) whose sentences measure the swapped
+    /// encoders' usefulness: cosine, pairwise-similarity Spearman, neighbour agreement.
+    #[arg(long, value_delimiter = ',', default_value = "wikitext2-test,tinyshakespeare")]
+    eval: Vec<String>,
+    /// Sentences per held-out text (0: skip the usefulness measures).
+    #[arg(long, default_value_t = 200)]
+    eval_sentences: usize,
     /// Use ψ = 1 where a calibrated map's closed form is undefined, instead of stopping.
     #[arg(long)]
     fallback: bool,
-    /// Adam steps per layer of the `distilled` row (shifted_saderf fitted to softmax's attention on
-    /// the fitting lines); 0 leaves it out.
+    /// Adam steps per layer of the `distilled` row (--distill-map's closed form, then fitted to
+    /// softmax's attention on the fitting lines); 0 leaves it out.
     #[arg(long, default_value_t = 0)]
     distill_steps: usize,
+    /// The map the `distilled` row starts from.
+    #[arg(long, default_value = "shifted_saderf")]
+    distill_map: String,
     /// Seed of Ω.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -79,15 +92,38 @@ pub fn run(args: ReplicateArgs, device: Option<&str>) -> anyhow::Result<()> {
     } else {
         None
     };
+    let eval_sets = if args.eval_sentences == 0 {
+        Vec::new()
+    } else {
+        args.eval
+            .iter()
+            .map(|name| {
+                let text = crate::read_text_source(name)?;
+                Ok(astro_eval::usefulness::EvalSet::from_text(name, &text, args.eval_sentences)?)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    if eval_sets.iter().any(|s| s.name == args.fit) {
+        bail!("--eval {} is also the fitting text (--fit); held-out text must not be fitted on", args.fit);
+    }
+    let distill_map = crate::feature_map(&args.distill_map)?;
     let device = crate::device(device)?;
     let options = ReplicateOptions {
         text,
         features: args.features.clone(),
         feature_maps,
         fit_text,
-        fit_sentences: args.fit_sentences,
+        fit_data: astro_eval::encoder_fit::FitDataOptions {
+            lines: args.fit_lines,
+            max_tokens: args.max_tokens,
+            ..Default::default()
+        },
+        eval_sets,
         fallback: args.fallback,
-        distill: Some(astro_train::distill::DistillOptions { steps: args.distill_steps, ..Default::default() }),
+        distill: Some((
+            distill_map,
+            astro_train::distill::DistillOptions { steps: args.distill_steps, ..Default::default() },
+        )),
         seed: args.seed,
         head: (args.head[0], args.head[1]),
     };
@@ -111,6 +147,12 @@ pub fn run(args: ReplicateArgs, device: Option<&str>) -> anyhow::Result<()> {
         println!(
             "  every layer swapped, {map:>15}, m = {m:>7}: sentence-embedding cosine {:.4} (mean)",
             c.iter().sum::<f64>() / c.len().max(1) as f64
+        );
+    }
+    for (map, m, set, a) in &report.usefulness {
+        println!(
+            "  {map:>15}, m = {m:>7}, {set}: cosine {:.4}, Spearman {:.4}, top-1 {:.3}, top-5 {:.3}",
+            a.mean_cosine, a.spearman, a.top1, a.top5
         );
     }
     for f in &report.files {

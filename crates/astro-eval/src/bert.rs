@@ -24,9 +24,18 @@ pub struct Bert {
 
 impl Bert {
     /// Loads `dir` (`config.json`, `model.safetensors`, `tokenizer.json`) with `attention` in every
-    /// layer (`None`: the checkpoint's own softmax).
+    /// layer (`None`: the checkpoint's own softmax, or a saved astrocytic encoder's own astrocytes).
     pub fn load(dir: &Path, attention: Option<AttentionConfig>, device: &Device) -> Result<Self, EvalError> {
-        let encoder = SentenceEncoder::from_hf_bert(dir, attention, device)?;
+        Self::with_encoder(dir, SentenceEncoder::load(dir, attention, device)?)
+    }
+
+    /// The softmax encoder of `dir` (for a saved astrocytic encoder: the checkpoint it was made from).
+    pub fn load_softmax(dir: &Path, device: &Device) -> Result<Self, EvalError> {
+        Self::with_encoder(dir, SentenceEncoder::load_softmax(dir, device)?)
+    }
+
+    /// `encoder` with `dir`'s tokenizer and input limit.
+    pub fn with_encoder(dir: &Path, encoder: SentenceEncoder) -> Result<Self, EvalError> {
         let tokenizer = HfTokenizer::from_file(&dir.join("tokenizer.json"))?.without_padding_and_truncation();
         let positions = encoder.config().block_size;
         let max_tokens = std::fs::read_to_string(dir.join("sentence_bert_config.json"))
@@ -40,11 +49,17 @@ impl Bert {
 
     /// Token ids of `text` with `[CLS] … [SEP]`, truncated to `max_tokens` (keeping the `[SEP]`).
     pub fn tokens(&self, text: &str) -> Result<Vec<u32>, EvalError> {
+        self.tokens_up_to(text, self.max_tokens)
+    }
+
+    /// [`Self::tokens`] truncated to `max` (≥ 2) tokens instead.
+    pub fn tokens_up_to(&self, text: &str, max: usize) -> Result<Vec<u32>, EvalError> {
+        let max = max.clamp(2, self.max_tokens);
         let mut ids = self.tokenizer.encode_with_special_tokens(text)?;
-        if ids.len() > self.max_tokens {
+        if ids.len() > max {
             let last = ids[ids.len() - 1];
-            ids.truncate(self.max_tokens);
-            ids[self.max_tokens - 1] = last;
+            ids.truncate(max);
+            ids[max - 1] = last;
         }
         Ok(ids)
     }
@@ -52,20 +67,25 @@ impl Bert {
     /// Token ids `[batch, seq]` and padding mask `[batch, seq]` of `texts`.
     pub fn batch(&self, texts: &[String], device: &Device) -> Result<(Tensor<2, Int>, Tensor<2, Bool>), EvalError> {
         let rows = texts.iter().map(|t| self.tokens(t)).collect::<Result<Vec<_>, _>>()?;
+        Ok(self.padded(&rows, device))
+    }
+
+    /// Token ids `[batch, seq]` and padding mask `[batch, seq]` of tokenised rows (padded to the longest).
+    pub fn padded(&self, rows: &[Vec<u32>], device: &Device) -> (Tensor<2, Int>, Tensor<2, Bool>) {
         let t = rows.iter().map(Vec::len).max().unwrap_or(1).max(1);
         let mut ids = Vec::with_capacity(rows.len() * t);
         let mut pad = Vec::with_capacity(rows.len() * t);
-        for row in &rows {
+        for row in rows {
             for i in 0..t {
                 ids.push(row.get(i).copied().unwrap_or(self.pad) as i64);
                 pad.push(i >= row.len());
             }
         }
         let b = rows.len();
-        Ok((
+        (
             Tensor::from_data(TensorData::new(ids, [b, t]), device),
             Tensor::from_data(TensorData::new(pad, [b, t]), device),
-        ))
+        )
     }
 
     /// Unit-length sentence embeddings, one row per text.

@@ -7,12 +7,14 @@ pub mod ablate;
 pub mod bench;
 pub mod bert;
 pub mod distill;
+pub mod encoder_fit;
 pub mod error;
 pub mod evaluate;
 pub mod fidelity;
 pub mod plot;
 pub mod replicate;
 pub mod run;
+pub mod usefulness;
 
 pub use error::EvalError;
 pub use run::{Run, Weights};

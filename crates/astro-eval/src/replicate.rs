@@ -14,12 +14,14 @@ use astro_model::attention::{AstrocyticConfig, Attention, AttentionConfig, Atten
 use burn::tensor::Device;
 use serde::Serialize;
 
-use astro_train::distill::{AttentionInputs, DistillOptions, distill_layer};
+use astro_train::distill::{DistillOptions, FitSchedule};
 
 use crate::bert::Bert;
+use crate::encoder_fit::{FitData, FitDataOptions};
 use crate::error::EvalError;
 use crate::fidelity::{DISTILL_MAX_FEATURES, HeadStat, head_stats, loglog_slope, mean_of, save_error_chart};
 use crate::plot::{self, Chart, Series};
+use crate::usefulness::{Agreement, EvalSet};
 
 /// Settings of a replication.
 #[derive(Debug, Clone)]
@@ -32,12 +34,16 @@ pub struct ReplicateOptions {
     pub feature_maps: Vec<FeatureMap>,
     /// Text the calibrated maps are fitted on (held out from `text`); its lines of ≥ 20 characters.
     pub fit_text: Option<String>,
-    /// Lines of `fit_text` used.
-    pub fit_sentences: usize,
+    /// How `fit_text` is used (lines, tokens per line, batch).
+    pub fit_data: FitDataOptions,
+    /// Held-out sentence sets on which the swapped encoders' embeddings are compared with the
+    /// original's (cosine, pairwise-similarity Spearman, neighbour agreement).
+    pub eval_sets: Vec<EvalSet>,
     /// Use ψ = 1 where a calibrated map's closed form is undefined, instead of failing.
     pub fallback: bool,
-    /// Also distil a shifted-SADERF encoder per m on the fitting lines (the map `distilled`).
-    pub distill: Option<DistillOptions>,
+    /// Also distil an encoder per m (up to 4096) on the fitting lines, starting from this map's
+    /// closed form (the row `distilled`).
+    pub distill: Option<(FeatureMap, DistillOptions)>,
     /// Ω seed.
     pub seed: u64,
     /// (layer, head) of the figure, 0-based.
@@ -76,6 +82,8 @@ pub struct ReplicateReport {
     pub embedding_cosine: Vec<(String, usize, Vec<f64>)>,
     /// The sentences embedded.
     pub sentences: Vec<String>,
+    /// (map, m, evaluation set, agreement with the original model on it).
+    pub usefulness: Vec<(String, usize, String, Agreement)>,
     /// Files written.
     pub files: Vec<PathBuf>,
 }
@@ -88,7 +96,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// The text's sentences (split after `.`, `!`, `?`), at least one.
-fn sentences(text: &str) -> Vec<String> {
+pub fn sentences(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut current = String::new();
     for c in text.chars() {
@@ -115,7 +123,9 @@ pub fn run(dir: &Path, options: &ReplicateOptions, out: &Path, device: &Device) 
     if options.text.trim().is_empty() {
         return Err(EvalError::Invalid("the text is empty; give --text or --file".into()));
     }
-    let bert = Bert::load(dir, None, device)?;
+    // The original model (for a saved astrocytic encoder: the checkpoint it was made from).
+    let bert = Bert::load_softmax(dir, device)?;
+    let saved = astro_model::transformer::saved_attention(dir)?;
     let config = bert.encoder.config().clone();
     let (layers, heads) = (config.n_layer, config.n_head);
     if options.head.0 >= layers || options.head.1 >= heads {
@@ -124,104 +134,135 @@ pub fn run(dir: &Path, options: &ReplicateOptions, out: &Path, device: &Device) 
             options.head.0, options.head.1
         )));
     }
-    if options.feature_maps.is_empty() {
+    if options.feature_maps.is_empty() && saved.is_none() {
         return Err(EvalError::Invalid("--feature-maps needs at least one map, e.g. positive,shifted_saderf".into()));
     }
     let (tokens, pad) = bert.batch(std::slice::from_ref(&options.text), device)?;
     let t = tokens.dims()[1];
     let qk = bert.encoder.attention_inputs(tokens, Some(pad.clone()));
     let mask = AttentionMask::bidirectional().with_padding(pad);
-    // Calibration sentences: held out from the text and from the sentences embedded below.
-    let fit: Vec<String> = match &options.fit_text {
-        Some(text) => fit_lines(text, options.fit_sentences),
+    /// What a row of the report is made from.
+    enum Variant {
+        /// A map with i.i.d. Ω (calibrated maps: closed form on the fitting lines).
+        Map(FeatureMap),
+        /// A map's closed form, then distilled on the fitting lines.
+        Distilled(FeatureMap, DistillOptions),
+        /// The directory's own saved astrocytes (one m).
+        Saved(AstrocyticConfig),
+    }
+    let mut variants: Vec<(String, Variant)> =
+        options.feature_maps.iter().map(|&m| (m.name().to_string(), Variant::Map(m))).collect();
+    if let Some((map, d)) = options.distill.clone().filter(|(_, d)| d.steps > 0) {
+        variants.push(("distilled".into(), Variant::Distilled(map, d)));
+    }
+    if let Some(AttentionConfig::Astrocytic(a)) = &saved {
+        variants.push((format!("saved ({}, m = {})", a.feature_map.name(), a.features), Variant::Saved(a.clone())));
+    }
+    let needs_fit = variants.iter().any(|(_, v)| match v {
+        Variant::Map(m) => m.is_calibrated(),
+        Variant::Distilled(..) => true,
+        Variant::Saved(_) => false,
+    });
+    // Fitting lines: held out from the text and the sentences embedded below.
+    let fit = match (&options.fit_text, needs_fit) {
+        (Some(text), true) => Some(FitData::new(&bert, text, &options.fit_data, device)?),
+        (None, true) => {
+            return Err(EvalError::Invalid(
+                "the calibrated maps (saderf, shifted_saderf, full_saderf) and distillation need fitting text; \
+                 give --fit FILE or a dataset name, or leave them out of --feature-maps"
+                    .into(),
+            ));
+        }
+        _ => None,
+    };
+    // One pass of the original model: every layer's query/key statistics, for every calibrated map and m.
+    let stats = match &fit {
+        Some(data) => {
+            eprintln!(
+                "fitting lines: {} ({} tokens), {} held out",
+                data.fit_lines, data.fit_tokens, data.held_out_lines
+            );
+            crate::encoder_fit::layer_stats(&bert.encoder, data)?
+        }
         None => Vec::new(),
     };
-    let distill = options.distill.clone().filter(|d| d.steps > 0);
-    let mut variants: Vec<(String, FeatureMap, bool)> =
-        options.feature_maps.iter().map(|&m| (m.name().to_string(), m, false)).collect();
-    if distill.is_some() {
-        variants.push(("distilled".into(), FeatureMap::ShiftedSaderf, true));
-    }
-    let needs_fit = variants.iter().any(|v| v.1.is_calibrated());
-    if needs_fit && fit.is_empty() {
-        return Err(EvalError::Invalid(
-            "the calibrated maps (saderf, shifted_saderf) need fitting text with lines of at least 20 characters; \
-             give --fit FILE or a dataset name, or leave them out of --feature-maps"
-                .into(),
-        ));
-    }
-    let fit_batch = if needs_fit { Some(bert.batch(&fit, device)?) } else { None };
-    // The original model's queries and keys on the fitting lines: calibrated maps are fitted to
-    // their statistics (no pass through m hidden neurons), distilled layers to its attention.
-    let teacher_fit: Vec<(burn::tensor::Tensor<4>, burn::tensor::Tensor<4>)> = match &fit_batch {
-        Some((tokens, pad)) => bert.encoder.attention_inputs(tokens.clone(), Some(pad.clone())),
-        None => Vec::new(),
-    };
-    let fit_mask = fit_batch.as_ref().map(|(_, pad)| AttentionMask::bidirectional().with_padding(pad.clone()));
     let sentences = sentences(&options.text);
-    // The swapped encoder at the largest m, over the fitting lines or the sentences.
+    // The swapped encoder at the largest m, one sentence (or batch of 16) at a time.
     let keys = astro_model::memory::KeyNames {
         model: "the checkpoint's ",
         batch: "sentences per batch",
         seq: "tokens per sentence",
         features: "--features",
     };
-    let fit_seq = fit_batch.as_ref().map_or(0, |(tokens, _)| tokens.dims()[1]);
-    let workload =
-        astro_model::memory::Workload::Infer { batch: fit.len().max(sentences.len()).max(1), seq: t.max(fit_seq) };
+    let workload = astro_model::memory::Workload::Infer {
+        batch: 16.max(options.fit_data.batch),
+        seq: t.max(options.fit_data.max_tokens),
+    };
     let m = options.features.iter().copied().max().unwrap_or(1);
     astro_model::memory::check_swapped(&config, m, workload, &keys, "this replication")
         .map_err(astro_model::ModelError::from)?;
     let reference = bert.embed(&sentences, device)?;
+    let eval_reference: Vec<Vec<Vec<f32>>> = options
+        .eval_sets
+        .iter()
+        .map(|set| crate::usefulness::embed_all(&bert, &set.sentences, device))
+        .collect::<Result<_, _>>()?;
 
-    let mut stats = Vec::new();
+    let mut stats_out = Vec::new();
     let mut figures: Vec<(String, usize, Vec<Series>)> = Vec::new();
     let mut embedding_cosine = Vec::new();
-    for (label, map, distilled) in &variants {
-        let map = *map;
-        for &m in &options.features {
-            if *distilled && m > DISTILL_MAX_FEATURES {
-                eprintln!("{label}: m = {m} skipped (distillation is offered up to m = {DISTILL_MAX_FEATURES})");
-                continue;
-            }
-            let astro = AttentionConfig::Astrocytic(AstrocyticConfig {
+    let mut usefulness = Vec::new();
+    for (label, variant) in &variants {
+        let ms: Vec<usize> = match variant {
+            Variant::Saved(a) => vec![a.features],
+            _ => options.features.clone(),
+        };
+        for m in ms {
+            let astro = |map: FeatureMap| AstrocyticConfig {
                 features: m,
                 feature_map: map,
                 seed: options.seed,
                 ..AstrocyticConfig::default()
-            });
-            let mut swapped = Bert::load(dir, Some(astro), device)?;
-            if let Some((_, fit_pad)) = &fit_batch {
-                let (trunk, _) = swapped.encoder.trunk.calibrate_from_inputs(
-                    &teacher_fit,
-                    Some(fit_pad.clone()),
-                    options.fallback,
-                )?;
-                swapped.encoder.trunk = trunk;
-            }
-            if let (true, Some(d), Some(fit_mask)) = (*distilled, &distill, &fit_mask) {
-                for (layer, ((fq, fk), (hq, hk))) in teacher_fit.iter().zip(&qk).enumerate() {
-                    let block = &mut swapped.encoder.trunk.blocks[layer];
-                    let Attention::Astrocytic(attn) = &block.attn.inner else {
-                        unreachable!("every layer was swapped to astrocytic attention");
-                    };
-                    let fit = AttentionInputs { q: fq.clone(), k: fk.clone(), mask: fit_mask.clone() };
-                    let held = AttentionInputs { q: hq.clone(), k: hk.clone(), mask: mask.clone() };
-                    let (fitted, report) = distill_layer(attn.clone(), layer, &fit, &held, d, device)?;
-                    eprintln!(
-                        "distilled m = {m}, layer {layer}: attention KL {:.4} → {:.4} on fitting lines, {:.4} → {:.4} on the text",
-                        report.fit_before, report.fit_after, report.held_out_before, report.held_out_after
-                    );
-                    block.attn.inner = Attention::Astrocytic(fitted);
+            };
+            let swapped = match variant {
+                Variant::Map(map) if map.is_calibrated() => {
+                    let (encoder, _) =
+                        crate::encoder_fit::calibrated(dir, &astro(*map), &stats, options.fallback, device)?;
+                    Bert::with_encoder(dir, encoder)?
                 }
-            }
+                Variant::Map(map) => {
+                    let attention = AttentionConfig::Astrocytic(astro(*map));
+                    Bert::with_encoder(dir, astro_model::SentenceEncoder::from_hf_bert(dir, Some(attention), device)?)?
+                }
+                Variant::Distilled(map, d) => {
+                    if m > DISTILL_MAX_FEATURES {
+                        eprintln!(
+                            "{label}: m = {m} skipped (distillation is offered up to m = {DISTILL_MAX_FEATURES})"
+                        );
+                        continue;
+                    }
+                    let data = fit.as_ref().expect("distillation has fitting data");
+                    let (start, _) =
+                        crate::encoder_fit::calibrated(dir, &astro(*map), &stats, options.fallback, device)?;
+                    let schedule = FitSchedule { eval_every: 50, report_batches: 8 };
+                    let (encoder, _) =
+                        crate::encoder_fit::distill(&bert.encoder, start, data, d, &schedule, device, |l| {
+                            eprintln!(
+                                "distilled m = {m}, layer {}: held-out attention KL {:.4} → {:.4} (kept step {})",
+                                l.layer, l.held_out_before, l.held_out_after, l.best_step
+                            )
+                        })?;
+                    Bert::with_encoder(dir, encoder)?
+                }
+                Variant::Saved(_) => Bert::load(dir, None, device)?,
+            };
             for (layer, (q, k)) in qk.iter().enumerate() {
                 let Attention::Astrocytic(attn) = &swapped.encoder.trunk.blocks[layer].attn.inner else {
                     unreachable!("every layer was swapped to astrocytic attention");
                 };
                 let trace = attn.normalisers(q.clone(), k.clone(), &mask);
                 let (head_stats, series) = head_stats(trace, label, layer, m);
-                stats.extend(head_stats);
+                stats_out.extend(head_stats);
                 if layer == options.head.0 {
                     let (zs, as_) = &series[options.head.1];
                     let line = |label: String, ys: &[f64]| Series {
@@ -251,8 +292,18 @@ pub fn run(dir: &Path, options: &ReplicateOptions, out: &Path, device: &Device) 
                 cosines.iter().sum::<f64>() / cosines.len() as f64
             );
             embedding_cosine.push((label.clone(), m, cosines));
+            for (set, reference) in options.eval_sets.iter().zip(&eval_reference) {
+                let embedded = crate::usefulness::embed_all(&swapped, &set.sentences, device)?;
+                let a = crate::usefulness::agreement(reference, &embedded);
+                eprintln!(
+                    "  {}: cosine {:.4} (min {:.4}), Spearman {:.4}, top-1 {:.3}, top-5 {:.3}",
+                    set.name, a.mean_cosine, a.min_cosine, a.spearman, a.top1, a.top5
+                );
+                usefulness.push((label.clone(), m, set.name.clone(), a));
+            }
         }
     }
+    let stats = stats_out;
     let summarise = |map: &str, m: usize, layer: Option<usize>| Summary {
         map: map.to_string(),
         m,
@@ -270,11 +321,10 @@ pub fn run(dir: &Path, options: &ReplicateOptions, out: &Path, device: &Device) 
     };
     let mut summary = Vec::new();
     let mut error_slope = Vec::new();
-    for (label, _, _) in &variants {
-        for &m in &options.features {
-            if !stats.iter().any(|s| &s.map == label && s.m == m) {
-                continue;
-            }
+    for (label, _) in &variants {
+        let mut ms: Vec<usize> = stats.iter().filter(|s| &s.map == label).map(|s| s.m).collect();
+        ms.dedup();
+        for m in ms {
             summary.extend((0..layers).map(|l| summarise(label, m, Some(l))));
             summary.push(summarise(label, m, None));
         }
@@ -289,11 +339,12 @@ pub fn run(dir: &Path, options: &ReplicateOptions, out: &Path, device: &Device) 
     let files = write_outputs(
         out,
         options,
-        fit.len(),
+        fit.as_ref().map_or(0, |d| d.fit_lines),
         &stats,
         &summary,
         &figures,
         &embedding_cosine,
+        &usefulness,
         &error_slope,
         layers,
         heads,
@@ -306,6 +357,7 @@ pub fn run(dir: &Path, options: &ReplicateOptions, out: &Path, device: &Device) 
         error_slope,
         embedding_cosine,
         sentences,
+        usefulness,
         files,
     })
 }
@@ -329,6 +381,7 @@ fn write_outputs(
     summary: &[Summary],
     figures: &[(String, usize, Vec<Series>)],
     embedding_cosine: &[(String, usize, Vec<f64>)],
+    usefulness: &[(String, usize, String, Agreement)],
     error_slope: &[(String, f64)],
     layers: usize,
     heads: usize,
@@ -349,7 +402,7 @@ fn write_outputs(
     let ms = options.features.iter().map(|m| format!(" m = {m} |")).collect::<String>();
     let rule = options.features.iter().map(|_| "---:|").collect::<String>();
     let mut md = format!(
-        "# Astrocyte response against softmax's normaliser\n\ni.i.d. Ω, seed {}; every query of the text, every head. Calibrated maps (saderf, shifted_saderf) fitted in closed form to the original model's queries and keys on {fit_sentences} held-out lines; `distilled` is shifted_saderf with Ω, ψ and c then fitted to softmax's attention on those lines (a learned kernel: its a_t's scale is not fitted, compare Pearson r and the embeddings). Cells: Pearson r / median |a − Z| / Z, mean over heads.\n\n| map | layer |{ms} error slope |\n|---|---:|{rule}---:|\n",
+        "# Astrocyte response against softmax's normaliser\n\ni.i.d. Ω, seed {}; every query of the text, every head. Calibrated maps (saderf, shifted_saderf, full_saderf) fitted in closed form to the original model's queries and keys on {fit_sentences} held-out lines; `distilled` starts from a map's closed form, with Ω, ψ, c (and U) then fitted to softmax's attention on those lines (early stopping on a tenth of them) (a learned kernel: its a_t's scale is not fitted, compare Pearson r and the embeddings). Cells: Pearson r / median |a − Z| / Z, mean over heads.\n\n| map | layer |{ms} error slope |\n|---|---:|{rule}---:|\n",
         options.seed,
     );
     for (map, slope) in error_slope {
@@ -379,6 +432,27 @@ fn write_outputs(
         let mean = c.iter().sum::<f64>() / c.len().max(1) as f64;
         let min = c.iter().copied().fold(f64::INFINITY, f64::min);
         md.push_str(&format!("| {map} | {m} | {mean:.4} | {min:.4} |\n"));
+    }
+    if !usefulness.is_empty() {
+        md.push_str(
+            "\nHeld-out sentences (never used for fitting): agreement of the swapped encoder's embeddings with the original's — \
+             mean / min cosine per sentence, Spearman ρ between the two models' cosine similarities over all sentence pairs, \
+             nearest-neighbour agreement (top-1: same nearest neighbour; top-5: overlap of the 5 nearest, as a fraction).\n\n\
+             | map | m | text | sentences | cosine mean | min | Spearman | top-1 | top-5 |\n|---|---:|---|---:|---:|---:|---:|---:|---:|\n"
+        );
+        let mut csv = String::from("map,m,text,sentences,mean_cosine,min_cosine,spearman,top1,top5\n");
+        for (map, m, set, a) in usefulness {
+            let n = options.eval_sets.iter().find(|s| &s.name == set).map_or(0, |s| s.sentences.len());
+            md.push_str(&format!(
+                "| {map} | {m} | {set} | {n} | {:.4} | {:.4} | {:.4} | {:.3} | {:.3} |\n",
+                a.mean_cosine, a.min_cosine, a.spearman, a.top1, a.top5
+            ));
+            csv.push_str(&format!(
+                "{map},{m},{set},{n},{:.6},{:.6},{:.6},{:.4},{:.4}\n",
+                a.mean_cosine, a.min_cosine, a.spearman, a.top1, a.top5
+            ));
+        }
+        write("usefulness.csv", csv)?;
     }
     md.push_str(&format!("\n{heads} heads per layer; per-head numbers in replicate.csv.\n"));
     write("replicate.md", md)?;
@@ -437,6 +511,37 @@ fn write_outputs(
         &out.join("cosine_vs_m"),
     )?;
     files.extend([png, svg]);
+    if !usefulness.is_empty() {
+        // Per map and text: the held-out Spearman ρ and mean cosine against m.
+        let mut series = Vec::new();
+        for (map, _) in error_slope {
+            for set in &options.eval_sets {
+                for (what, pick) in [("Spearman", 0usize), ("cosine", 1)] {
+                    let points: Vec<(f64, f64)> = usefulness
+                        .iter()
+                        .filter(|(n, _, s, _)| n == map && s == &set.name)
+                        .map(|(_, m, _, a)| (*m as f64, if pick == 0 { a.spearman } else { a.mean_cosine }))
+                        .collect();
+                    if !points.is_empty() {
+                        series.push(Series { label: format!("{map}, {}, {what}", set.name), points, errors: None });
+                    }
+                }
+            }
+        }
+        let (png, svg) = plot::save(
+            &Chart {
+                title: "held-out sentences: swapped encoder against the original".into(),
+                x_label: "hidden neurons m".into(),
+                y_label: "Spearman ρ of pairwise similarities / mean cosine".into(),
+                log_x: true,
+                log_y: false,
+                series,
+                references: vec![],
+            },
+            &out.join("usefulness_vs_m"),
+        )?;
+        files.extend([png, svg]);
+    }
     Ok(files)
 }
 

@@ -58,6 +58,8 @@ pub struct LayerFit {
     pub held_out_before: f64,
     /// On held-out data, after.
     pub held_out_after: f64,
+    /// The step whose layer was kept (early stopping; `steps` without it, 0 = the starting point).
+    pub best_step: usize,
 }
 
 /// Mean over queries of KL(p_t ‖ w_t), as a `[1]` tensor (differentiable in `attn`'s parameters).
@@ -106,10 +108,50 @@ pub fn distill_layer(
     options: &DistillOptions,
     device: &Device,
 ) -> Result<(AstrocyticAttention, LayerFit), TrainError> {
-    let fit_batches = batches_of(fit, options.batch);
-    let held_batches = batches_of(held_out, options.batch);
-    let (fit_before, held_out_before) = (kl_value(&attn, &fit_batches), kl_value(&attn, &held_batches));
+    let schedule = FitSchedule { eval_every: 0, report_batches: usize::MAX };
+    distill_layer_batches(
+        attn,
+        layer,
+        &batches_of(fit, options.batch),
+        &batches_of(held_out, options.batch),
+        options,
+        &schedule,
+        device,
+    )
+}
+
+/// When [`distill_layer_batches`] measures held-out KL and on how much data it reports.
+#[derive(Debug, Clone)]
+pub struct FitSchedule {
+    /// Measure the held-out KL every this many steps and keep the best layer seen (early
+    /// stopping); 0: keep the last.
+    pub eval_every: usize,
+    /// The KLs before and after (and early stopping's) are measured on at most this many batches
+    /// of each set.
+    pub report_batches: usize,
+}
+
+/// [`distill_layer`] on ready-made batches (each step takes the next fitting batch in turn), with
+/// early stopping on the held-out batches as `schedule` says.
+pub fn distill_layer_batches(
+    attn: AstrocyticAttention,
+    layer: usize,
+    fit_batches: &[AttentionInputs],
+    held_batches: &[AttentionInputs],
+    options: &DistillOptions,
+    schedule: &FitSchedule,
+    device: &Device,
+) -> Result<(AstrocyticAttention, LayerFit), TrainError> {
+    // Evenly spaced batches (inputs sorted by length are then represented at every length).
+    let spread = |b: &[AttentionInputs]| -> Vec<AttentionInputs> {
+        let n = b.len().min(schedule.report_batches).max(1).min(b.len());
+        (0..n).map(|i| b[i * b.len() / n].clone()).collect()
+    };
+    let (fit_report, held_report) = (&spread(fit_batches)[..], &spread(held_batches)[..]);
+    let (fit_before, held_out_before) = (kl_value(&attn, fit_report), kl_value(&attn, held_report));
     let ad = device.clone().autodiff();
+    let mut best: Option<(f64, usize, AstrocyticAttention)> =
+        (schedule.eval_every > 0).then(|| (held_out_before, 0, attn.clone()));
     let mut model = attn.fork(&ad);
     // Fresh tracked leaves on the autodiff device (ids kept) for the trained parameters.
     fn tracked<const D: usize>(p: Param<Tensor<D>>, ad: &Device) -> Param<Tensor<D>> {
@@ -127,32 +169,50 @@ pub fn distill_layer(
             key_padding: x.mask.key_padding.clone().map(|p| p.to_device(&ad)),
         },
     };
-    let train: Vec<AttentionInputs> = fit_batches.iter().map(to_ad).collect();
+    // Back to plain, fixed parameters on `device`.
+    fn fixed<const D: usize>(p: Param<Tensor<D>>, device: &Device) -> Param<Tensor<D>> {
+        Param::initialized(p.id, Tensor::from_data(p.val().into_data(), device)).set_require_grad(false)
+    }
+    let plain = |model: &AstrocyticAttention| {
+        let mut fitted = model.valid().fork(device);
+        fitted.omega = fixed(fitted.omega, device);
+        fitted.log_psi = fitted.log_psi.map(|p| fixed(p, device));
+        fitted.shift = fitted.shift.map(|p| fixed(p, device));
+        fitted.rotation = fitted.rotation.map(|p| fixed(p, device));
+        fitted
+    };
     let mut optim = AdamConfig::new().init();
     for step in 0..options.steps {
-        let loss = attention_kl(&model, &train[step % train.len()]);
+        let batch = to_ad(&fit_batches[step % fit_batches.len()]);
+        let loss = attention_kl(&model, &batch);
         let value = loss.clone().into_scalar::<f64>();
         if !value.is_finite() {
             return Err(TrainError::DistillNonFinite { layer, step, loss: value });
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(options.lr, model, grads);
+        let done = step + 1;
+        if let Some((best_kl, best_step, best_layer)) = best.as_mut()
+            && (done % schedule.eval_every == 0 || done == options.steps)
+        {
+            let current = plain(&model);
+            let kl = kl_value(&current, held_report);
+            if kl < *best_kl {
+                (*best_kl, *best_step, *best_layer) = (kl, done, current);
+            }
+        }
     }
-    // Back to plain, fixed parameters on `device`.
-    fn fixed<const D: usize>(p: Param<Tensor<D>>, device: &Device) -> Param<Tensor<D>> {
-        Param::initialized(p.id, Tensor::from_data(p.val().into_data(), device)).set_require_grad(false)
-    }
-    let mut fitted = model.valid().fork(device);
-    fitted.omega = fixed(fitted.omega, device);
-    fitted.log_psi = fitted.log_psi.map(|p| fixed(p, device));
-    fitted.shift = fitted.shift.map(|p| fixed(p, device));
-    fitted.rotation = fitted.rotation.map(|p| fixed(p, device));
+    let (fitted, best_step) = match best {
+        Some((_, step, layer)) => (layer, step),
+        None => (plain(&model), options.steps),
+    };
     let report = LayerFit {
         layer,
         fit_before,
-        fit_after: kl_value(&fitted, &fit_batches),
+        fit_after: kl_value(&fitted, fit_report),
         held_out_before,
-        held_out_after: kl_value(&fitted, &held_batches),
+        held_out_after: kl_value(&fitted, held_report),
+        best_step,
     };
     Ok((fitted, report))
 }
