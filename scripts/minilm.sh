@@ -37,4 +37,16 @@ OUT=$(mktemp)
   --text "$(printf 'A long sentence about glia %.0s' {1..40})" >"$OUT"
 "$VENV/bin/python" scripts/minilm_parity.py "$MODEL" "$OUT"
 rm -f "$OUT"
+# A saved astrocytic encoder from the real checkpoint round-trips through embed and replicate
+# (small: 40 fitting lines, m = 64, 2 steps; the full-size numbers are in docs/encoders.md).
+SAVED=$(mktemp -d)/minilm-astro
+"$ASTRO" distill --model "$MODEL" --out "$SAVED" --features 64 --feature-map full_saderf --steps 2 \
+  --fit-lines 40 --eval-every 1 >/dev/null 2>&1
+"$ASTRO" embed --model "$SAVED" --text "The astrocyte listens." --json >/dev/null
+REPORT=$("$ASTRO" replicate --model "$SAVED" --features 64 --feature-maps positive --eval-sentences 20 \
+  --out "$(dirname "$SAVED")/replicate")
+grep -q "saved (full_saderf, m = 64)" <<<"$REPORT"
+cmp -s "$MODEL/model.safetensors" "$SAVED/model.safetensors"
+echo "minilm: saved astrocytic encoder round-trips (embed, replicate)"
+rm -rf "$(dirname "$SAVED")"
 echo "$MODEL"

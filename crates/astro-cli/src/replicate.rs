@@ -44,7 +44,7 @@ pub struct ReplicateArgs {
     #[arg(long)]
     fit_lines: Option<usize>,
     /// Tokens per fitting line at most.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 64)]
     max_tokens: usize,
     /// Held-out texts (files or dataset names, never fitted on) whose sentences measure the swapped
     /// encoders' usefulness: cosine, pairwise-similarity Spearman, neighbour agreement.
@@ -140,7 +140,7 @@ pub fn run(args: ReplicateArgs, device: Option<&str>) -> anyhow::Result<()> {
     for s in report.heads.iter().filter(|s| (s.layer, s.head) == (l, h)) {
         println!("  layer {l}, head {h}, {:>15}, m = {:>7}: {:.4} / {:.4}", s.map, s.m, s.pearson, s.median_rel_err);
     }
-    for (map, slope) in &report.error_slope {
+    for (map, slope) in report.error_slope.iter().filter(|(_, s)| s.is_finite()) {
         println!("  {map:>15}: log–log slope of the error against m {slope:.3}");
     }
     for (map, m, c) in &report.embedding_cosine {

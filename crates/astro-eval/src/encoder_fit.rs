@@ -18,6 +18,8 @@ use astro_model::attention::{AstrocyticAttention, AstrocyticConfig, Attention, A
 use astro_model::transformer::{ASTRO_CONFIG_FILE, ASTROCYTES_FILE, AstroEncoderFile, saved_attention};
 use astro_train::distill::{AttentionInputs, DistillOptions, FitSchedule, LayerFit, distill_layer_batches};
 use burn::tensor::{Bool, Device, Int, Tensor};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
 use serde::Serialize;
 
 use crate::bert::Bert;
@@ -38,7 +40,7 @@ pub struct FitDataOptions {
 
 impl Default for FitDataOptions {
     fn default() -> Self {
-        Self { lines: None, max_tokens: 128, batch: 8, held_out_every: 10 }
+        Self { lines: None, max_tokens: 64, batch: 8, held_out_every: 10 }
     }
 }
 
@@ -104,9 +106,13 @@ impl FitData {
             )));
         }
         let batches = |mut rows: Vec<Vec<u32>>| -> Vec<LineBatch> {
-            // Similar lengths together: less padding.
+            // Similar lengths together (less padding), then the batches in a fixed shuffled order so
+            // that every stretch of steps sees every length.
             rows.sort_by_key(Vec::len);
-            rows.chunks(options.batch)
+            let mut chunks: Vec<&[Vec<u32>]> = rows.chunks(options.batch).collect();
+            chunks.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0xf17));
+            chunks
+                .into_iter()
                 .map(|chunk| {
                     let (tokens, padding) = bert.padded(chunk, device);
                     LineBatch { tokens, padding }
