@@ -178,15 +178,6 @@ pub fn distill(run: &Run, request: &DistillRequest, out: &Path, device: &Device)
     eprintln!("distilled: validation loss {distilled_val_loss:.4} (softmax {softmax_val_loss:.4})");
 
     // Write a run directory: everything into a temporary sibling, then one rename.
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| EvalError::io("create", parent, e))?;
-    let tmp = parent.join(format!(
-        ".{}.tmp-{}",
-        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "distilled".into()),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| EvalError::io("create", &tmp, e))?;
     let report = DistillReport {
         source: run.dir.clone(),
         out: out.to_path_buf(),
@@ -198,7 +189,7 @@ pub fn distill(run: &Run, request: &DistillRequest, out: &Path, device: &Device)
         layers,
         seconds,
     };
-    let result = (|| -> Result<(), EvalError> {
+    crate::run::write_dir_atomically(out, |tmp| {
         let write = |name: &str, bytes: &[u8]| {
             let path = tmp.join(name);
             std::fs::write(&path, bytes).map_err(|e| EvalError::io("write", &path, e))
@@ -215,16 +206,7 @@ pub fn distill(run: &Run, request: &DistillRequest, out: &Path, device: &Device)
         write("distill.json", serde_json::to_string_pretty(&report).unwrap_or_default().as_bytes())?;
         write("distill.md", markdown(&report).as_bytes())?;
         Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if out.exists() {
-        // An empty directory the user made: replace it.
-        let _ = std::fs::remove_dir(out);
-    }
-    std::fs::rename(&tmp, out).map_err(|e| EvalError::io("rename", &tmp, e))?;
+    })?;
     Ok(report)
 }
 

@@ -285,13 +285,8 @@ pub fn save(
     report: &EncoderDistillReport,
 ) -> Result<(), EvalError> {
     check_out(out)?;
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| EvalError::io("create", parent, e))?;
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "encoder".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let result = (|| -> Result<(), EvalError> {
-        copy_dir(source, &tmp)?;
+    crate::run::write_dir_atomically(out, |tmp| {
+        copy_dir(source, tmp)?;
         let write = |file: &str, text: String| {
             let path = tmp.join(file);
             std::fs::write(&path, text).map_err(|e| EvalError::io("write", &path, e))
@@ -308,16 +303,7 @@ pub fn save(
         write("distill.json", serde_json::to_string_pretty(report).unwrap_or_default())?;
         write("distill.md", markdown(report))?;
         Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if out.exists() {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return check_out(out);
-    }
-    std::fs::rename(&tmp, out).map_err(|e| EvalError::io("rename", &tmp, e))
+    })
 }
 
 fn markdown(r: &EncoderDistillReport) -> String {

@@ -130,3 +130,30 @@ impl Run {
 
 /// The run config an export carries (`astro export` copies the run's `config.toml`).
 pub const RUN_CONFIG_FILE: &str = "run.toml";
+
+/// Writes a directory all at once: `fill` writes into a temporary sibling of `out`, which then
+/// replaces `out` with one rename (an empty `out` the user made is replaced; the caller refuses a
+/// non-empty one beforehand). On any error the temporary directory is removed and nothing appears.
+pub(crate) fn write_dir_atomically(
+    out: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), EvalError>,
+) -> Result<(), EvalError> {
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| EvalError::io("create", parent, e))?;
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| EvalError::io("create", &tmp, e))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if out.exists() {
+        // An empty directory (anything else was refused before): replace it.
+        let _ = std::fs::remove_dir(out);
+    }
+    std::fs::rename(&tmp, out).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        EvalError::io("rename", out, e)
+    })
+}

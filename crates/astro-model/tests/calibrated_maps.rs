@@ -112,6 +112,19 @@ fn calibrated_maps_are_unbiased_on_small_norms() {
     }
 }
 
+/// Median relative error of `map`'s calibrated response against Z_t, mean over 4 draws of Ω.
+fn mean_median_error(map: FeatureMap, m: usize, q: &Tensor<4>, k: &Tensor<4>) -> f64 {
+    let [_, h, _, d] = q.dims();
+    let errs: Vec<f64> = (0..4)
+        .map(|seed| {
+            let (attn, _) = layer(map, m, seed, h, d).calibrate(q.clone(), k.clone(), None, 0, false).unwrap();
+            let (a, z) = responses(&attn, q, k);
+            median(a.iter().zip(&z).map(|(a, z)| (a - z).abs() / z).collect())
+        })
+        .collect();
+    errs.iter().sum::<f64>() / errs.len() as f64
+}
+
 #[test]
 fn calibration_lowers_the_error_on_offset_keys() {
     // Trained keys share a large common offset; the shift removes it, SADERF balances the scales.
@@ -119,16 +132,7 @@ fn calibration_lowers_the_error_on_offset_keys() {
     let (h, t, d, m) = (2, 64, 16, 256);
     let q = normal4([1, h, t, d], 1.0, 41, DType::F32, &dev).mul_scalar(1.5);
     let k = normal4([1, h, t, d], 0.5, 42, DType::F32, &dev).add_scalar(1.5);
-    let err = |map: FeatureMap| {
-        let errs: Vec<f64> = (0..4)
-            .map(|seed| {
-                let (attn, _) = layer(map, m, seed, h, d).calibrate(q.clone(), k.clone(), None, 0, false).unwrap();
-                let (a, z) = responses(&attn, &q, &k);
-                median(a.iter().zip(&z).map(|(a, z)| (a - z).abs() / z).collect())
-            })
-            .collect();
-        errs.iter().sum::<f64>() / errs.len() as f64
-    };
+    let err = |map: FeatureMap| mean_median_error(map, m, &q, &k);
     let (positive, saderf, shifted) =
         (err(FeatureMap::Positive), err(FeatureMap::Saderf), err(FeatureMap::ShiftedSaderf));
     eprintln!("median relative error: positive {positive:.4}, saderf {saderf:.4}, shifted {shifted:.4}");
@@ -152,16 +156,7 @@ fn the_full_map_lowers_the_error_on_correlated_heads() {
     };
     let q = along(normal4([1, h, t, d], 1.0, 43, DType::F32, &dev), &e1);
     let k = along(normal4([1, h, t, d], 1.0, 44, DType::F32, &dev), &e2).add_scalar(0.7);
-    let err = |map: FeatureMap| {
-        let errs: Vec<f64> = (0..4)
-            .map(|seed| {
-                let (attn, _) = layer(map, m, seed, h, d).calibrate(q.clone(), k.clone(), None, 0, false).unwrap();
-                let (a, z) = responses(&attn, &q, &k);
-                median(a.iter().zip(&z).map(|(a, z)| (a - z).abs() / z).collect())
-            })
-            .collect();
-        errs.iter().sum::<f64>() / errs.len() as f64
-    };
+    let err = |map: FeatureMap| mean_median_error(map, m, &q, &k);
     let (shifted, full) = (err(FeatureMap::ShiftedSaderf), err(FeatureMap::FullSaderf));
     eprintln!("median relative error: shifted {shifted:.4}, full {full:.4}");
     assert!(full < shifted * 0.8, "full {full} should beat shifted {shifted}");
