@@ -6,6 +6,7 @@ use burn::nn::{Linear, LinearConfig, RotaryEncoding};
 use burn::tensor::{Device, Distribution, Tensor};
 
 use super::{Attention, AttentionConfig, AttentionMask, AttentionState, InnerAttention, NormaliserTrace};
+use crate::transformer::block::linear_rows;
 
 /// Multi-head attention with a pluggable inner attention.
 #[derive(Module, Debug)]
@@ -166,9 +167,9 @@ impl AttentionLayer {
         start: usize,
         past: Option<Tensor<3>>,
     ) -> (Tensor<4>, Tensor<4>, Tensor<4>, Option<Tensor<3>>) {
-        let q = self.q_proj.forward(x.clone()); // [B,T,d]
-        let k = self.k_proj.forward(x.clone());
-        let v = self.v_proj.forward(x);
+        let q = linear_rows(&self.q_proj, x.clone()); // [B,T,d]
+        let k = linear_rows(&self.k_proj, x.clone());
+        let v = linear_rows(&self.v_proj, x);
         let (q, k, v, tail) = match &self.conv {
             Some(conv) => {
                 let d = q.dims()[2];
@@ -197,14 +198,14 @@ impl AttentionLayer {
     pub fn forward(&self, x: Tensor<3>, mask: &AttentionMask, rope: Option<&RotaryEncoding>) -> Tensor<3> {
         let (q, k, v) = self.qkv(x, rope, 0);
         let y = self.inner.forward(q, k, v, mask); // [B,H,T,Dh]
-        self.o_proj.forward(Self::merge(y))
+        linear_rows(&self.o_proj, Self::merge(y))
     }
 
     /// Same as [`Self::forward`] through the variant's reference (specification) path.
     pub fn forward_reference(&self, x: Tensor<3>, mask: &AttentionMask, rope: Option<&RotaryEncoding>) -> Tensor<3> {
         let (q, k, v) = self.qkv(x, rope, 0);
         let y = self.inner.forward_reference(q, k, v, mask);
-        self.o_proj.forward(Self::merge(y))
+        linear_rows(&self.o_proj, Self::merge(y))
     }
 
     /// Causal attention for new tokens `x` `[batch, seq_new, d_model]` after those in `state`.
@@ -221,7 +222,7 @@ impl AttentionLayer {
         let start = attention.as_ref().map_or(0, |s| s.tokens());
         let (q, k, v, conv) = self.qkv_with(x, rope, start, past);
         let (y, attention) = self.inner.forward_incremental(q, k, v, attention);
-        (self.o_proj.forward(Self::merge(y)), LayerState { attention, conv })
+        (linear_rows(&self.o_proj, Self::merge(y)), LayerState { attention, conv })
     }
 
     /// Per-head queries and keys of `x` `[batch, seq, d_model]` → two `[batch, heads, seq, head_dim]`.

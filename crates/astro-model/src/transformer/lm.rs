@@ -118,8 +118,11 @@ impl LanguageModel {
 
     /// Hidden states → logits over the vocabulary with the tied embedding: `[B,T,d]` → `[B,T,V]`.
     fn head(&self, x: Tensor<3>) -> Tensor<3> {
-        let w = self.trunk.wte.weight.val(); // [V, d]
-        x.matmul(w.transpose().unsqueeze_dim(0)) // [B,T,d] @ [1,d,V]
+        let [b, t, d] = x.dims();
+        let w = self.trunk.wte.weight.val(); //                 [V, d]
+        let logits = x.reshape([b * t, d]).matmul(w.transpose()); // [B·T,d] @ [d,V] (one product, see linear_rows)
+        let v = logits.dims()[1];
+        logits.reshape([b, t, v]) //                            [B,T,V]
     }
 
     /// Logits of selected hidden states: `[N, d]` → `[N, V]` (tasks that score a few positions).
