@@ -15,7 +15,7 @@ OUT=${1:-runs/generation-latency}
 TEXT=${2:-${ASTRO_DATA_DIR:-../shared/datasets}/tinyshakespeare.txt}
 [ -f "$TEXT" ] || { echo "error: $TEXT not found; pass a text file of at least 2048 characters as the second argument" >&2; exit 1; }
 cargo build --release --quiet
-ASTRO=target/release/astro
+ASTRO="${CARGO_TARGET_DIR:-target}/release/astro"
 VARIANTS=(softmax astrocytic linear)
 for v in "${VARIANTS[@]}"; do
   [ -f "$OUT/$v/model.bpk" ] && continue
