@@ -120,7 +120,34 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error,wgpu_hal=off,wgpu_core=off,naga=off"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
-    let result = match cli.command {
+    // The command runs on a worker of a rayon pool rather than on the main thread. flex, gemm and
+    // astro's kernels split every operation over the current pool; called from outside a pool, each
+    // operation is handed to the pool's threads while the caller sleeps and is woken again (two
+    // context switches per operation, three threads on two cores). On a worker the caller does its
+    // share and steals the rest (issue 15: the scheduler was ~12 % of a recipe training step).
+    // RAYON_NUM_THREADS still sets the thread count.
+    let result = match rayon::ThreadPoolBuilder::new().stack_size(WORKER_STACK).build() {
+        Ok(pool) => pool.install(|| run(cli)),
+        Err(_) => run(cli),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Stack of the pool's threads, which run whole commands (the main thread's default size).
+const WORKER_STACK: usize = 8 << 20;
+
+/// Runs one parsed command.
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Train(args) => train::run(args, cli.device.as_deref()),
         Command::Eval(args) => eval::run_eval(args, cli.device.as_deref()),
         Command::Generate(args) => eval::run_generate(args, cli.device.as_deref()),
@@ -132,16 +159,6 @@ fn main() -> ExitCode {
         Command::Distill(args) => distill::run(args, cli.device.as_deref()),
         Command::Replicate(args) => replicate::run(args, cli.device.as_deref()),
         Command::Info(args) => info::run(args, cli.device.as_deref()),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::FAILURE
-        }
     }
 }
 
