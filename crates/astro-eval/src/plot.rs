@@ -57,7 +57,10 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     if !lo.is_finite() || !hi.is_finite() {
         return (0.0, 1.0);
     }
-    let pad = ((hi - lo) * 0.06).max(1e-9);
+    let spread = hi - lo;
+    // Equal values (e.g. two cells at the same accuracy) get a visible band around them instead of a
+    // zero-height axis whose ticks all print the same number.
+    let pad = if spread > 1e-9 * hi.abs().max(lo.abs()).max(1.0) { spread * 0.06 } else { 0.05 * hi.abs().max(1.0) };
     (lo - pad, hi + pad)
 }
 
@@ -178,6 +181,16 @@ pub fn save(chart: &Chart, stem: &Path) -> Result<(PathBuf, PathBuf), EvalError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_values_get_a_visible_range() {
+        let (lo, hi) = range([0.9994375, 0.9994375].into_iter());
+        assert!(lo < 0.9994375 && hi > 0.9994375 && hi - lo >= 0.05, "{lo} … {hi}");
+        let span = hi - lo;
+        assert_ne!(tick(lo, false, span), tick(lo + span / 2.0, false, span));
+        let (lo, hi) = range([2.0, 3.0].into_iter());
+        assert!((lo - 1.94).abs() < 1e-12 && (hi - 3.06).abs() < 1e-12);
+    }
 
     #[test]
     fn writes_png_and_svg() {
