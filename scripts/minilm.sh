@@ -41,7 +41,7 @@ rm -f "$OUT"
 # (small: 40 fitting lines, m = 64, 2 steps; the full-size numbers are in docs/encoders.md).
 SAVED=$(mktemp -d)/minilm-astro
 "$ASTRO" distill --model "$MODEL" --out "$SAVED" --features 64 --feature-map full_saderf --steps 2 \
-  --fit-lines 40 --eval-every 1 >/dev/null 2>&1
+  --fit-lines 40 --eval-every 1 >"$SAVED.log" 2>&1 || { cat "$SAVED.log" >&2; exit 1; }
 "$ASTRO" embed --model "$SAVED" --text "The astrocyte listens." --json >/dev/null
 REPORT=$("$ASTRO" replicate --model "$SAVED" --features 64 --feature-maps positive --eval-sentences 20 \
   --out "$(dirname "$SAVED")/replicate")
