@@ -19,6 +19,7 @@ fn main() {
             },
         ],
         references: vec![("slope -1/2".into(), 0.02)],
+        y_range: None,
     };
     save(&chart, std::path::Path::new("/tmp/plotdemo/chart")).unwrap();
 }

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use astro_model::AttentionConfig;
+use astro_model::attention::FeatureMap;
 use astro_train::{RunConfig, TrainOptions};
 use serde::{Deserialize, Serialize};
 
@@ -97,31 +98,44 @@ impl Cell {
         if parts.is_empty() { "all".into() } else { parts.join("; ") }
     }
 
-    /// A short human label of the group (the attention description when only attention varies).
+    /// A short human label of the group: the attention's short description, then `name=value` of
+    /// every other grid key by the last part of its name (`softmax, short_conv=4`).
     fn label(&self) -> String {
-        let others: Vec<&(String, toml::Value)> = self.values.iter().filter(|(k, _)| k != "run.seed").collect();
-        if others.len() == 1 && others[0].0 == "model.attention" {
-            return short_attention(&self.config.model.attention);
-        }
-        self.group()
+        let parts: Vec<String> = self
+            .values
+            .iter()
+            .filter(|(k, _)| k != "run.seed")
+            .map(|(k, v)| match k.as_str() {
+                "model.attention" => short_attention(&self.config.model.attention),
+                _ => format!("{}={}", k.rsplit('.').next().unwrap_or(k), inline(v)),
+            })
+            .collect();
+        if parts.is_empty() { "all".into() } else { parts.join(", ") }
     }
 }
 
 fn short_attention(a: &AttentionConfig) -> String {
     match a {
         AttentionConfig::Astrocytic(c) => {
-            let mut s = format!("astrocytic m={}", c.features);
+            let mut s = "astrocytic".to_string();
             if c.feature_map != Default::default() {
                 s.push_str(&format!(" {}", c.feature_map.name()));
             }
+            // The Taylor map's `features` is the width r of its projection, not m.
+            let width = if c.feature_map == FeatureMap::Taylor { "r" } else { "m" };
+            s.push_str(&format!(" {width}={}", c.features));
             if c.orthogonal {
                 s.push_str(" orth");
             }
             if c.decay < 1.0 {
                 s.push_str(&format!(" γ={}", c.decay));
             }
-            if c.omega_trained() {
+            // Hedgehog's map always trains Ω: its name says so.
+            if c.omega_trained() && c.feature_map != FeatureMap::Hedgehog {
                 s.push_str(" learnable");
+            }
+            if let Some(w) = c.window {
+                s.push_str(&format!(" window={w}"));
             }
             s
         }
@@ -398,8 +412,9 @@ fn curve(run_dir: &Path, metric: Metric) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// One line per label through (x, mean) with ±sample-std bars, from the values at each x.
-fn mean_series(lines: BTreeMap<String, BTreeMap<usize, Vec<f64>>>) -> Vec<Series> {
+/// One line per label through (x, mean) with ±sample-std bars, from the values at each x; lines in
+/// the order given (so a cell keeps its colour from chart to chart).
+fn mean_series(lines: impl IntoIterator<Item = (String, BTreeMap<usize, Vec<f64>>)>) -> Vec<Series> {
     lines
         .into_iter()
         .map(|(label, at)| {
@@ -421,9 +436,10 @@ fn write_plots(
     runs_dir: &Path,
     states: &BTreeMap<String, usize>,
 ) -> Result<Vec<PathBuf>, EvalError> {
-    let y_label = match ablation.metric {
-        Metric::ValLoss => "validation loss",
-        Metric::Accuracy => "accuracy",
+    let (y_label, y_range) = match ablation.metric {
+        Metric::ValLoss => ("validation loss", None),
+        // Accuracy on its whole scale, as Zoology draws it: equal cells do not blow up into a band.
+        Metric::Accuracy => ("accuracy", Some((0.0, 1.04))),
     };
     let mut files = Vec::new();
     // 1. Curves per group (mean over seeds at each evaluation step).
@@ -451,6 +467,7 @@ fn write_plots(
             log_y: false,
             series,
             references: vec![],
+            y_range,
         };
         let (png, svg) = plot::save(&chart, &out.join("curves"))?;
         files.extend([png, svg]);
@@ -462,14 +479,11 @@ fn write_plots(
         let Some(v) = metric_of(ablation.metric, row).filter(|_| row.status == "ok") else { continue };
         match &cell.config.model.attention {
             AttentionConfig::Astrocytic(c) => {
-                let label = short_attention(&AttentionConfig::Astrocytic(astro_model::attention::AstrocyticConfig {
-                    features: 0,
-                    ..c.clone()
-                }))
-                .replace(" m=0", "");
+                // The cell's label without its m: cells that differ only in m share a line.
+                let label = cell.label().replace(&format!(" m={}", c.features), "");
                 astro.entry(label).or_default().entry(c.features).or_default().push(v);
             }
-            other => references.entry(short_attention(other)).or_default().push(v),
+            _ => references.entry(cell.label()).or_default().push(v),
         }
     }
     if astro.values().any(|by_m| by_m.len() > 1) {
@@ -482,13 +496,14 @@ fn write_plots(
             log_y: false,
             series,
             references: references.into_iter().map(|(l, v)| (l, mean_std(&v).0)).collect(),
+            y_range,
         };
         let (png, svg) = plot::save(&chart, &out.join("metric_vs_m"))?;
         files.extend([png, svg]);
     }
     // 3. Zoology's picture: final metric against the decoding state (floats per sequence), one
     //    line per group of cells that differ only in m, one point per cell group.
-    let mut by_state: BTreeMap<String, BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
+    let mut by_state: Vec<(String, BTreeMap<usize, Vec<f64>>)> = Vec::new();
     for g in groups(cells, rows) {
         let (cell, _) = g.cells[0];
         let Some(&state) = g.cells.iter().find_map(|(c, _)| states.get(&c.id)) else { continue };
@@ -500,7 +515,14 @@ fn write_plots(
             AttentionConfig::Astrocytic(c) => g.label.replace(&format!("m={}", c.features), "m=·"),
             _ => g.label.clone(),
         };
-        by_state.entry(label).or_default().entry(state).or_default().extend(values);
+        let line = match by_state.iter().position(|(l, _)| *l == label) {
+            Some(i) => &mut by_state[i].1,
+            None => {
+                by_state.push((label, BTreeMap::new()));
+                &mut by_state.last_mut().expect("just pushed").1
+            }
+        };
+        line.entry(state).or_default().extend(values);
     }
     if by_state.len() > 1 {
         let series = mean_series(by_state);
@@ -512,6 +534,7 @@ fn write_plots(
             log_y: false,
             series,
             references: vec![],
+            y_range,
         };
         let (png, svg) = plot::save(&chart, &out.join("metric_vs_state"))?;
         files.extend([png, svg]);
@@ -558,5 +581,22 @@ mod shipped_configs {
             seen += 1;
         }
         assert!(seen >= 4, "found only {seen} grids in {}", dir.display());
+    }
+
+    /// Table rows and plot legends name each cell by its attention and its other grid values, short
+    /// enough to read (the recall grid's ten cells).
+    #[test]
+    fn recall_grid_cells_get_short_distinct_labels() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/ablation/recall.toml");
+        let ablation: AblationConfig = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let labels: Vec<String> =
+            cells(&path, &ablation, Path::new("/nonexistent/runs")).unwrap().iter().map(Cell::label).collect();
+        assert_eq!(labels[0], "softmax, short_conv=0");
+        assert_eq!(labels[1], "softmax, short_conv=4");
+        assert_eq!(labels[2], "astrocytic m=256, short_conv=0");
+        assert_eq!(labels[5], "astrocytic taylor r=16 learnable, short_conv=4");
+        assert!(labels.iter().all(|l| l.chars().count() <= 48), "{labels:?}");
+        let distinct: std::collections::BTreeSet<&String> = labels.iter().collect();
+        assert_eq!(distinct.len(), labels.len(), "{labels:?}");
     }
 }

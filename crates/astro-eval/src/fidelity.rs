@@ -143,6 +143,7 @@ pub(crate) fn save_error_chart(title: &str, series: Vec<Series>, out: &Path) -> 
             log_y: true,
             series,
             references: vec![],
+            y_range: None,
         },
         &out.join("error_vs_m"),
     )
@@ -438,6 +439,7 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
             log_y,
             series: figure,
             references: vec![],
+            y_range: None,
         },
         &out.join("normalisers"),
     )?;
@@ -474,6 +476,7 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
                 })
                 .collect(),
             references: vec![("softmax".into(), softmax_val_loss)],
+            y_range: None,
         },
         &out.join("loss_vs_m"),
     )?;

@@ -37,6 +37,8 @@ pub struct Chart {
     pub series: Vec<Series>,
     /// Horizontal reference lines (label, y).
     pub references: Vec<(String, f64)>,
+    /// Fixed y range (e.g. 0 to 1 for an accuracy); unset: fitted to the data.
+    pub y_range: Option<(f64, f64)>,
 }
 
 static FONTS: Once = Once::new();
@@ -46,6 +48,28 @@ fn register_fonts() {
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
         let _ = plotters::style::register_font("sans-serif", FontStyle::Bold, dejavu::sans::bold());
     });
+}
+
+/// Tableau's ten categorical colours: distinct on white and for most colour-blind readers, unlike
+/// plotters' `Palette99`, whose second colour is a pale green that a lone marker all but hides.
+const COLOURS: [(u8, u8, u8); 10] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+];
+
+fn colour(i: usize) -> RGBAColor {
+    match COLOURS.get(i) {
+        Some(&(r, g, b)) => RGBColor(r, g, b).to_rgba(),
+        None => Palette99::pick(i).to_rgba(),
+    }
 }
 
 fn axis(v: f64, log: bool) -> f64 {
@@ -64,27 +88,39 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-/// `x` with two significant digits (`63`, `0.016`, `4.1e3`).
-fn significant(x: f64) -> String {
+/// `x` with `digits` significant digits (2: `63`, `0.016`, `4.1e3`; 3: `70800`, `1.26e6`).
+fn significant(x: f64, digits: i32) -> String {
     if x == 0.0 {
         return "0".into();
     }
     let magnitude = x.abs().log10().floor() as i32;
-    if !(-2..4).contains(&magnitude) {
-        return format!("{x:.1e}");
+    if !(-2..digits + 3).contains(&magnitude) {
+        let mantissa = (digits - 1).max(0) as usize;
+        return format!("{x:.mantissa$e}");
     }
-    let decimals = (1 - magnitude).max(0) as usize;
+    if magnitude >= digits {
+        // Round to `digits` significant digits and print as an integer.
+        let unit = 10f64.powi(magnitude + 1 - digits);
+        return format!("{}", ((x / unit).round() * unit) as i64);
+    }
+    let decimals = (digits - 1 - magnitude).max(0) as usize;
     format!("{x:.decimals$}")
 }
 
-/// Tick text: two significant digits on log axes; on linear axes enough decimals to tell ticks
-/// `span / 10` apart.
+/// Tick text: significant digits on log axes (three when the axis spans less than a decade, so that
+/// neighbouring ticks differ); on linear axes enough decimals to tell ticks `span / 10` apart.
 fn tick(v: f64, log: bool, span: f64) -> String {
     if log {
-        return significant(10f64.powf(v));
+        return significant(10f64.powf(v), if span < 1.0 { 3 } else { 2 });
     }
     let decimals = (-(span / 10.0).max(1e-12).log10().floor() as i32).clamp(0, 8) as usize;
     format!("{v:.decimals$}")
+}
+
+/// Width of the legend panel right of the chart for these labels, in pixels.
+fn legend_width(chart: &Chart) -> u32 {
+    let longest = chart.series.iter().map(|s| &s.label).chain(chart.references.iter().map(|r| &r.0)).map(|l| l.chars().count());
+    (longest.max().unwrap_or(0) as u32 * 6 + 48).clamp(120, 520)
 }
 
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, chart: &Chart) -> Result<(), String>
@@ -92,6 +128,9 @@ where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
+    // The legend gets its own panel right of the plot, so that it never hides a line or a point.
+    let (width, _) = root.dim_in_pixel();
+    let (plot_area, legend_area) = root.split_horizontally(width.saturating_sub(legend_width(chart)));
     let xs = chart.series.iter().flat_map(|s| s.points.iter().map(|p| axis(p.0, chart.log_x)));
     let ys = chart
         .series
@@ -106,8 +145,11 @@ where
         .filter(|v| !chart.log_y || *v > 0.0)
         .map(|v| axis(v, chart.log_y));
     let (x0, x1) = range(xs);
-    let (y0, y1) = range(ys);
-    let mut ctx = ChartBuilder::on(&root)
+    let (y0, y1) = match chart.y_range {
+        Some((lo, hi)) => (axis(lo, chart.log_y), axis(hi, chart.log_y)),
+        None => range(ys),
+    };
+    let mut ctx = ChartBuilder::on(&plot_area)
         .caption(&chart.title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(42)
@@ -122,15 +164,15 @@ where
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| e.to_string())?;
+    let mut legend: Vec<(String, RGBAColor, bool)> = Vec::new();
     for (i, s) in chart.series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = colour(i);
         let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (axis(p.0, chart.log_x), axis(p.1, chart.log_y))).collect();
-        ctx.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(|e| e.to_string())?
-            .label(&s.label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        ctx.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2))).map_err(|e| e.to_string())?;
+        // A series of one or two points is a scatter (one cell per point): large markers.
+        let radius = if pts.len() <= 2 { 6 } else { 3 };
         if pts.len() <= 40 {
-            ctx.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| e.to_string())?;
+            ctx.draw_series(pts.iter().map(|&p| Circle::new(p, radius, color.filled()))).map_err(|e| e.to_string())?;
         }
         if let Some(errors) = &s.errors {
             let bars = s.points.iter().zip(errors).map(|(p, e)| {
@@ -146,21 +188,30 @@ where
             });
             ctx.draw_series(bars).map_err(|e| e.to_string())?;
         }
+        legend.push((s.label.clone(), color, pts.len() <= 2));
     }
     for (j, (label, y)) in chart.references.iter().enumerate() {
-        let color = Palette99::pick(chart.series.len() + j).to_rgba();
+        let color = colour(chart.series.len() + j);
         let y = axis(*y, chart.log_y);
-        ctx.draw_series(LineSeries::new(vec![(x0, y), (x1, y)], color.stroke_width(1)))
-            .map_err(|e| e.to_string())?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(1)));
+        ctx.draw_series(LineSeries::new(vec![(x0, y), (x1, y)], color.stroke_width(1))).map_err(|e| e.to_string())?;
+        legend.push((label.clone(), color, false));
     }
-    ctx.configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 13))
-        .draw()
-        .map_err(|e| e.to_string())?;
+    // The legend panel: one row per series, its colour as a line (or a marker for scatters).
+    let row = 20;
+    let top = 48;
+    for (k, (label, color, marker)) in legend.iter().enumerate() {
+        let y = top + k as i32 * row;
+        if *marker {
+            legend_area.draw(&Circle::new((14, y), 5, color.filled())).map_err(|e| e.to_string())?;
+        } else {
+            legend_area
+                .draw(&PathElement::new(vec![(4, y), (24, y)], color.stroke_width(2)))
+                .map_err(|e| e.to_string())?;
+        }
+        legend_area
+            .draw(&Text::new(label.clone(), (32, y - 7), ("sans-serif", 13).into_font().color(&BLACK)))
+            .map_err(|e| e.to_string())?;
+    }
     root.present().map_err(|e| e.to_string())
 }
 
@@ -172,9 +223,10 @@ pub fn save(chart: &Chart, stem: &Path) -> Result<(PathBuf, PathBuf), EvalError>
     if let Some(dir) = stem.parent() {
         std::fs::create_dir_all(dir).map_err(|e| EvalError::io("create", dir, e))?;
     }
-    draw(BitMapBackend::new(&png, (900, 560)).into_drawing_area(), chart)
-        .map_err(|e| EvalError::io("draw", &png, e))?;
-    draw(SVGBackend::new(&svg, (900, 560)).into_drawing_area(), chart).map_err(|e| EvalError::io("draw", &svg, e))?;
+    // The plot keeps 900 × 560 pixels; the legend panel widens the image.
+    let size = (900 + legend_width(chart), 560);
+    draw(BitMapBackend::new(&png, size).into_drawing_area(), chart).map_err(|e| EvalError::io("draw", &png, e))?;
+    draw(SVGBackend::new(&svg, size).into_drawing_area(), chart).map_err(|e| EvalError::io("draw", &svg, e))?;
     Ok((png, svg))
 }
 
@@ -193,6 +245,18 @@ mod tests {
     }
 
     #[test]
+    fn log_ticks_within_a_decade_keep_three_digits() {
+        // 10^5.1 = 125,893: two digits would print 1.3e5, one tick away from 10^5.05 = 112,202 → 1.1e5.
+        assert_eq!(tick(5.1, true, 0.4), "126000");
+        assert_eq!(tick(5.05, true, 0.4), "112000");
+        assert_eq!(tick(4.85, true, 0.4), "70800");
+        assert_eq!(tick(2.0, true, 3.0), "100");
+        assert_eq!(tick(-1.0, true, 3.0), "0.10");
+        assert_eq!(significant(4096.0, 2), "4100");
+        assert_eq!(significant(1.6e-3, 2), "1.6e-3");
+    }
+
+    #[test]
     fn writes_png_and_svg() {
         let dir = tempfile::tempdir().unwrap();
         let chart = Chart {
@@ -207,6 +271,7 @@ mod tests {
                 errors: Some(vec![0.01, 0.005, 0.002]),
             }],
             references: vec![("softmax".into(), 0.02)],
+            y_range: None,
         };
         let (png, svg) = save(&chart, &dir.path().join("chart")).unwrap();
         let png_bytes = std::fs::read(png).unwrap();

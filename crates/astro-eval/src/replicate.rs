@@ -467,6 +467,7 @@ fn write_outputs(
                 log_y,
                 series: series.clone(),
                 references: vec![],
+                y_range: None,
             },
             &out.join(format!("normalisers_{map}_m{m}")),
         )?;
@@ -507,6 +508,7 @@ fn write_outputs(
                 })
                 .collect(),
             references: vec![],
+            y_range: None,
         },
         &out.join("cosine_vs_m"),
     )?;
@@ -537,6 +539,7 @@ fn write_outputs(
                 log_y: false,
                 series,
                 references: vec![],
+                y_range: None,
             },
             &out.join("usefulness_vs_m"),
         )?;
