@@ -12,6 +12,9 @@
 //! [grid]                              # every combination of these values is one cell
 //! "model.attention" = [{ kind = "softmax" }, { kind = "astrocytic", features = 64 }]
 //! "run.seed" = [1, 2, 3]
+//! [[include]]                         # optional: one more cell, appended after the grid's (as in
+//! "model.attention" = { kind = "linear" }   # a CI matrix); it gives one value per grid key
+//! "run.seed" = 1
 //! ```
 
 use std::collections::BTreeMap;
@@ -50,6 +53,10 @@ pub struct AblationConfig {
     pub set: toml::Table,
     /// Dotted keys → the values to try.
     pub grid: toml::Table,
+    /// Extra cells beyond the grid's combinations, each one value per grid key; numbered after
+    /// them, so adding one keeps every finished cell's id.
+    #[serde(default)]
+    pub include: Vec<toml::Table>,
 }
 
 /// One row of `results.csv`.
@@ -181,6 +188,29 @@ pub fn cells(config_path: &Path, ablation: &AblationConfig, runs_dir: &Path) -> 
                 })
             })
             .collect();
+    }
+    for (i, extra) in ablation.include.iter().enumerate() {
+        let combo: Vec<(String, toml::Value)> = axes
+            .iter()
+            .map(|(key, _)| {
+                extra.get(key).map(|v| (key.clone(), v.clone())).ok_or_else(|| {
+                    EvalError::Invalid(format!(
+                        "include #{}: no value for grid key `{key}`; give one value for every grid key",
+                        i + 1
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        if let Some(key) = extra.keys().find(|k| !ablation.grid.contains_key(*k)) {
+            return Err(EvalError::Invalid(format!(
+                "include #{}: `{key}` is not a grid key; put it in [grid] (or in [set] for every cell)",
+                i + 1
+            )));
+        }
+        if combos.contains(&combo) {
+            return Err(EvalError::Invalid(format!("include #{}: that cell is already in the grid", i + 1)));
+        }
+        combos.push(combo);
     }
     let mut cells = Vec::with_capacity(combos.len());
     for (i, values) in combos.into_iter().enumerate() {
@@ -503,7 +533,7 @@ fn write_plots(
     }
     // 3. Zoology's picture: final metric against the decoding state (floats per sequence), one
     //    line per group of cells that differ only in m, one point per cell group.
-    let mut by_state: Vec<(String, BTreeMap<usize, Vec<f64>>)> = Vec::new();
+    let mut points: Vec<(String, String, usize, Vec<f64>)> = Vec::new(); // (line, own label, state, values)
     for g in groups(cells, rows) {
         let (cell, _) = g.cells[0];
         let Some(&state) = g.cells.iter().find_map(|(c, _)| states.get(&c.id)) else { continue };
@@ -511,18 +541,25 @@ fn write_plots(
         if values.is_empty() {
             continue;
         }
-        let label = match &cell.config.model.attention {
-            AttentionConfig::Astrocytic(c) => g.label.replace(&format!("m={}", c.features), "m=·"),
+        let line = match &cell.config.model.attention {
+            AttentionConfig::Astrocytic(c) => g.label.replace(&format!(" m={}", c.features), " m=·"),
             _ => g.label.clone(),
         };
-        let line = match by_state.iter().position(|(l, _)| *l == label) {
+        points.push((line, g.label.clone(), state, values));
+    }
+    let mut by_state: Vec<(String, BTreeMap<usize, Vec<f64>>)> = Vec::new();
+    for (line, own, state, values) in &points {
+        // A line only where several groups differ in m alone; a lone point keeps its own label.
+        let shared = points.iter().filter(|p| p.0 == *line).count() > 1;
+        let label = if shared { line } else { own };
+        let at = match by_state.iter().position(|(l, _)| l == label) {
             Some(i) => &mut by_state[i].1,
             None => {
-                by_state.push((label, BTreeMap::new()));
+                by_state.push((label.clone(), BTreeMap::new()));
                 &mut by_state.last_mut().expect("just pushed").1
             }
         };
-        line.entry(state).or_default().extend(values);
+        at.entry(*state).or_default().extend(values.iter().copied());
     }
     if by_state.len() > 1 {
         let series = mean_series(by_state);
@@ -581,6 +618,43 @@ mod shipped_configs {
             seen += 1;
         }
         assert!(seen >= 4, "found only {seen} grids in {}", dir.display());
+    }
+
+    /// `[[include]]` cells come after the grid's, keep their ids stable, and are checked.
+    #[test]
+    fn included_cells_follow_the_grid_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/mqar.toml");
+        let write = |extra: &str| {
+            let path = dir.path().join("grid.toml");
+            std::fs::write(
+                &path,
+                format!(
+                    "base = {:?}\n[grid]\n\"model.attention\" = [{{ kind = \"softmax\" }}, {{ kind = \"linear\" }}]\n\"model.short_conv\" = [4]\n{extra}",
+                    base.display().to_string()
+                ),
+            )
+            .unwrap();
+            let ablation: AblationConfig = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            cells(&path, &ablation, Path::new("/nonexistent/runs"))
+        };
+        let plain = write("").unwrap();
+        let extra = "[[include]]\n\"model.attention\" = { kind = \"softmax\" }\n\"model.short_conv\" = 0\n";
+        let cells = write(extra).unwrap();
+        assert_eq!(cells.len(), 3);
+        assert_eq!(cells[..2], plain[..]);
+        assert_eq!((cells[2].id.as_str(), cells[2].label().as_str()), ("cell-002", "softmax, short_conv=0"));
+        assert_eq!(cells[2].config.model.short_conv, 0);
+
+        let missing = write("[[include]]\n\"model.short_conv\" = 0\n").unwrap_err().to_string();
+        assert!(missing.contains("include #1") && missing.contains("`model.attention`"), "{missing}");
+        let stray = format!("{extra}\"run.seed\" = 3\n");
+        let stray = write(&stray).unwrap_err().to_string();
+        assert!(stray.contains("`run.seed` is not a grid key"), "{stray}");
+        let twice = write("[[include]]\n\"model.attention\" = { kind = \"linear\" }\n\"model.short_conv\" = 4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(twice.contains("already in the grid"), "{twice}");
     }
 
     /// Table rows and plot legends name each cell by its attention and its other grid values, short

@@ -119,7 +119,8 @@ fn tick(v: f64, log: bool, span: f64) -> String {
 
 /// Width of the legend panel right of the chart for these labels, in pixels.
 fn legend_width(chart: &Chart) -> u32 {
-    let longest = chart.series.iter().map(|s| &s.label).chain(chart.references.iter().map(|r| &r.0)).map(|l| l.chars().count());
+    let longest =
+        chart.series.iter().map(|s| &s.label).chain(chart.references.iter().map(|r| &r.0)).map(|l| l.chars().count());
     (longest.max().unwrap_or(0) as u32 * 6 + 48).clamp(120, 520)
 }
 
