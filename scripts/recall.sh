@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The recall ablation of issue 16 in one command: MQAR at Zoology's easiest setting (sequence 64,
 # 4 key–value pairs) over attention × short convolution (configs/ablation/recall.toml, 10 runs), then
-# the harder setting (sequence 256, 16 pairs; configs/ablation/recall-hard.toml, 2 runs).
+# the harder setting (sequence 256, 16 pairs; configs/ablation/recall-hard.toml, 3 runs).
 #
-#   scripts/recall.sh [OUT_DIR=reports]      # ~3 h on 2 cores; resumable: finished runs are skipped
+#   scripts/recall.sh [OUT_DIR=reports]      # ~2.5 h on 2 cores; resumable: finished runs are skipped
 #
 # Each grid writes results.md (accuracy, validation loss, decoding state in floats per sequence),
 # results.csv, the validation curves (curves.png/svg) and Zoology's picture, accuracy against the
