@@ -141,6 +141,7 @@ fn run_case(w: &World, case: &str) -> Output {
             w.set(&[r#"model.attention={kind="astrocytic",features=100,feature_map="taylor",learnable_omega=true}"#])
         }
         "config-short-conv-too-long" => w.set(&["model.short_conv=1000"]),
+        "config-short-conv-longer-than-block" => w.set(&["model.short_conv=32", "model.block_size=16"]),
         "config-window-zero" => w.set(&["model.attention={ kind = \"astrocytic\", window = 0 }"]),
         "device-bad-index" => w.astro(&["train", "--device", "flex:1"]).output().unwrap(),
         "devices-cpu-backend" => w.astro(&["train", "--devices", "flex,flex"]).output().unwrap(),
@@ -319,6 +320,7 @@ const CASES: &[&str] = &[
     "config-bad-override",
     "config-taylor-too-wide",
     "config-short-conv-too-long",
+    "config-short-conv-longer-than-block",
     "config-window-zero",
     "device-bad-index",
     "devices-cpu-backend",

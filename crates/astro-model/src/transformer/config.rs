@@ -210,6 +210,17 @@ impl TransformerConfig {
                 "a short convolution spans at most 64 tokens (Based and H3 use 3–4); 0 turns it off",
             ));
         }
+        if self.short_conv > self.block_size {
+            return Err(ConfigError::invalid(
+                "model.short_conv",
+                self.short_conv,
+                format!(
+                    "the convolution is longer than the block (model.block_size = {}): its oldest taps would never \
+                     see a token; use at most the block size (Based and H3 use 3–4)",
+                    self.block_size
+                ),
+            ));
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(ConfigError::invalid("model.dropout", self.dropout, "dropout must lie in [0, 1)"));
         }
