@@ -294,6 +294,41 @@ fn loading_weights_of_another_variant_or_size_names_both() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Weights made with another short convolution, feature map or window: the error names the key,
+/// even where the one-line descriptions read alike (the window has no weights of its own).
+#[test]
+fn loading_weights_made_with_another_conv_map_or_window_names_the_key() {
+    let dev = device();
+    let dir = std::env::temp_dir().join(format!("astro-model-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let astro = |window: Option<usize>, feature_map: FeatureMap| {
+        AttentionConfig::Astrocytic(AstrocyticConfig { features: 8, feature_map, window, ..Default::default() })
+    };
+    let mut saved = small(astro(Some(8), FeatureMap::Positive), Positions::Learned);
+    saved.short_conv = 4;
+    let path = dir.join("saved.bpk");
+    LanguageModel::new(&saved, &dev).unwrap().save(&path).unwrap();
+    let load = |config: &TransformerConfig| {
+        LanguageModel::new(config, &dev).unwrap().load_weights(&path).unwrap_err().to_string()
+    };
+
+    let mut conv = saved.clone();
+    conv.short_conv = 2;
+    let err = load(&conv);
+    assert!(err.contains("`model.short_conv` (saved 4, this model 2)"), "{err}");
+    let mut window = saved.clone();
+    window.attention = astro(None, FeatureMap::Positive);
+    let err = load(&window);
+    assert!(err.contains("`model.attention.window` (saved 8, this model unset)"), "{err}");
+    let mut map = saved.clone();
+    map.attention = astro(Some(8), FeatureMap::Cosine);
+    let err = load(&map);
+    assert!(err.contains("`model.attention.feature_map` (saved \"positive\", this model \"cosine\")"), "{err}");
+    let listed = err.split("they differ in").nth(1).unwrap_or_default();
+    assert!(!listed.contains("short_conv") && !listed.contains("window"), "only the differing key: {err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 fn parse_error(toml: &str) -> ConfigError {
     TransformerConfig::from_toml(toml).unwrap_err()
 }

@@ -244,18 +244,20 @@ impl AttentionConfig {
         }
     }
 
-    /// One-line human description, e.g. `astrocytic (m = 256, positive map, i.i.d. Ω, γ = 1)`.
+    /// One-line human description, e.g. `astrocytic (m = 256, positive map, i.i.d. Ω, γ = 1)`
+    /// (with `, softmax window W` when it has one).
     pub fn describe(&self) -> String {
         match self {
             AttentionConfig::Softmax(_) => "softmax".to_string(),
             AttentionConfig::Linear(_) => "linear (elu+1)".to_string(),
             AttentionConfig::Astrocytic(c) => format!(
-                "astrocytic (m = {}, {} map, {} Ω{}, γ = {})",
+                "astrocytic (m = {}, {} map, {} Ω{}, γ = {}{})",
                 c.features,
                 c.feature_map.name(),
                 if c.orthogonal { "orthogonal" } else { "i.i.d." },
                 if c.omega_trained() { ", learnable" } else { "" },
-                c.decay
+                c.decay,
+                c.window.map_or(String::new(), |w| format!(", softmax window {w}"))
             ),
         }
     }

@@ -259,7 +259,7 @@ pub(crate) fn load_export<M: Module>(module: M, architecture: &SavedArchitecture
         return Err(ModelError::Mismatch {
             path: dir.join(CONFIG_FILE).display().to_string(),
             saved: saved.describe(),
-            expected: architecture.describe(),
+            expected: format!("{}{}", architecture.describe(), saved.differences(architecture)),
         });
     }
     load_safetensors(module, &dir.join(WEIGHTS_FILE))

@@ -57,6 +57,47 @@ impl SavedArchitecture {
         };
         strip(self) == strip(other)
     }
+
+    /// The config keys in which `self` (saved) and `other` (this model) differ, dropout aside, for
+    /// an error message: `; they differ in `model.short_conv` (saved 4, this model 2)`, or empty.
+    /// (Two descriptions can read alike while the configs differ, e.g. in `attention.window`.)
+    pub(crate) fn differences(&self, other: &SavedArchitecture) -> String {
+        let (saved, here) = (flat_keys(self), flat_keys(other));
+        let keys: std::collections::BTreeSet<&String> = saved.keys().chain(here.keys()).collect();
+        let show = |v: Option<&serde_json::Value>| v.map_or("unset".to_string(), |v| v.to_string());
+        let diffs: Vec<String> = keys
+            .into_iter()
+            .filter(|k| !k.ends_with(".dropout") && saved.get(*k) != here.get(*k))
+            .map(|k| format!("`{k}` (saved {}, this model {})", show(saved.get(k)), show(here.get(k))))
+            .collect();
+        if diffs.is_empty() { String::new() } else { format!("; they differ in {}", diffs.join(", ")) }
+    }
+}
+
+/// `arch` as dotted run-config keys (`model.attention.window` → 8); the tag naming the kind of
+/// model is left out (the description says it).
+fn flat_keys(arch: &SavedArchitecture) -> std::collections::BTreeMap<String, serde_json::Value> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut std::collections::BTreeMap<String, serde_json::Value>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    walk(&format!("{prefix}.{k}"), v, out);
+                }
+            }
+            serde_json::Value::Null => {}
+            other => {
+                out.insert(prefix.to_string(), other.clone());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(arch) {
+        for (k, v) in map.iter().filter(|(k, _)| k.as_str() != "model") {
+            // The trunk's keys are the run config's `model.*` keys.
+            walk(if k == "config" { "model" } else { k }, v, &mut out);
+        }
+    }
+    out
 }
 
 /// Loads the parameters of `path` into `module`, whose architecture may differ from the file's only
@@ -78,7 +119,11 @@ pub(crate) fn transfer<M: Module>(mut module: M, arch: &SavedArchitecture, path:
         return Err(ModelError::Mismatch {
             path: path.display().to_string(),
             saved: saved.describe(),
-            expected: format!("{} (weight transfer allows only the attention variant to differ)", arch.describe()),
+            expected: format!(
+                "{}{} (weight transfer allows only the attention variant to differ)",
+                arch.describe(),
+                without_attention(&saved).differences(&without_attention(arch))
+            ),
         });
     }
     let mut store = BurnpackStore::from_file(path).auto_extension(false).allow_partial(true);
@@ -126,7 +171,7 @@ pub(crate) fn load<M: Module>(mut module: M, arch: &SavedArchitecture, path: &Pa
         return Err(ModelError::Mismatch {
             path: path.display().to_string(),
             saved: saved.describe(),
-            expected: arch.describe(),
+            expected: format!("{}{}", arch.describe(), saved.differences(arch)),
         });
     }
     let mut store = BurnpackStore::from_file(path).auto_extension(false);
