@@ -219,8 +219,12 @@ impl AstrocyticAttention {
 
     /// x̃ = x / D^{1/4} for `x` `[batch, heads, seq, head_dim]`.
     fn scaled(x: Tensor<4>) -> Tensor<4> {
-        let d = x.dims()[3] as f64;
-        x.mul_scalar(d.powf(-0.25))
+        let dims = x.dims();
+        let d = dims[3] as f64;
+        // Per-head q and k arrive as a transposed view of the projections. flex scales a strided
+        // tensor one index at a time, on one thread, in both passes (13 % of a Taylor-map training
+        // step). Flattening first hands it a contiguous copy; a no-op for contiguous input.
+        x.reshape([dims.iter().product::<usize>()]).mul_scalar(d.powf(-0.25)).reshape(dims)
     }
 
     /// A `[heads, head_dim]` parameter as `[1, heads, 1, head_dim]` in `like`'s dtype.

@@ -194,8 +194,12 @@ impl FeatureMap {
 /// [1, u, vec(u uᵀ)/√2] for `u` `[batch, heads, seq, r]` → `[batch, heads, seq, 1 + r + r²]`.
 fn taylor(u: Tensor<4>) -> Tensor<4> {
     let [b, h, t, r] = u.dims();
-    let outer = u.clone().reshape([b, h, t, r, 1]) * u.clone().reshape([b, h, t, 1, r]); // [B,H,T,r,r]
-    let second = outer.reshape([b, h, t, r * r]).mul_scalar(std::f64::consts::FRAC_1_SQRT_2);
+    // 1/√2 scales one factor (r values per token) rather than the product (r² of them): in the
+    // backward pass the product's gradient is a strided slice of the concatenation's, which flex
+    // scales one index at a time.
+    let left = u.clone().mul_scalar(std::f64::consts::FRAC_1_SQRT_2).reshape([b, h, t, r, 1]);
+    let outer = left * u.clone().reshape([b, h, t, 1, r]); //                         [B,H,T,r,r]
+    let second = outer.reshape([b, h, t, r * r]);
     let ones = Tensor::<4>::ones([b, h, t, 1], (&u.device(), u.dtype()));
     Tensor::cat(vec![ones, u, second], 3)
 }
