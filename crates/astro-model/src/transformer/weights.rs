@@ -46,28 +46,30 @@ impl SavedArchitecture {
     /// Whether weights of `self` fit a model built as `other`: everything that shapes or defines the
     /// tensors must agree; dropout may differ (fine-tuning with another dropout is legitimate).
     pub(crate) fn compatible(&self, other: &SavedArchitecture) -> bool {
-        let strip = |a: &SavedArchitecture| {
-            let mut a = a.clone();
-            match &mut a {
-                SavedArchitecture::LanguageModel { config } | SavedArchitecture::EncoderClassifier { config, .. } => {
-                    config.dropout = 0.0;
-                }
+        self.without_dropout() == other.without_dropout()
+    }
+
+    /// `self` with dropout zeroed: what [`Self::compatible`] and [`Self::differences`] compare.
+    fn without_dropout(&self) -> SavedArchitecture {
+        let mut a = self.clone();
+        match &mut a {
+            SavedArchitecture::LanguageModel { config } | SavedArchitecture::EncoderClassifier { config, .. } => {
+                config.dropout = 0.0;
             }
-            a
-        };
-        strip(self) == strip(other)
+        }
+        a
     }
 
     /// The config keys in which `self` (saved) and `other` (this model) differ, dropout aside, for
     /// an error message: `; they differ in `model.short_conv` (saved 4, this model 2)`, or empty.
     /// (Two descriptions can read alike while the configs differ, e.g. in `attention.window`.)
     pub(crate) fn differences(&self, other: &SavedArchitecture) -> String {
-        let (saved, here) = (flat_keys(self), flat_keys(other));
+        let (saved, here) = (flat_keys(&self.without_dropout()), flat_keys(&other.without_dropout()));
         let keys: std::collections::BTreeSet<&String> = saved.keys().chain(here.keys()).collect();
         let show = |v: Option<&serde_json::Value>| v.map_or("unset".to_string(), |v| v.to_string());
         let diffs: Vec<String> = keys
             .into_iter()
-            .filter(|k| !k.ends_with(".dropout") && saved.get(*k) != here.get(*k))
+            .filter(|k| saved.get(*k) != here.get(*k))
             .map(|k| format!("`{k}` (saved {}, this model {})", show(saved.get(k)), show(here.get(k))))
             .collect();
         if diffs.is_empty() { String::new() } else { format!("; they differ in {}", diffs.join(", ")) }
@@ -109,13 +111,12 @@ pub(crate) fn transfer<M: Module>(mut module: M, arch: &SavedArchitecture, path:
         let mut a = a.clone();
         match &mut a {
             SavedArchitecture::LanguageModel { config } | SavedArchitecture::EncoderClassifier { config, .. } => {
-                config.dropout = 0.0;
                 config.attention = crate::attention::AttentionConfig::default();
             }
         }
         a
     };
-    if without_attention(&saved) != without_attention(arch) {
+    if !without_attention(&saved).compatible(&without_attention(arch)) {
         return Err(ModelError::Mismatch {
             path: path.display().to_string(),
             saved: saved.describe(),
