@@ -4,14 +4,15 @@
 mod common;
 
 use assert_cmd::Command;
-use common::{repo, shared_datasets};
+use common::{fixture, repo};
 use predicates::prelude::*;
 
 fn astro() -> Command {
     let mut cmd = Command::cargo_bin("astro").expect("binary built");
     let cache = std::env::temp_dir().join(format!("astro-cli-test-cache-{}", std::process::id()));
+    // No corpora anywhere: commands that would need one are given a vocabulary size or a fixture.
     cmd.current_dir(repo())
-        .env("ASTRO_DATA_DIR", shared_datasets())
+        .env("ASTRO_DATA_DIR", cache.join("no-data"))
         .env("ASTRO_CACHE_DIR", cache)
         .env("ASTRO_OFFLINE", "1");
     cmd
@@ -20,7 +21,7 @@ fn astro() -> Command {
 #[test]
 fn info_prints_parameters_and_state_size() {
     astro()
-        .args(["info", "--config", "configs/shakespeare-char.toml"])
+        .args(["info", "--config", "configs/shakespeare-char.toml", "--vocab-size", "65"])
         .assert()
         .success()
         .stdout(predicate::str::contains("trunk.blocks.3.attn.q_proj"))
@@ -28,6 +29,22 @@ fn info_prints_parameters_and_state_size() {
         .stdout(predicate::str::contains("804,096"))
         .stdout(predicate::str::contains("131,072"))
         .stdout(predicate::str::contains("context   2048"));
+}
+
+#[test]
+fn info_takes_the_vocabulary_from_the_configs_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let data = fixture("shakespeare-excerpt.txt").display().to_string();
+    std::fs::write(&path, format!("[data]\npath = {data:?}\n[model]\nattention = {{ kind = \"softmax\" }}\n")).unwrap();
+    // The excerpt has 58 distinct characters: a token embedding of 58 × 128.
+    astro()
+        .args(["info", "--config"])
+        .arg(&path)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("vocab 58"))
+        .stdout(predicate::str::is_match(r"trunk\.wte +7,424").unwrap());
 }
 
 #[test]
@@ -39,8 +56,9 @@ fn info_for_each_variant() {
         (r#"{ kind = "astrocytic", features = 64, orthogonal = true }"#, "33,808"),
     ] {
         let path = dir.path().join("c.toml");
-        let text =
-            format!("[data]\ndataset = \"tinyshakespeare\"\n[model]\nblock_size = 64\nattention = {attention}\n");
+        let text = format!(
+            "[data]\ndataset = \"tinyshakespeare\"\n[model]\nvocab_size = 65\nblock_size = 64\nattention = {attention}\n"
+        );
         std::fs::write(&path, text).unwrap();
         astro()
             .args(["info", "--config"])

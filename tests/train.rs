@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{astro, metrics_without_timing as metrics, repo, shared_datasets};
+use common::{astro, fixture, metrics_without_timing as metrics, real_corpora, repo};
 use predicates::prelude::*;
 use serde_json::Value;
 
@@ -164,43 +164,84 @@ fn run_directory_holds_everything() {
     assert!(resolved.contains("vocab_size"), "{resolved}");
 }
 
-#[test]
-fn named_dataset_resolves_offline_with_nanogpt_split() {
-    let root = tempfile::tempdir().unwrap();
-    let root = root.path();
-    let out = astro(root)
-        .env("ASTRO_DATA_DIR", shared_datasets())
-        .args(["train", "--json"])
+/// `astro train` with the default recipe shrunk to two steps of a one-layer model, into `root/runs`.
+fn two_steps(root: &Path) -> assert_cmd::Command {
+    let mut cmd = astro(root);
+    cmd.args(["train", "--json"])
         .args(["--set", "train.max_iters=2", "--set", "train.eval_iters=1", "--set", "train.sample_tokens=0"])
         .args(["--set", "model.n_layer=1", "--set", "model.n_embd=16", "--set", "model.n_head=2"])
-        .args(["--set", &format!("run.out_dir={:?}", root.join("runs").display().to_string())])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let summary: Value = serde_json::from_slice(&out).unwrap();
-    assert_eq!(summary["steps"], 2);
-    let tokenizer = std::fs::read_to_string(root.join("runs/shakespeare-char/tokenizer.json")).unwrap();
+        .args(["--set", &format!("run.out_dir={:?}", root.join("runs").display().to_string())]);
+    cmd
+}
+
+/// The characters of a run's character-level tokenizer.
+fn tokenizer_chars(run: &Path) -> usize {
+    let tokenizer = std::fs::read_to_string(run.join("tokenizer.json")).unwrap();
     let parsed: Value = serde_json::from_str(&tokenizer).unwrap();
-    assert_eq!(parsed["astro_char_tokenizer"]["chars"].as_str().unwrap().chars().count(), 65);
+    parsed["astro_char_tokenizer"]["chars"].as_str().unwrap().chars().count()
 }
 
 #[test]
-fn bpe_config_trains_on_wikitext() {
+fn named_dataset_resolves_offline_from_the_data_dir() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
-    astro(root)
-        .env("ASTRO_DATA_DIR", shared_datasets())
-        .args(["train", "--json", "--config"])
+    // The default recipe names `tinyshakespeare`; $ASTRO_DATA_DIR/tinyshakespeare.txt is taken as it
+    // is (here the repository's excerpt of it, 58 distinct characters), with no download.
+    let data = root.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::copy(fixture("shakespeare-excerpt.txt"), data.join("tinyshakespeare.txt")).unwrap();
+    let out = two_steps(root).env("ASTRO_DATA_DIR", &data).assert().success().get_output().stdout.clone();
+    let summary: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(summary["steps"], 2);
+    assert_eq!(tokenizer_chars(&root.join("runs/shakespeare-char")), 58);
+    assert!(!root.join("cache/datasets").exists(), "nothing was downloaded or cached");
+}
+
+#[test]
+#[ignore = "needs the real corpora: ASTRO_DATA_DIR=… cargo test -- --ignored real_corpus"]
+fn real_corpus_tinyshakespeare_resolves_offline_with_nanogpt_vocabulary() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let out = two_steps(root).env("ASTRO_DATA_DIR", real_corpora()).assert().success().get_output().stdout.clone();
+    let summary: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(summary["steps"], 2);
+    assert_eq!(tokenizer_chars(&root.join("runs/shakespeare-char")), 65);
+}
+
+/// `configs/wikitext2-bpe.toml` for two steps of a one-layer model, into `root/runs`.
+fn bpe_config(root: &Path) -> assert_cmd::Command {
+    let mut cmd = astro(root);
+    cmd.args(["train", "--json", "--config"])
         .arg(repo().join("configs/wikitext2-bpe.toml"))
         .args(["--set", "train.max_iters=2", "--set", "train.eval_iters=1", "--set", "train.sample_tokens=5"])
         .args(["--set", "model.n_layer=1", "--set", "data.tokenizer.vocab_size=300"])
-        .args(["--set", &format!("run.out_dir={:?}", root.join("runs").display().to_string())])
-        .assert()
-        .success();
+        .args(["--set", &format!("run.out_dir={:?}", root.join("runs").display().to_string())]);
+    cmd
+}
+
+/// The run of [`bpe_config`] saved a byte-level BPE tokenizer of 300 tokens.
+fn assert_bpe_tokenizer(root: &Path) {
     let tok = std::fs::read_to_string(root.join("runs/wikitext2-bpe/tokenizer.json")).unwrap();
-    assert!(tok.contains("\"BPE\""), "a Hugging Face BPE tokenizer.json");
+    let parsed: Value = serde_json::from_str(&tok).unwrap();
+    assert_eq!(parsed["model"]["type"], "BPE", "a Hugging Face BPE tokenizer.json");
+    assert_eq!(parsed["model"]["vocab"].as_object().unwrap().len(), 300);
+}
+
+#[test]
+fn bpe_config_trains_a_tokenizer() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    bpe_config(root).arg("--data").arg(fixture("shakespeare-excerpt.txt")).assert().success();
+    assert_bpe_tokenizer(root);
+}
+
+#[test]
+#[ignore = "needs the real corpora: ASTRO_DATA_DIR=… cargo test -- --ignored real_corpus"]
+fn real_corpus_bpe_config_trains_on_wikitext() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    bpe_config(root).env("ASTRO_DATA_DIR", real_corpora()).assert().success();
+    assert_bpe_tokenizer(root);
 }
 
 #[test]
@@ -349,33 +390,48 @@ fn serve(body: Vec<u8>, requests: usize) -> String {
 
 #[test]
 fn named_dataset_downloads_into_the_cache_with_checksum() {
+    use sha2::Digest;
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
-    let original = std::fs::read(shared_datasets().join("tinyshakespeare.txt")).unwrap();
-    let base = |r: &Path| {
-        let mut cmd = astro(r);
+    // A dataset of a manifest of one's own, served by a server on 127.0.0.1 that this test runs.
+    let original = std::fs::read(fixture("shakespeare-excerpt.txt")).unwrap();
+    let sha: String = sha2::Sha256::digest(&original).iter().map(|b| format!("{b:02x}")).collect();
+    let manifest = |url: &str| {
+        let path = root.join("manifest.toml");
+        let text = format!(
+            "[excerpt]\nfile = \"excerpt.txt\"\nurl = \"{url}/shakespeare-excerpt.txt\"\nsha256 = \"{sha}\"\nbytes = {}\nlicense = \"public domain\"\ndescription = \"test\"\n",
+            original.len()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let base = |r: &Path, url: &str| {
+        let mut cmd = two_steps(r);
         cmd.env_remove("ASTRO_OFFLINE")
-            .args(["train", "--json", "--set", "train.max_iters=1", "--set", "train.eval_iters=1"])
-            .args(["--set", "train.sample_tokens=0", "--set", "model.n_layer=1", "--set", "model.n_embd=16"])
-            .args([
-                "--set",
-                "model.n_head=2",
-                "--set",
-                &format!("run.out_dir={:?}", r.join("runs").display().to_string()),
-            ]);
+            .env("ASTRO_DATASETS_MANIFEST", manifest(url))
+            .args(["--set", "data.dataset=excerpt"]);
         cmd
     };
-    // A corrupt mirror: the checksum check refuses the file and nothing lands in the cache.
-    base(root)
-        .env("ASTRO_DATASETS_MIRROR", serve(b"not shakespeare".to_vec(), 1))
+    // A corrupt server: the checksum check refuses the file and nothing lands in the cache.
+    base(root, &serve(b"not shakespeare".to_vec(), 1)).assert().failure().stderr(predicate::str::contains("sha256"));
+    assert!(!root.join("cache/datasets/excerpt.txt").exists());
+    // The same through a mirror (`$ASTRO_DATASETS_MIRROR` replaces the manifest's host and path).
+    base(root, "http://127.0.0.1:9")
+        .env("ASTRO_DATASETS_MIRROR", serve(b"corrupt".to_vec(), 1))
         .assert()
         .failure()
         .stderr(predicate::str::contains("sha256"));
-    assert!(!root.join("cache/datasets/tinyshakespeare.txt").exists());
-    // A good mirror: downloaded, verified, cached, trained on; the next run needs no network.
-    base(root).env("ASTRO_DATASETS_MIRROR", serve(original.clone(), 1)).assert().success();
-    assert_eq!(std::fs::read(root.join("cache/datasets/tinyshakespeare.txt")).unwrap(), original);
-    base(root).env("ASTRO_OFFLINE", "1").assert().success();
+    // A good server: downloaded, verified, cached, trained on; the next run needs no network.
+    base(root, &serve(original.clone(), 1)).assert().success();
+    assert_eq!(std::fs::read(root.join("cache/datasets/excerpt.txt")).unwrap(), original);
+    base(root, "http://127.0.0.1:9").env("ASTRO_OFFLINE", "1").assert().success();
+    // A manifest that cannot be read is named.
+    two_steps(root)
+        .env("ASTRO_DATASETS_MANIFEST", root.join("missing.toml"))
+        .args(["--set", "data.dataset=excerpt"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("missing.toml").and(predicate::str::contains("ASTRO_DATASETS_MANIFEST")));
 }
 
 #[test]

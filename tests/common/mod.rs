@@ -10,16 +10,24 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The offline corpora: $ASTRO_DATA_DIR, or `../shared/datasets` beside the repository.
-pub fn shared_datasets() -> PathBuf {
-    let dir =
-        std::env::var_os("ASTRO_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared/datasets"));
-    assert!(
-        dir.join("tinyshakespeare.txt").is_file(),
-        "offline corpora not found in {}; set ASTRO_DATA_DIR",
-        dir.display()
-    );
-    dir
+/// The real corpora (tiny Shakespeare, WikiText-2) in `$ASTRO_DATA_DIR`, for the opt-in tests only:
+/// those are `#[ignore = "needs the real corpora …"]`, named `real_corpus_*`, and run with
+/// `ASTRO_DATA_DIR=… cargo test -- --ignored real_corpus`. The default `cargo test` never calls this.
+pub fn real_corpora() -> PathBuf {
+    let dir = std::env::var_os("ASTRO_DATA_DIR").filter(|d| !d.is_empty()).map(PathBuf::from);
+    match dir {
+        Some(dir) if dir.join("tinyshakespeare.txt").is_file() => dir,
+        _ => panic!(
+            "this opt-in test needs the real corpora: set ASTRO_DATA_DIR to a folder holding tinyshakespeare.txt \
+             and wikitext2_tokens_valid.txt (now {:?})",
+            std::env::var("ASTRO_DATA_DIR").unwrap_or_else(|_| "unset".into())
+        ),
+    }
+}
+
+/// A file the repository ships under `tests/fixtures/` (see its README).
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(name)
 }
 
 /// `astro` run in `root` with hermetic cache and data directories under it, offline.

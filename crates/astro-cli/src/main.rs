@@ -186,7 +186,7 @@ pub(crate) fn feature_map(name: &str) -> anyhow::Result<astro_model::attention::
 /// Text from a file, or from a named dataset of the manifest (found offline or downloaded).
 pub(crate) fn read_text_source(source: &str) -> anyhow::Result<String> {
     let path = std::path::Path::new(source);
-    let spec = if path.exists() || !astro_data::corpus::manifest().contains_key(source) {
+    let spec = if path.exists() || !astro_data::corpus::manifest()?.contains_key(source) {
         astro_data::CorpusSpec { dataset: None, path: Some(path.to_path_buf()) }
     } else {
         astro_data::CorpusSpec { dataset: Some(source.to_string()), path: None }

@@ -36,9 +36,22 @@ pub struct DatasetEntry {
     pub description: String,
 }
 
-/// All named datasets.
-pub fn manifest() -> BTreeMap<String, DatasetEntry> {
-    toml::from_str(MANIFEST).expect("datasets/manifest.toml is valid (checked by a test)")
+/// The environment variable naming a manifest of one's own (same form as `datasets/manifest.toml`):
+/// a lab's corpora on its own mirror, say. Its entries are added to the built-in ones and replace
+/// those of the same name.
+pub const MANIFEST_ENV: &str = "ASTRO_DATASETS_MANIFEST";
+
+/// All named datasets: the built-in manifest, plus the entries of `$ASTRO_DATASETS_MANIFEST`.
+pub fn manifest() -> Result<BTreeMap<String, DatasetEntry>, DataError> {
+    let mut all: BTreeMap<String, DatasetEntry> =
+        toml::from_str(MANIFEST).expect("datasets/manifest.toml is valid (checked by a test)");
+    if let Some(path) = std::env::var_os(MANIFEST_ENV).filter(|p| !p.is_empty()).map(PathBuf::from) {
+        let bad = |reason: String| DataError::Manifest { path: path.clone(), reason };
+        let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+        let own: BTreeMap<String, DatasetEntry> = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        all.extend(own);
+    }
+    Ok(all)
 }
 
 /// Where a corpus comes from, as written under `[data]`: `dataset = "tinyshakespeare"` and/or
@@ -77,9 +90,10 @@ impl CorpusSpec {
             }),
             (None, Some(path)) => read_path(path, &path.display().to_string()),
             (Some(name), explicit) => {
-                let entry = manifest().remove(name).ok_or_else(|| DataError::UnknownDataset {
+                let mut known = manifest()?;
+                let entry = known.remove(name).ok_or_else(|| DataError::UnknownDataset {
                     name: name.clone(),
-                    known: manifest().keys().cloned().collect::<Vec<_>>().join(", "),
+                    known: known.keys().cloned().collect::<Vec<_>>().join(", "),
                 })?;
                 let path = match explicit {
                     Some(p) => p.clone(),
@@ -257,7 +271,7 @@ mod tests {
 
     #[test]
     fn manifest_parses_and_names_the_shared_files() {
-        let m = manifest();
+        let m: BTreeMap<String, DatasetEntry> = toml::from_str(MANIFEST).unwrap();
         assert_eq!(m["tinyshakespeare"].bytes, 1_115_394);
         assert!(m.contains_key("wikitext2-valid"));
     }

@@ -15,6 +15,16 @@ pub enum DataError {
         /// Comma-separated list of known names.
         known: String,
     },
+    /// The manifest named by `$ASTRO_DATASETS_MANIFEST` cannot be read or parsed.
+    #[error(
+        "cannot use the datasets manifest {path} ($ASTRO_DATASETS_MANIFEST): {reason}; it takes entries of the form of datasets/manifest.toml"
+    )]
+    Manifest {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// A named dataset is neither present locally nor downloadable.
     #[error(
         "dataset `{name}` ({file}) is not available offline and could not be downloaded ({reason}).\n\
