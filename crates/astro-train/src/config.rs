@@ -269,11 +269,11 @@ impl RunConfig {
 
     /// Applies `key=value` overrides (dotted keys; values in TOML syntax, bare words as strings).
     /// Setting a variant's `kind` (e.g. `model.attention.kind=softmax`) resets that table's other keys.
+    /// Each override is checked as it is applied, so an error names the override the user typed
+    /// (`--set model.attention.kind=flash: unknown variant …`), not a line of the merged TOML.
     pub fn with_overrides(self, sets: &[String]) -> Result<Self, TrainError> {
-        if sets.is_empty() {
-            return Ok(self);
-        }
         let mut table = toml::Table::try_from(&self).map_err(|e| TrainError::Config(e.to_string()))?;
+        let mut config = self;
         for set in sets {
             let (key, raw) = set
                 .split_once('=')
@@ -281,9 +281,12 @@ impl RunConfig {
             let key = key.trim();
             let value = parse_value(raw.trim());
             set_dotted(&mut table, key, value).map_err(|reason| invalid(key, reason))?;
+            config = table
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| TrainError::Config(format!("--set {set}: {}", e.message())))?;
         }
-        let text = toml::to_string(&table).map_err(|e| TrainError::Config(e.to_string()))?;
-        Self::from_toml(&text, "--set overrides")
+        Ok(config)
     }
 
     /// Checks every value; errors name the key.
@@ -458,6 +461,22 @@ mod tests {
         assert!(err.contains("batch_size"), "{err}");
         let err = base().with_overrides(&["noequals".into()]).unwrap_err().to_string();
         assert!(err.contains("key=value"), "{err}");
+    }
+
+    /// An override's error quotes the override, and never a position in TOML text the user did not write.
+    #[test]
+    fn override_errors_name_the_override_typed() {
+        let err = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            base().with_overrides(&sets).unwrap_err().to_string()
+        };
+        let e = err(&["optim.lr=3e-4", "model.attention.kind=flash", "train.max_iters=10"]);
+        assert!(e.contains("--set model.attention.kind=flash") && e.contains("unknown variant `flash`"), "{e}");
+        assert!(e.contains("softmax") && !e.contains("TOML parse error") && !e.contains("column"), "{e}");
+        let e = err(&["optim.batch_size=big"]);
+        assert!(e.contains("--set optim.batch_size=big") && !e.contains("column"), "{e}");
+        let e = err(&["train.max_iter=10"]);
+        assert!(e.contains("--set train.max_iter=10") && e.contains("max_iter"), "{e}");
     }
 
     #[test]
