@@ -120,6 +120,19 @@ impl World {
     }
 }
 
+/// `root/<name>.toml`: a two-cell grid (two seeds) over the tiny config with `set` under `[set]`,
+/// reporting into `reports/<name>`.
+fn ablation(w: &World, name: &str, set: &str) -> PathBuf {
+    let path = w.root.join(format!("{name}.toml"));
+    let (key, value) = set.split_once(" = ").unwrap();
+    let text = format!(
+        "base = {:?}\n[set]\n{key:?} = {value}\n[grid]\n\"run.seed\" = [1, 2]\n",
+        w.config.display().to_string()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// Runs one case; returns the process output.
 fn run_case(w: &World, case: &str) -> Output {
     let root = &w.root;
@@ -304,6 +317,26 @@ fn run_case(w: &World, case: &str) -> Output {
             .arg(&w.soft)
             .output()
             .unwrap(),
+        "ablate-cell-out-of-range" => {
+            let grid = ablation(w, "range", "optim.lr = 0.001");
+            astro(root).args(["ablate", "--cell", "7", "--config"]).arg(&grid).output().unwrap()
+        }
+        "ablate-slurm-without-sbatch" => {
+            let grid = ablation(w, "nosbatch", "optim.lr = 0.001");
+            let empty = root.join("empty-path");
+            std::fs::create_dir_all(&empty).unwrap();
+            astro(root).env("PATH", &empty).args(["ablate", "--slurm", "--config"]).arg(&grid).output().unwrap()
+        }
+        "ablate-grid-edited" => {
+            let grid = ablation(w, "edited", "optim.lr = 0.001");
+            astro(root).args(["ablate", "--config"]).arg(&grid).assert().success();
+            let runs = root.join("reports/edited/runs");
+            let before = snapshot(&runs);
+            let grid = ablation(w, "edited", "optim.lr = 0.002");
+            let out = astro(root).args(["ablate", "--config"]).arg(&grid).output().unwrap();
+            assert_eq!(snapshot(&runs), before, "{case}: the finished cells' runs changed");
+            out
+        }
         other => panic!("docs/bad-input.md names case `{other}`, which tests/bad_input.rs does not implement"),
     }
 }
@@ -360,6 +393,9 @@ const CASES: &[&str] = &[
     "distill-not-softmax",
     "calibration-undefined",
     "fidelity-unknown-map",
+    "ablate-cell-out-of-range",
+    "ablate-slurm-without-sbatch",
+    "ablate-grid-edited",
 ];
 
 #[test]

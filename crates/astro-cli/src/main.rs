@@ -132,6 +132,15 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if interrupted(&err) => {
+            // Stopped on a signal after a checkpoint: a line saying where, and a status of its own.
+            let cause = err.chain().find(|c| {
+                c.downcast_ref::<astro_train::TrainError>().is_some()
+                    || c.downcast_ref::<astro_eval::EvalError>().is_some()
+            });
+            eprintln!("{}", cause.unwrap_or(err.as_ref()));
+            ExitCode::from(astro_train::EXIT_INTERRUPTED)
+        }
         Err(err) => {
             eprintln!("error: {err}");
             for cause in err.chain().skip(1) {
@@ -140,6 +149,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `err` is a training run that stopped on a signal (SIGTERM, SIGINT, SIGUSR1).
+fn interrupted(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        matches!(c.downcast_ref::<astro_train::TrainError>(), Some(astro_train::TrainError::Interrupted { .. }))
+            || matches!(
+                c.downcast_ref::<astro_eval::EvalError>(),
+                Some(astro_eval::EvalError::Train(astro_train::TrainError::Interrupted { .. }))
+            )
+    })
 }
 
 /// Stack of the pool's threads, which run whole commands (the main thread's default size).

@@ -85,6 +85,7 @@ pub fn run(args: TrainArgs, device: Option<&str>) -> anyhow::Result<()> {
         },
         sample_to_stderr: args.json,
         stop_after: std::env::var("ASTRO_STOP_AFTER").ok().and_then(|v| v.parse().ok()),
+        interrupt: astro_train::Interrupt::install()?,
     };
     let config_max_iters = config.train.max_iters;
     let summary = astro_train::train(config, options).context("training failed")?;

@@ -52,6 +52,20 @@ pub enum TrainError {
         /// The loss value.
         loss: f64,
     },
+    /// A stop signal (SIGTERM, SIGINT, SIGUSR1) ended the run after its current step; the
+    /// checkpoint of that step continues it exactly. Commands exit with
+    /// [`crate::interrupt::EXIT_INTERRUPTED`].
+    #[error("{}", interrupted_message(signal, *step, run_dir, checkpoint.as_deref()))]
+    Interrupted {
+        /// The signal's name.
+        signal: String,
+        /// Steps completed.
+        step: usize,
+        /// The run directory.
+        run_dir: PathBuf,
+        /// The checkpoint written for `step`; `None` when the signal came before the first step.
+        checkpoint: Option<PathBuf>,
+    },
     /// `--resume` cannot continue this run.
     #[error("cannot resume {run}: {reason}")]
     Resume {
@@ -60,6 +74,22 @@ pub enum TrainError {
         /// Why.
         reason: String,
     },
+}
+
+fn interrupted_message(
+    signal: &str,
+    step: usize,
+    run_dir: &std::path::Path,
+    checkpoint: Option<&std::path::Path>,
+) -> String {
+    match checkpoint {
+        Some(ckpt) => format!(
+            "interrupted by {signal} at step {step}: checkpoint written to {}; continue with `astro train --resume {}`",
+            ckpt.display(),
+            run_dir.display()
+        ),
+        None => format!("interrupted by {signal} before the first step: nothing was trained, nothing was kept"),
+    }
 }
 
 impl TrainError {

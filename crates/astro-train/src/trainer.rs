@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, CheckpointState, MODEL_FILE, OPTIM_FILE};
 use crate::config::RunConfig;
 use crate::error::TrainError;
+use crate::interrupt::Interrupt;
 use crate::metrics::{MetricsLog, MetricsRow};
 use crate::net::Net;
 use crate::optim::{clip_global_norm, optimizer};
@@ -31,6 +32,7 @@ use crate::parallel;
 use crate::progress::Progress;
 use crate::schedule::learning_rate;
 use crate::source::{DataState, Source};
+use crate::status::{Interruption, RunState, RunStatus, now_unix};
 
 /// The model with the best validation loss so far, in the run directory.
 pub const BEST_FILE: &str = "best.bpk";
@@ -46,6 +48,9 @@ pub struct TrainOptions {
     pub sample_to_stderr: bool,
     /// Stop after this many steps of this invocation (tests of resume; `None` = run to the end).
     pub stop_after: Option<usize>,
+    /// Read after every step: once a stop signal has arrived, the run checkpoints and returns
+    /// [`TrainError::Interrupted`].
+    pub interrupt: Interrupt,
 }
 
 /// What a finished run reports (`--json` prints it as one line).
@@ -141,11 +146,7 @@ fn check_resume(dir: &Path, mut given: RunConfig) -> Result<RunConfig, TrainErro
             given.model.describe()
         )));
     }
-    let changed: Vec<String> = changed_keys(&saved, &given)
-        .into_iter()
-        .filter(|(key, _, _)| !RESUMABLE_KEYS.contains(&key.as_str()))
-        .map(|(key, was, now)| format!("{key} ({was} → {now})"))
-        .collect();
+    let changed = resume_conflicts(&saved, &given);
     if !changed.is_empty() {
         return Err(refuse(format!(
             "{} cannot change on resume: {}; only {} may (start a new run, or `--init` from an export, for the others)",
@@ -175,6 +176,21 @@ pub const RESUMABLE_KEYS: &[&str] = &[
     "run.name",
     "run.out_dir",
 ];
+
+/// The keys outside [`RESUMABLE_KEYS`] in which `given` differs from a run's `saved` config, as
+/// `key (was → now)`: empty when `given` may continue that run. An unset `model.vocab_size` takes the
+/// run's (the tokenizer fixed it).
+pub fn resume_conflicts(saved: &RunConfig, given: &RunConfig) -> Vec<String> {
+    let mut given = given.clone();
+    if given.model.vocab_size.is_none() {
+        given.model.vocab_size = saved.model.vocab_size;
+    }
+    changed_keys(saved, &given)
+        .into_iter()
+        .filter(|(key, _, _)| !RESUMABLE_KEYS.contains(&key.as_str()))
+        .map(|(key, was, now)| format!("{key} ({was} → {now})"))
+        .collect()
+}
 
 /// Dotted keys whose values differ between two configs, with both values (`—` where absent).
 fn changed_keys(a: &RunConfig, b: &RunConfig) -> Vec<(String, String, String)> {
@@ -389,156 +405,199 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
     // The directory of a fresh run appears only now that the model and optimiser exist.
     let mut run = open_run_dir(&config, &source, run_dir)?;
     let run_dir = run.path.clone();
-    let ckpt_root = run_dir.join("checkpoints");
-    let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), step)?;
-    let mut last_checkpoint = resume.as_ref().map(|(d, _)| d.clone());
-    let max_iters = config.train.max_iters;
+    let earlier = RunStatus::read(&run_dir);
+    RunStatus::new(RunState::Running, step, earlier.as_ref()).write(&run_dir)?;
+    // Everything from here on runs in a closure so that an error can be recorded in status.json.
+    let result = (|| -> Result<TrainSummary, TrainError> {
+        let ckpt_root = run_dir.join("checkpoints");
+        let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), step)?;
+        let mut last_checkpoint = resume.as_ref().map(|(d, _)| d.clone());
+        let max_iters = config.train.max_iters;
 
-    let mut progress = Progress::new(max_iters, step, std::io::stderr().is_terminal());
-    let what = match &source {
-        Source::Corpus { tokenizer, .. } => format!("{} with {}", config.corpus().describe(), tokenizer.describe()),
-        Source::Task { task, test } => format!("task {} ({} test examples)", task.name(), test.len()),
-    };
-    progress.note(&format!("training {} on {what} → {}", config.model.describe(), run_dir.display()));
+        let mut progress = Progress::new(max_iters, step, std::io::stderr().is_terminal());
+        let what = match &source {
+            Source::Corpus { tokenizer, .. } => format!("{} with {}", config.corpus().describe(), tokenizer.describe()),
+            Source::Task { task, test } => format!("task {} ({} test examples)", task.name(), test.len()),
+        };
+        progress.note(&format!("training {} on {what} → {}", config.model.describe(), run_dir.display()));
 
-    let mut train_time = elapsed_before;
-    let mut window_tokens = 0u64;
-    let mut window_time = 0.0;
-    let mut last_loss = f64::NAN;
-    let stop_at = options.stop_after.map_or(max_iters, |n| (step + n).min(max_iters));
+        let mut train_time = elapsed_before;
+        let mut window_tokens = 0u64;
+        let mut window_time = 0.0;
+        let mut last_loss = f64::NAN;
+        let stop_at = options.stop_after.map_or(max_iters, |n| (step + n).min(max_iters));
 
-    while step < stop_at {
-        let t0 = Instant::now();
-        let lr = learning_rate(
-            step,
-            config.optim.lr,
-            config.optim.min_lr,
-            config.optim.warmup_iters,
-            config.lr_decay_iters(),
-        );
-        // Dropout masks are a function of (seed, step): identical after a resume.
-        ad.seed(step_seed(seed, step));
-        for (i, device) in devices.iter().enumerate().skip(1) {
-            device.seed(step_seed(seed, step) ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        }
-        let mut accum = GradientsAccumulator::<Net>::new();
-        let mut loss_sum = 0.0;
-        let mut step_tokens = 0u64;
-        for micro in 0..config.optim.grad_accum {
-            let batch = source.next_batch(&mut data, &ad);
-            // Calibrated maps: closed-form refit on this batch (deterministic, so resumes agree).
-            let every = config.train.calibrate_every;
-            if micro == 0 && net.is_calibrated() && (step == 0 || (every > 0 && step % every == 0)) {
-                let (calibrated, fallbacks) = net.calibrate(&batch, config.train.calibration_fallback)?;
-                net = calibrated;
-                if fallbacks > 0 {
-                    tracing::warn!(step, fallbacks, "calibration used ψ = 1 on dimensions where it is undefined");
+        let mut last_checkpoint_step = resume.as_ref().map(|(_, state)| state.step);
+        let mut stopped_by = None;
+        while step < stop_at {
+            if let Some(signal) = options.interrupt.received() {
+                stopped_by = Some(signal);
+                break;
+            }
+            let t0 = Instant::now();
+            let lr = learning_rate(
+                step,
+                config.optim.lr,
+                config.optim.min_lr,
+                config.optim.warmup_iters,
+                config.lr_decay_iters(),
+            );
+            // Dropout masks are a function of (seed, step): identical after a resume.
+            ad.seed(step_seed(seed, step));
+            for (i, device) in devices.iter().enumerate().skip(1) {
+                device.seed(step_seed(seed, step) ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            }
+            let mut accum = GradientsAccumulator::<Net>::new();
+            let mut loss_sum = 0.0;
+            let mut step_tokens = 0u64;
+            for micro in 0..config.optim.grad_accum {
+                let batch = source.next_batch(&mut data, &ad);
+                // Calibrated maps: closed-form refit on this batch (deterministic, so resumes agree).
+                let every = config.train.calibrate_every;
+                if micro == 0 && net.is_calibrated() && (step == 0 || (every > 0 && step % every == 0)) {
+                    let (calibrated, fallbacks) = net.calibrate(&batch, config.train.calibration_fallback)?;
+                    net = calibrated;
+                    if fallbacks > 0 {
+                        tracing::warn!(step, fallbacks, "calibration used ψ = 1 on dimensions where it is undefined");
+                    }
                 }
+                step_tokens += batch.tokens() as u64;
+                let (loss, grads) = parallel::backward(&net, batch, &devices, config.optim.grad_accum);
+                loss_sum += loss;
+                accum.accumulate(&net, grads);
             }
-            step_tokens += batch.tokens() as u64;
-            let (loss, grads) = parallel::backward(&net, batch, &devices, config.optim.grad_accum);
-            loss_sum += loss;
-            accum.accumulate(&net, grads);
-        }
-        let loss = loss_sum / config.optim.grad_accum as f64;
-        if !loss.is_finite() {
-            let where_ = match &last_checkpoint {
-                Some(dir) => format!("The last good checkpoint is {}. ", dir.display()),
-                None => "No checkpoint was written yet. ".to_string(),
-            };
-            return Err(TrainError::NonFinite { step: step + 1, loss, checkpoint: where_ });
-        }
-        let mut grads = accum.grads();
-        if config.optim.grad_clip > 0.0 {
-            clip_global_norm(&net, &mut grads, config.optim.grad_clip);
-        }
-        net = optim.step(lr, net, grads);
-        step += 1;
-        tokens_seen += step_tokens;
-        last_loss = loss;
-        let dt = t0.elapsed().as_secs_f64();
-        train_time += dt;
-        window_time += dt;
-        window_tokens += step_tokens;
-
-        let eval_now = step % config.train.eval_interval == 0 || step == max_iters;
-        let evaluation = eval_now.then(|| source.evaluate(&net.valid(), &config, step));
-        if let Some(e) = &evaluation {
-            if best_val.is_none_or(|b| e.loss < b) {
-                net.save(&run_dir.join(BEST_FILE))?;
+            let loss = loss_sum / config.optim.grad_accum as f64;
+            if !loss.is_finite() {
+                let where_ = match &last_checkpoint {
+                    Some(dir) => format!("The last good checkpoint is {}. ", dir.display()),
+                    None => "No checkpoint was written yet. ".to_string(),
+                };
+                return Err(TrainError::NonFinite { step: step + 1, loss, checkpoint: where_ });
             }
-            best_val = Some(best_val.map_or(e.loss, |b: f64| b.min(e.loss)));
-            last_val = Some(e.loss);
-            last_acc = e.accuracy.or(last_acc);
-        }
-        let tps = if window_time > 0.0 { window_tokens as f64 / window_time } else { 0.0 };
-        if step % config.train.log_interval == 0 || eval_now || step == stop_at {
-            metrics.append(&MetricsRow {
-                step,
-                tokens: tokens_seen,
-                train_loss: loss,
-                val_loss: evaluation.map(|e| e.loss),
-                eval_train_loss: evaluation.and_then(|e| e.train_loss),
-                val_accuracy: evaluation.and_then(|e| e.accuracy),
-                lr,
-                tokens_per_sec: tps,
-                elapsed: train_time,
-            })?;
-            progress.update(step, loss, last_val, last_acc, tps, lr);
-            window_tokens = 0;
-            window_time = 0.0;
-        }
-        if step % config.train.checkpoint_interval == 0 || step == max_iters || step == stop_at {
-            let state = CheckpointState {
-                step,
-                tokens: tokens_seen,
-                data: data.clone(),
-                best_val,
-                last_val,
-                last_accuracy: last_acc,
-                elapsed: train_time,
-                files: Default::default(),
-            };
-            let dir = checkpoint::write(&ckpt_root, state, config.train.keep_checkpoints, |dir| {
-                net.save(&dir.join(MODEL_FILE))?;
-                optim
-                    .save(dir.join(OPTIM_FILE))
-                    .map_err(|e| TrainError::io("write optimiser state", dir.join(OPTIM_FILE), e))
-            })?;
-            last_checkpoint = Some(dir);
-            // From its first checkpoint on, the run can be resumed: its directory stays.
-            run.provisional = false;
-        }
-    }
-    progress.finish();
+            let mut grads = accum.grads();
+            if config.optim.grad_clip > 0.0 {
+                clip_global_norm(&net, &mut grads, config.optim.grad_clip);
+            }
+            net = optim.step(lr, net, grads);
+            step += 1;
+            tokens_seen += step_tokens;
+            last_loss = loss;
+            let dt = t0.elapsed().as_secs_f64();
+            train_time += dt;
+            window_time += dt;
+            window_tokens += step_tokens;
 
-    let finished = step >= max_iters;
-    if finished {
-        net.save(&run_dir.join(MODEL_FILE))?;
-    }
-    let valid = net.valid();
-    let sample = match (&source, valid.lm()) {
-        (Source::Corpus { tokenizer, tokens, val, .. }, Some(lm)) if finished && config.train.sample_tokens > 0 => {
-            Some(sample_text(lm, tokenizer.as_ref(), tokens, val.start, &config, options.sample_to_stderr)?)
+            let eval_now = step % config.train.eval_interval == 0 || step == max_iters;
+            let evaluation = eval_now.then(|| source.evaluate(&net.valid(), &config, step));
+            if let Some(e) = &evaluation {
+                if best_val.is_none_or(|b| e.loss < b) {
+                    net.save(&run_dir.join(BEST_FILE))?;
+                }
+                best_val = Some(best_val.map_or(e.loss, |b: f64| b.min(e.loss)));
+                last_val = Some(e.loss);
+                last_acc = e.accuracy.or(last_acc);
+            }
+            let tps = if window_time > 0.0 { window_tokens as f64 / window_time } else { 0.0 };
+            if step % config.train.log_interval == 0 || eval_now || step == stop_at {
+                metrics.append(&MetricsRow {
+                    step,
+                    tokens: tokens_seen,
+                    train_loss: loss,
+                    val_loss: evaluation.map(|e| e.loss),
+                    eval_train_loss: evaluation.and_then(|e| e.train_loss),
+                    val_accuracy: evaluation.and_then(|e| e.accuracy),
+                    lr,
+                    tokens_per_sec: tps,
+                    elapsed: train_time,
+                })?;
+                progress.update(step, loss, last_val, last_acc, tps, lr);
+                window_tokens = 0;
+                window_time = 0.0;
+            }
+            // A signal that arrived during this step is answered with this step's checkpoint.
+            let stopping = options.interrupt.received().is_some();
+            if step % config.train.checkpoint_interval == 0 || step == max_iters || step == stop_at || stopping {
+                let state = CheckpointState {
+                    step,
+                    tokens: tokens_seen,
+                    data: data.clone(),
+                    best_val,
+                    last_val,
+                    last_accuracy: last_acc,
+                    elapsed: train_time,
+                    files: Default::default(),
+                };
+                let dir = checkpoint::write(&ckpt_root, state, config.train.keep_checkpoints, |dir| {
+                    net.save(&dir.join(MODEL_FILE))?;
+                    optim
+                        .save(dir.join(OPTIM_FILE))
+                        .map_err(|e| TrainError::io("write optimiser state", dir.join(OPTIM_FILE), e))
+                })?;
+                last_checkpoint = Some(dir);
+                last_checkpoint_step = Some(step);
+                // From its first checkpoint on, the run can be resumed: its directory stays.
+                run.provisional = false;
+            }
         }
-        _ => None,
-    };
-    let summary = TrainSummary {
-        run_dir: run_dir.clone(),
-        steps: step,
-        final_train_loss: last_loss,
-        final_val_loss: last_val,
-        best_val_loss: best_val,
-        final_val_accuracy: last_acc,
-        tokens_per_sec: if train_time > 0.0 { tokens_seen as f64 / train_time } else { 0.0 },
-        wall_seconds: wall.elapsed().as_secs_f64(),
-        sample,
-        already_finished: false,
-    };
-    let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
-    write_file(&run_dir.join("summary.json"), &json)?;
-    run.provisional = false;
-    Ok(summary)
+        progress.finish();
+        if let Some(signal) = stopped_by {
+            // Every step ends with a checkpoint once a signal has arrived, so the newest one is this step's
+            // (none when the signal came before the first step: nothing was trained, nothing is kept).
+            let saved = last_checkpoint.clone().filter(|_| last_checkpoint_step == Some(step));
+            if saved.is_some() {
+                let mut status = RunStatus::new(RunState::Interrupted, step, earlier.as_ref());
+                status.interruptions.push(Interruption { signal: signal.name().into(), step, at_unix: now_unix() });
+                status.write(&run_dir)?;
+            }
+            return Err(TrainError::Interrupted {
+                signal: signal.name().into(),
+                step,
+                run_dir: run_dir.clone(),
+                checkpoint: saved,
+            });
+        }
+
+        let finished = step >= max_iters;
+        if finished {
+            net.save(&run_dir.join(MODEL_FILE))?;
+        }
+        let valid = net.valid();
+        let sample = match (&source, valid.lm()) {
+            (Source::Corpus { tokenizer, tokens, val, .. }, Some(lm)) if finished && config.train.sample_tokens > 0 => {
+                Some(sample_text(lm, tokenizer.as_ref(), tokens, val.start, &config, options.sample_to_stderr)?)
+            }
+            _ => None,
+        };
+        let summary = TrainSummary {
+            run_dir: run_dir.clone(),
+            steps: step,
+            final_train_loss: last_loss,
+            final_val_loss: last_val,
+            best_val_loss: best_val,
+            final_val_accuracy: last_acc,
+            tokens_per_sec: if train_time > 0.0 { tokens_seen as f64 / train_time } else { 0.0 },
+            wall_seconds: wall.elapsed().as_secs_f64(),
+            sample,
+            already_finished: false,
+        };
+        let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
+        write_file(&run_dir.join("summary.json"), &json)?;
+        run.provisional = false;
+        // A run stopped early by `stop_after` has a checkpoint to continue from, like an interrupted one.
+        let state = if finished { RunState::Finished } else { RunState::Interrupted };
+        RunStatus::new(state, step, earlier.as_ref()).write(&run_dir)?;
+        Ok(summary)
+    })();
+    if let Err(e) = &result
+        && !matches!(e, TrainError::Interrupted { .. })
+        && !run.provisional
+    {
+        let mut status = RunStatus::new(RunState::Failed, step, earlier.as_ref());
+        status.error = Some(e.to_string());
+        // The error itself is what the caller must see; a status that cannot be written adds nothing.
+        let _ = status.write(&run_dir);
+    }
+    result
 }
 
 /// The device generator's seed at `step` (dropout masks are a function of (seed, step)).

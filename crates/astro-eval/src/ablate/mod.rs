@@ -2,6 +2,11 @@
 //! and seeds, then tabulate and plot them. Finished cells are skipped on re-run; an interrupted cell
 //! resumes from its newest checkpoint; a failing cell is recorded and the grid goes on.
 //!
+//! Each cell is a unit any scheduler can run ([`cell`]: `--cell I` trains one, `--list` says where
+//! each stands), the report is made from whatever has finished ([`report`]), and [`slurm`] turns
+//! the unfinished cells into one Slurm job array. Cells repeated over seeds (`"run.seed" = [1, 2, 3]`
+//! as a grid key) are reported as mean ± sample std, and their spread is drawn.
+//!
 //! Config (`configs/ablation/*.toml`):
 //!
 //! ```toml
@@ -17,16 +22,21 @@
 //! "run.seed" = 1
 //! ```
 
-use std::collections::BTreeMap;
+mod cell;
+mod report;
+pub mod slurm;
+
 use std::path::{Path, PathBuf};
 
 use astro_model::AttentionConfig;
 use astro_model::attention::FeatureMap;
-use astro_train::{RunConfig, TrainOptions};
+use astro_train::{Interrupt, RunConfig};
 use serde::{Deserialize, Serialize};
 
+pub use cell::{CellOutcome, CellStatus};
+pub use report::{Row, mean_std};
+
 use crate::error::EvalError;
-use crate::plot::{self, Chart, Series};
 
 /// Which number a cell is judged by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -59,29 +69,6 @@ pub struct AblationConfig {
     pub include: Vec<toml::Table>,
 }
 
-/// One row of `results.csv`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Row {
-    /// Cell id (`cell-007`), also its run directory's name.
-    pub cell: String,
-    /// The cell's grid values, `key=value; …` (TOML values).
-    pub values: String,
-    /// `ok` or `failed: <reason>`.
-    pub status: String,
-    /// Steps trained.
-    pub steps: Option<usize>,
-    /// Final validation/test loss.
-    pub val_loss: Option<f64>,
-    /// Best validation/test loss.
-    pub best_val_loss: Option<f64>,
-    /// Final task accuracy.
-    pub accuracy: Option<f64>,
-    /// Training throughput.
-    pub tokens_per_sec: Option<f64>,
-    /// Wall seconds of the cell's last invocation.
-    pub wall_seconds: Option<f64>,
-}
-
 /// One cell of the grid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cell {
@@ -94,7 +81,8 @@ pub struct Cell {
 }
 
 impl Cell {
-    fn values_text(&self) -> String {
+    /// The cell's grid values, `key=value; …`.
+    pub fn values_text(&self) -> String {
         self.values.iter().map(|(k, v)| format!("{k}={}", inline(v))).collect::<Vec<_>>().join("; ")
     }
 
@@ -107,7 +95,7 @@ impl Cell {
 
     /// A short human label of the group: the attention's short description, then `name=value` of
     /// every other grid key by the last part of its name (`softmax, short_conv=4`).
-    fn label(&self) -> String {
+    pub fn label(&self) -> String {
         let parts: Vec<String> = self
             .values
             .iter()
@@ -225,358 +213,130 @@ pub fn cells(config_path: &Path, ablation: &AblationConfig, runs_dir: &Path) -> 
     Ok(cells)
 }
 
-fn read_rows(path: &Path) -> Result<Vec<Row>, EvalError> {
-    if !path.is_file() {
-        return Ok(Vec::new());
-    }
-    let mut reader = csv::Reader::from_path(path).map_err(|e| EvalError::io("read", path, e))?;
-    reader.deserialize().collect::<Result<Vec<Row>, _>>().map_err(|e| EvalError::io("parse", path, e))
+/// A grid, expanded into its cells, and the folder its cells and report write into.
+#[derive(Debug, Clone)]
+pub struct Grid {
+    /// The ablation config file.
+    pub config_path: PathBuf,
+    /// Its content.
+    pub ablation: AblationConfig,
+    /// The output folder: `runs/`, `cells/`, the report, `slurm/`.
+    pub out: PathBuf,
+    /// Every cell, in id order.
+    pub cells: Vec<Cell>,
 }
 
-fn write_rows(path: &Path, rows: &[Row]) -> Result<(), EvalError> {
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    for r in rows {
-        writer.serialize(r).map_err(|e| EvalError::io("encode", path, e))?;
+impl Grid {
+    /// Reads the ablation config at `config_path` and expands it, for output under `out`.
+    pub fn load(config_path: &Path, out: &Path) -> Result<Grid, EvalError> {
+        let text = std::fs::read_to_string(config_path).map_err(|e| EvalError::io("read", config_path, e))?;
+        let ablation: AblationConfig =
+            toml::from_str(&text).map_err(|e| EvalError::Invalid(format!("{}: {e}", config_path.display())))?;
+        let cells = cells(config_path, &ablation, &out.join("runs"))?;
+        Ok(Grid { config_path: config_path.to_path_buf(), ablation, out: out.to_path_buf(), cells })
     }
-    let bytes = writer.into_inner().map_err(|e| EvalError::io("encode", path, e))?;
-    astro_data::fsutil::write_atomic(path, &bytes).map_err(|e| EvalError::io("write", path, e))
+
+    /// The folder of the cells' training runs.
+    pub fn runs_dir(&self) -> PathBuf {
+        self.out.join("runs")
+    }
+
+    /// The cell `which` names: its index (`3`, as Slurm's array task id) or its id (`cell-003`).
+    pub fn find(&self, which: &str) -> Result<&Cell, EvalError> {
+        let n = self.cells.len();
+        let index = which
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .or_else(|| which.trim().strip_prefix("cell-").and_then(|i| i.parse::<usize>().ok()));
+        index.and_then(|i| self.cells.get(i)).ok_or_else(|| {
+            EvalError::Invalid(format!(
+                "--cell {which}: the grid {} has {n} cells, 0 to {} (cell-000 to cell-{:03}); `astro ablate --config {} --list` lists them",
+                self.config_path.display(),
+                n.saturating_sub(1),
+                n.saturating_sub(1),
+                self.config_path.display()
+            ))
+        })
+    }
+}
+
+/// How cells are trained (things that are not part of the grid).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Device override (`--device`).
+    pub device: Option<String>,
+    /// Stop signals: the cell in training checkpoints and the grid stops.
+    pub interrupt: Interrupt,
+    /// Train cells whose runs were made with another config again (their old runs are kept under
+    /// `replaced/`) instead of refusing.
+    pub rerun_changed: bool,
 }
 
 /// What an ablation produced.
 #[derive(Debug, Clone)]
 pub struct AblationReport {
-    /// Every cell's row.
+    /// The rows of the finished and failed cells.
     pub rows: Vec<Row>,
     /// Cells trained by this invocation.
     pub trained: usize,
-    /// Cells skipped because they had finished before.
+    /// Cells skipped because they had finished before (or were running elsewhere).
     pub skipped: usize,
+    /// The cells not in the report, with where they stand.
+    pub unfinished: Vec<(String, String)>,
     /// Files written.
     pub files: Vec<PathBuf>,
 }
 
-/// Runs (or continues) the ablation in `config_path`, writing into `out`.
-pub fn run(config_path: &Path, out: &Path, device: Option<String>) -> Result<AblationReport, EvalError> {
-    let text = std::fs::read_to_string(config_path).map_err(|e| EvalError::io("read", config_path, e))?;
-    let ablation: AblationConfig =
-        toml::from_str(&text).map_err(|e| EvalError::Invalid(format!("{}: {e}", config_path.display())))?;
-    let runs_dir = out.join("runs");
-    let cells = cells(config_path, &ablation, &runs_dir)?;
-    std::fs::create_dir_all(out).map_err(|e| EvalError::io("create", out, e))?;
-    let csv_path = out.join("results.csv");
-    let mut rows: BTreeMap<String, Row> = read_rows(&csv_path)?.into_iter().map(|r| (r.cell.clone(), r)).collect();
+/// Trains every cell that has not finished, one after another (skipping cells another process is
+/// training), writing the report after each; then returns the report. A grid edited since some
+/// cells ran is refused (naming them) unless `rerun_changed`. A stop signal stops the grid after
+/// the cell in training has checkpointed ([`astro_train::TrainError::Interrupted`]).
+pub fn run(grid: &Grid, options: &RunOptions) -> Result<AblationReport, EvalError> {
+    let changed = grid.changed();
+    if !changed.is_empty() && !options.rerun_changed {
+        return Err(cell::changed_error(&changed));
+    }
     let (mut trained, mut skipped) = (0, 0);
-    for (i, cell) in cells.iter().enumerate() {
-        let done = rows.get(&cell.id).is_some_and(|r| r.status == "ok" && r.values == cell.values_text());
-        eprintln!(
-            "[ablation {}/{}] {} {} — {}",
-            i + 1,
-            cells.len(),
-            cell.id,
-            if done { "done, skipped" } else { "training" },
-            cell.values_text()
-        );
-        if done {
+    for (i, cell) in grid.cells.iter().enumerate() {
+        let status = grid.status(cell);
+        let what = match &status {
+            CellStatus::Finished(_) => "done, skipped".to_string(),
+            CellStatus::Running { holder } => format!("running elsewhere ({holder}), skipped"),
+            _ => "training".to_string(),
+        };
+        eprintln!("[ablation {}/{}] {} {what} — {}", i + 1, grid.cells.len(), cell.id, cell.values_text());
+        if matches!(status, CellStatus::Finished(_) | CellStatus::Running { .. }) {
             skipped += 1;
             continue;
         }
-        let run_dir = runs_dir.join(&cell.id);
-        let resume = astro_train::checkpoint::latest_valid(&run_dir.join("checkpoints")).map(|_| run_dir.clone());
-        if resume.is_none() && run_dir.exists() {
-            // A cell that died before its first checkpoint: start it again from scratch.
-            std::fs::remove_dir_all(&run_dir).map_err(|e| EvalError::io("clear", &run_dir, e))?;
-        }
-        let options = TrainOptions { resume, device: device.clone(), sample_to_stderr: true, stop_after: None };
-        let mut config = cell.config.clone();
-        config.train.sample_tokens = 0;
-        let row = match astro_train::train(config, options) {
-            Ok(s) => Row {
-                cell: cell.id.clone(),
-                values: cell.values_text(),
-                status: "ok".into(),
-                steps: Some(s.steps),
-                val_loss: s.final_val_loss,
-                best_val_loss: s.best_val_loss,
-                accuracy: s.final_val_accuracy,
-                tokens_per_sec: Some(s.tokens_per_sec),
-                wall_seconds: Some(s.wall_seconds),
-            },
+        let outcome = match grid.run_cell(cell, options) {
+            Ok(outcome) => outcome,
             Err(e) => {
-                eprintln!("[ablation] {} failed: {e}", cell.id);
-                Row {
-                    cell: cell.id.clone(),
-                    values: cell.values_text(),
-                    status: format!("failed: {e}").replace('\n', " "),
-                    steps: None,
-                    val_loss: None,
-                    best_val_loss: None,
-                    accuracy: None,
-                    tokens_per_sec: None,
-                    wall_seconds: None,
-                }
+                // Stopped by a signal: the report shows what has finished so far.
+                let _ = report::write(grid);
+                return Err(e);
             }
         };
-        rows.insert(cell.id.clone(), row);
-        trained += 1;
-        write_rows(&csv_path, &rows.values().cloned().collect::<Vec<_>>())?;
-    }
-    let rows: Vec<Row> = cells.iter().filter_map(|c| rows.get(&c.id).cloned()).collect();
-    write_rows(&csv_path, &rows)?;
-    let mut files = vec![csv_path];
-    let states: BTreeMap<String, usize> = cells
-        .iter()
-        .zip(&rows)
-        .filter(|(_, row)| row.status == "ok")
-        .filter_map(|(cell, _)| Some((cell.id.clone(), state_floats(&runs_dir, cell)?)))
-        .collect();
-    files.push(write_markdown(out, &ablation, &cells, &rows, &states)?);
-    files.extend(write_plots(out, &ablation, &cells, &rows, &runs_dir, &states)?);
-    Ok(AblationReport { rows, trained, skipped, files })
-}
-
-/// Decoding state of a finished cell's language model after `block_size` tokens, in floats per
-/// sequence over all layers (softmax: its KV cache; astrocytic: (H, p), window and convolution
-/// buffers) — the x axis of Zoology's accuracy-against-state picture. `None` for classifiers.
-fn state_floats(runs_dir: &Path, cell: &Cell) -> Option<usize> {
-    let device = astro_model::device::default_device().ok()?;
-    let run = crate::Run::load(&runs_dir.join(&cell.id), crate::Weights::Final, &device).ok()?;
-    let astro_train::Net::Lm(model) = &run.net else { return None };
-    let context = model.config().block_size;
-    astro_model::info::report(model, &[context]).state_floats.first().map(|&(_, floats)| floats)
-}
-
-fn metric_of(metric: Metric, row: &Row) -> Option<f64> {
-    match metric {
-        Metric::ValLoss => row.val_loss,
-        Metric::Accuracy => row.accuracy,
-    }
-}
-
-/// Mean and sample standard deviation.
-pub fn mean_std(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
-    (mean, var.sqrt())
-}
-
-struct Group<'a> {
-    label: String,
-    cells: Vec<(&'a Cell, &'a Row)>,
-}
-
-fn groups<'a>(cells: &'a [Cell], rows: &'a [Row]) -> Vec<Group<'a>> {
-    let mut out: Vec<(String, Group<'a>)> = Vec::new();
-    for (cell, row) in cells.iter().zip(rows) {
-        let key = cell.group();
-        match out.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, g)) => g.cells.push((cell, row)),
-            None => out.push((key, Group { label: cell.label(), cells: vec![(cell, row)] })),
-        }
-    }
-    out.into_iter().map(|(_, g)| g).collect()
-}
-
-fn write_markdown(
-    out: &Path,
-    ablation: &AblationConfig,
-    cells: &[Cell],
-    rows: &[Row],
-    states: &BTreeMap<String, usize>,
-) -> Result<PathBuf, EvalError> {
-    let metric = match ablation.metric {
-        Metric::ValLoss => "val loss",
-        Metric::Accuracy => "accuracy",
-    };
-    let mut md = format!(
-        "# Ablation results\n\nMean ± sample std over seeds; {} cells, base `{}`.\n\n| cell group | seeds ok | {metric} | best val loss | tokens/s | wall s | decoding state (floats/sequence) |\n|---|---:|---:|---:|---:|---:|---:|\n",
-        rows.len(),
-        ablation.base.display()
-    );
-    for g in groups(cells, rows) {
-        let ok: Vec<&Row> = g.cells.iter().map(|(_, r)| *r).filter(|r| r.status == "ok").collect();
-        let col = |f: &dyn Fn(&Row) -> Option<f64>, digits: usize| {
-            let xs: Vec<f64> = ok.iter().filter_map(|r| f(r)).collect();
-            if xs.is_empty() {
-                return "—".to_string();
+        match outcome {
+            CellOutcome::AlreadyFinished(_) => skipped += 1,
+            CellOutcome::Failed(error) => {
+                eprintln!("[ablation] {} failed: {error}", cell.id);
+                trained += 1;
             }
-            let (m, s) = mean_std(&xs);
-            if xs.len() > 1 { format!("{m:.digits$} ± {s:.digits$}") } else { format!("{m:.digits$}") }
-        };
-        let state = g.cells.iter().find_map(|(c, _)| states.get(&c.id)).map_or("—".to_string(), |f| f.to_string());
-        md.push_str(&format!(
-            "| {} | {}/{} | {} | {} | {} | {} | {} |\n",
-            g.label,
-            ok.len(),
-            g.cells.len(),
-            col(&|r| metric_of(ablation.metric, r), 4),
-            col(&|r| r.best_val_loss, 4),
-            col(&|r| r.tokens_per_sec, 0),
-            col(&|r| r.wall_seconds, 0),
-            state
-        ));
-    }
-    let failed: Vec<&Row> = rows.iter().filter(|r| r.status != "ok").collect();
-    if !failed.is_empty() {
-        md.push_str("\nFailed cells:\n\n");
-        for r in failed {
-            md.push_str(&format!("- {} ({}): {}\n", r.cell, r.values, r.status));
+            CellOutcome::Trained(_) => trained += 1,
         }
+        report::write(grid)?;
     }
-    let path = out.join("results.md");
-    astro_data::fsutil::write_atomic(&path, md.as_bytes()).map_err(|e| EvalError::io("write", &path, e))?;
-    Ok(path)
+    let mut report = report::write(grid)?;
+    report.trained = trained;
+    report.skipped = skipped;
+    Ok(report)
 }
 
-/// Evaluation rows `(step, value)` of a cell's metrics.
-fn curve(run_dir: &Path, metric: Metric) -> Vec<(f64, f64)> {
-    let rows = astro_train::metrics::read(&run_dir.join("metrics.jsonl")).unwrap_or_default();
-    rows.iter()
-        .filter_map(|r| {
-            let v = match metric {
-                Metric::ValLoss => r.val_loss,
-                Metric::Accuracy => r.val_accuracy,
-            }?;
-            Some((r.step as f64, v))
-        })
-        .collect()
-}
-
-/// One line per label through (x, mean) with ±sample-std bars, from the values at each x; lines in
-/// the order given (so a cell keeps its colour from chart to chart).
-fn mean_series(lines: impl IntoIterator<Item = (String, BTreeMap<usize, Vec<f64>>)>) -> Vec<Series> {
-    lines
-        .into_iter()
-        .map(|(label, at)| {
-            let stats: Vec<(f64, (f64, f64))> = at.iter().map(|(x, v)| (*x as f64, mean_std(v))).collect();
-            Series {
-                label,
-                points: stats.iter().map(|(x, (mean, _))| (*x, *mean)).collect(),
-                errors: Some(stats.iter().map(|(_, (_, s))| *s).collect()),
-            }
-        })
-        .collect()
-}
-
-fn write_plots(
-    out: &Path,
-    ablation: &AblationConfig,
-    cells: &[Cell],
-    rows: &[Row],
-    runs_dir: &Path,
-    states: &BTreeMap<String, usize>,
-) -> Result<Vec<PathBuf>, EvalError> {
-    let (y_label, y_range) = match ablation.metric {
-        Metric::ValLoss => ("validation loss", None),
-        // Accuracy on its whole scale, as Zoology draws it: equal cells do not blow up into a band.
-        Metric::Accuracy => ("accuracy", Some((0.0, 1.04))),
-    };
-    let mut files = Vec::new();
-    // 1. Curves per group (mean over seeds at each evaluation step).
-    let mut series = Vec::new();
-    for g in groups(cells, rows) {
-        let mut by_step: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
-        for (cell, row) in &g.cells {
-            if row.status == "ok" {
-                for (s, v) in curve(&runs_dir.join(&cell.id), ablation.metric) {
-                    by_step.entry(s as u64).or_default().push(v);
-                }
-            }
-        }
-        if !by_step.is_empty() {
-            let points = by_step.iter().map(|(s, v)| (*s as f64, mean_std(v).0)).collect();
-            series.push(Series { label: g.label.clone(), points, errors: None });
-        }
-    }
-    if !series.is_empty() {
-        let chart = Chart {
-            title: format!("{y_label} during training"),
-            x_label: "step".into(),
-            y_label: y_label.into(),
-            log_x: false,
-            log_y: false,
-            series,
-            references: vec![],
-            y_range,
-        };
-        let (png, svg) = plot::save(&chart, &out.join("curves"))?;
-        files.extend([png, svg]);
-    }
-    // 2. Final metric against m for astrocytic cells; other variants as reference lines.
-    let mut astro: BTreeMap<String, BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
-    let mut references: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for (cell, row) in cells.iter().zip(rows) {
-        let Some(v) = metric_of(ablation.metric, row).filter(|_| row.status == "ok") else { continue };
-        match &cell.config.model.attention {
-            AttentionConfig::Astrocytic(c) => {
-                // The cell's label without its m: cells that differ only in m share a line.
-                let label = cell.label().replace(&format!(" m={}", c.features), "");
-                astro.entry(label).or_default().entry(c.features).or_default().push(v);
-            }
-            _ => references.entry(cell.label()).or_default().push(v),
-        }
-    }
-    if astro.values().any(|by_m| by_m.len() > 1) {
-        let series = mean_series(astro);
-        let chart = Chart {
-            title: format!("final {y_label} against hidden neurons m"),
-            x_label: "hidden neurons m".into(),
-            y_label: y_label.into(),
-            log_x: true,
-            log_y: false,
-            series,
-            references: references.into_iter().map(|(l, v)| (l, mean_std(&v).0)).collect(),
-            y_range,
-        };
-        let (png, svg) = plot::save(&chart, &out.join("metric_vs_m"))?;
-        files.extend([png, svg]);
-    }
-    // 3. Zoology's picture: final metric against the decoding state (floats per sequence), one
-    //    line per group of cells that differ only in m, one point per cell group.
-    let mut points: Vec<(String, String, usize, Vec<f64>)> = Vec::new(); // (line, own label, state, values)
-    for g in groups(cells, rows) {
-        let (cell, _) = g.cells[0];
-        let Some(&state) = g.cells.iter().find_map(|(c, _)| states.get(&c.id)) else { continue };
-        let values: Vec<f64> = g.cells.iter().filter_map(|(_, r)| metric_of(ablation.metric, r)).collect();
-        if values.is_empty() {
-            continue;
-        }
-        let line = match &cell.config.model.attention {
-            AttentionConfig::Astrocytic(c) => g.label.replace(&format!(" m={}", c.features), " m=·"),
-            _ => g.label.clone(),
-        };
-        points.push((line, g.label.clone(), state, values));
-    }
-    let mut by_state: Vec<(String, BTreeMap<usize, Vec<f64>>)> = Vec::new();
-    for (line, own, state, values) in &points {
-        // A line only where several groups differ in m alone; a lone point keeps its own label.
-        let shared = points.iter().filter(|p| p.0 == *line).count() > 1;
-        let label = if shared { line } else { own };
-        let at = match by_state.iter().position(|(l, _)| l == label) {
-            Some(i) => &mut by_state[i].1,
-            None => {
-                by_state.push((label.clone(), BTreeMap::new()));
-                &mut by_state.last_mut().expect("just pushed").1
-            }
-        };
-        at.entry(*state).or_default().extend(values.iter().copied());
-    }
-    if by_state.len() > 1 {
-        let series = mean_series(by_state);
-        let chart = Chart {
-            title: format!("final {y_label} against decoding state"),
-            x_label: "decoding state (floats per sequence, all layers)".into(),
-            y_label: y_label.into(),
-            log_x: true,
-            log_y: false,
-            series,
-            references: vec![],
-            y_range,
-        };
-        let (png, svg) = plot::save(&chart, &out.join("metric_vs_state"))?;
-        files.extend([png, svg]);
-    }
-    Ok(files)
+/// Writes the report of whatever has finished (`--report`): results.csv, results.md, plots.
+pub fn report(grid: &Grid) -> Result<AblationReport, EvalError> {
+    report::write(grid)
 }
 
 #[cfg(test)]
