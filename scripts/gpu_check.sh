@@ -154,26 +154,35 @@ for f in crates/astro-model/tests/*.rs; do
 done
 
 # --- 1. One build --------------------------------------------------------------------------------
-export EXES="$OUT/executables.tsv" FEATURES OUT
+export EXES="$OUT/executables.tsv" ASTRO_PATH="$OUT/astro-path" FEATURES OUT
+# One cargo invocation: a second one with another target selection would unify other features
+# (dev-dependencies) and compile Burn again. Selecting an integration test of astro-cli (`cli`)
+# builds the `astro` binary too, with the same features.
 build() {
-  cargo build "${PROFILE_ARGS[@]}" "${PACKAGES[@]}" --features "$FEATURES" --bin astro &&
-    cargo test --no-run "${PROFILE_ARGS[@]}" "${PACKAGES[@]}" --features "$FEATURES" --lib --test backends \
-      "${MODEL_TEST_TARGETS[@]}" --message-format=json-render-diagnostics > "$OUT/build-artifacts.jsonl" &&
-    python3 - "$OUT/build-artifacts.jsonl" "$EXES" <<'PY'
+  cargo test --no-run "${PROFILE_ARGS[@]}" "${PACKAGES[@]}" --features "$FEATURES" --lib --test backends --test cli \
+    "${MODEL_TEST_TARGETS[@]}" --message-format=json-render-diagnostics > "$OUT/build-artifacts.jsonl" &&
+    python3 - "$OUT/build-artifacts.jsonl" "$EXES" "$ASTRO_PATH" <<'PY'
 import json, os, sys
-rows = []
+rows, astro = [], None
 for line in open(sys.argv[1]):
     try:
         m = json.loads(line)
     except ValueError:
         continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m.get("profile", {}).get("test"):
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    if m["target"]["kind"] == ["bin"] and m["target"]["name"] == "astro" and not m["profile"]["test"]:
+        astro = m["executable"]
+    elif m["profile"]["test"]:
         package = m["package_id"].split("#")[0].rsplit("/", 1)[-1].split("@")[0]
         rows.append((package, m["target"]["name"], m["executable"], os.path.dirname(m["manifest_path"])))
 with open(sys.argv[2], "w") as f:
     for r in rows:
         f.write("\t".join(r) + "\n")
-print(f"{len(rows)} test executables")
+if not astro:
+    sys.exit("the build made no astro binary")
+open(sys.argv[3], "w").write(astro)
+print(f"{len(rows)} test executables; astro: {astro}")
 PY
 }
 if [ "${#KINDS[@]}" = 0 ]; then
@@ -181,9 +190,9 @@ if [ "${#KINDS[@]}" = 0 ]; then
 else
   step build build
 fi
-if [ "$PROFILE" = release ]; then ASTRO="$CARGO_TARGET_DIR/release/astro"; else ASTRO="$CARGO_TARGET_DIR/${PROFILE/dev/debug}/astro"; fi
+ASTRO="$(cat "$ASTRO_PATH" 2> /dev/null)"
 BUILT=0
-[ -x "$ASTRO" ] && [ -s "$EXES" ] && BUILT=1
+[ -n "$ASTRO" ] && [ -x "$ASTRO" ] && [ -s "$EXES" ] && BUILT=1
 
 # run_tests PACKAGE [TARGET] — runs the built test executables of PACKAGE (of one TARGET) in the
 # package's folder, as cargo test would.
