@@ -317,6 +317,35 @@ fn run_case(w: &World, case: &str) -> Output {
             .arg(&w.soft)
             .output()
             .unwrap(),
+        "corpus-jsonl-not-json" | "corpus-jsonl-bad-line-skipped" => {
+            let mut lines =
+                (0..300).map(|i| format!("{{\"text\": \"the astrocyte {i} and the neuron\"}}\n")).collect::<String>();
+            lines.insert_str(0, "{\"text\": \"first\"}\n{not json\n");
+            let data = w.corpus("bad.jsonl", lines.as_bytes());
+            if case == "corpus-jsonl-not-json" {
+                w.set(&[&data])
+            } else {
+                w.set(&[&data, "data.bad_lines=\"skip\"", "run.name=\"skipped\""])
+            }
+        }
+        "corpus-jsonl-missing-field" => w.set(&[&w.corpus("body.jsonl", b"{\"body\": \"text under another name\"}\n")]),
+        "corpus-gzip-truncated" => {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(corpus_text().as_bytes()).unwrap();
+            let bytes = e.finish().unwrap();
+            w.set(&[&w.corpus("cut.txt.gz", &bytes[..bytes.len() / 2])])
+        }
+        "corpus-directory-without-text" => {
+            let dir = root.join("no-text");
+            std::fs::create_dir_all(dir.join("sub")).unwrap();
+            std::fs::write(dir.join("sub/table.csv"), "a,b\n1,2\n").unwrap();
+            w.set(&[&format!("data.path={:?}", dir.display().to_string())])
+        }
+        "corpus-validation-too-short" => {
+            let val = w.corpus("val.txt", b"too short");
+            w.set(&[&val.replacen("data.path", "data.val_path", 1)])
+        }
         "ablate-cell-out-of-range" => {
             let grid = ablation(w, "range", "optim.lr = 0.001");
             astro(root).args(["ablate", "--cell", "7", "--config"]).arg(&grid).output().unwrap()
@@ -393,6 +422,12 @@ const CASES: &[&str] = &[
     "distill-not-softmax",
     "calibration-undefined",
     "fidelity-unknown-map",
+    "corpus-jsonl-not-json",
+    "corpus-jsonl-bad-line-skipped",
+    "corpus-jsonl-missing-field",
+    "corpus-gzip-truncated",
+    "corpus-directory-without-text",
+    "corpus-validation-too-short",
     "ablate-cell-out-of-range",
     "ablate-slurm-without-sbatch",
     "ablate-grid-edited",

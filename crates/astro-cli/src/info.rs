@@ -30,10 +30,10 @@ pub fn resolve_model_config(path: &std::path::Path, vocab_size: Option<usize>) -
         model.vocab_size = vocab_size;
     }
     if model.vocab_size.is_none() {
-        let corpus = config.corpus().load().context(
-            "model.vocab_size is unset, so the tokenizer is built from [data] to find it (or pass --vocab-size N)",
-        )?;
-        let tokenizer = astro_data::build_tokenizer(&config.data.tokenizer, &corpus.text)?;
+        let why =
+            "model.vocab_size is unset, so the tokenizer is built from [data] to find it (or pass --vocab-size N)";
+        let corpus = config.corpus().files(config.data.val_fraction).context(why)?;
+        let tokenizer = astro_data::tokenizer_for(&config.data.tokenizer, &corpus, &|| false).context(why)?;
         model.vocab_size = Some(tokenizer.vocab_size());
     }
     Ok(model)

@@ -207,9 +207,9 @@ pub(crate) fn feature_map(name: &str) -> anyhow::Result<astro_model::attention::
 pub(crate) fn read_text_source(source: &str) -> anyhow::Result<String> {
     let path = std::path::Path::new(source);
     let spec = if path.exists() || !astro_data::corpus::manifest()?.contains_key(source) {
-        astro_data::CorpusSpec { dataset: None, path: Some(path.to_path_buf()) }
+        astro_data::CorpusSpec::file(path)
     } else {
-        astro_data::CorpusSpec { dataset: Some(source.to_string()), path: None }
+        astro_data::CorpusSpec::named(source)
     };
     Ok(spec.load()?.text)
 }

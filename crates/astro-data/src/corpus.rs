@@ -1,15 +1,16 @@
-//! Corpora: a text file, a directory of `.txt` files, or a named dataset from the manifest
-//! (`datasets/manifest.toml`), resolved offline first and downloaded only as a last resort.
+//! Corpora: files, directories and lists of them (text, JSON Lines, compressed), or a named dataset
+//! from the manifest (`datasets/manifest.toml`), resolved offline first and downloaded only as a
+//! last resort. How they are read in bounded pieces is [`crate::stream`].
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use serde::Deserialize;
 
 use crate::error::DataError;
 use crate::fsutil::{cache_dir, tempfile_in};
+use crate::stream::{BadLines, CorpusFiles, Format, JsonlOptions, SourceFile, Split};
 use crate::tokenizer::digest;
 
 /// The manifest of named datasets, compiled in.
@@ -54,63 +55,154 @@ pub fn manifest() -> Result<BTreeMap<String, DatasetEntry>, DataError> {
     Ok(all)
 }
 
-/// Where a corpus comes from, as written under `[data]`: `dataset = "tinyshakespeare"` and/or
-/// `path = "file.txt" | "dir/"`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Where a corpus comes from and how it is read (the `[data]` keys that name it): a named dataset
+/// and/or a `path` (a file or a directory, searched recursively), or a list of `paths`; a
+/// `val_path` that validates; the format of the files and, for JSON Lines, the text field and what
+/// to do with lines that lack it. See [`crate::stream`] for how each form is read and split.
+#[derive(Debug, Clone, PartialEq)]
 pub struct CorpusSpec {
     /// A named dataset from the manifest.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<String>,
-    /// A text file or a directory of `.txt` files (for a named dataset: its explicit location).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A file or a directory (for a named dataset: its explicit location).
     pub path: Option<PathBuf>,
+    /// Several files or directories, read in this order (instead of `path`).
+    pub paths: Vec<PathBuf>,
+    /// A file or directory that validates (then all of the corpus trains).
+    pub val_path: Option<PathBuf>,
+    /// Text or JSON Lines (by file name when `auto`).
+    pub format: Format,
+    /// JSON Lines: the string field holding a document's text.
+    pub text_field: String,
+    /// JSON Lines: lines that are not JSON objects with that field fail the run or are skipped.
+    pub bad_lines: BadLines,
 }
 
-/// A corpus read into memory.
+impl Default for CorpusSpec {
+    fn default() -> Self {
+        CorpusSpec {
+            dataset: None,
+            path: None,
+            paths: Vec::new(),
+            val_path: None,
+            format: Format::Auto,
+            text_field: "text".into(),
+            bad_lines: BadLines::Fail,
+        }
+    }
+}
+
+/// A corpus read into memory (for the commands that work on small texts; training streams).
 #[derive(Debug, Clone)]
 pub struct Corpus {
     /// Human description (dataset name or path).
     pub name: String,
-    /// The text (invalid UTF-8 replaced by U+FFFD, see [`Corpus::replaced`]).
+    /// The text (invalid UTF-8 replaced by U+FFFD, see [`Corpus::replaced`]; validation files after
+    /// the rest).
     pub text: String,
-    /// sha256 of the raw bytes.
-    pub sha256: String,
     /// Number of invalid UTF-8 sequences replaced by U+FFFD.
     pub replaced: usize,
 }
 
 impl CorpusSpec {
-    /// Finds and reads the corpus; named datasets are downloaded if nowhere else.
-    pub fn load(&self) -> Result<Corpus, DataError> {
-        match (&self.dataset, &self.path) {
-            (None, None) => Err(DataError::Config {
-                field: "data.dataset".into(),
-                reason: "set `dataset` (a named corpus) or `path` (a text file or directory)".into(),
-            }),
-            (None, Some(path)) => read_path(path, &path.display().to_string()),
-            (Some(name), explicit) => {
+    /// A text file or directory.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        CorpusSpec { path: Some(path.into()), ..Self::default() }
+    }
+
+    /// A named dataset.
+    pub fn named(name: impl Into<String>) -> Self {
+        CorpusSpec { dataset: Some(name.into()), ..Self::default() }
+    }
+
+    /// Finds the corpus's files (named datasets are downloaded if nowhere else) and how they split
+    /// into train and validation.
+    pub fn files(&self, val_fraction: f64) -> Result<CorpusFiles, DataError> {
+        let explicit: Vec<PathBuf> = match (&self.path, self.paths.is_empty()) {
+            (Some(_), false) => {
+                return Err(DataError::Config {
+                    field: "data.paths".into(),
+                    reason: "give data.path (one file or directory) or data.paths (a list), not both".into(),
+                });
+            }
+            (Some(p), true) => vec![p.clone()],
+            (None, _) => self.paths.clone(),
+        };
+        let (roots, name) = match (&self.dataset, explicit.is_empty()) {
+            (None, true) => {
+                return Err(DataError::Config {
+                    field: "data.dataset".into(),
+                    reason: "set `dataset` (a named corpus), `path` (a file or directory) or `paths` (a list)".into(),
+                });
+            }
+            (Some(name), true) => {
                 let mut known = manifest()?;
                 let entry = known.remove(name).ok_or_else(|| DataError::UnknownDataset {
                     name: name.clone(),
                     known: known.keys().cloned().collect::<Vec<_>>().join(", "),
                 })?;
-                let path = match explicit {
-                    Some(p) => p.clone(),
-                    None => resolve(name, &entry)?,
-                };
-                read_path(&path, name)
+                (vec![resolve(name, &entry)?], name.clone())
             }
+            (Some(name), false) => (explicit, name.clone()),
+            (None, false) => (explicit, self.describe()),
+        };
+        let mut main = Vec::new();
+        for root in &roots {
+            main.extend(SourceFile::expand(root, self.format)?);
         }
+        let val = match &self.val_path {
+            Some(p) => SourceFile::expand(p, self.format)?,
+            None => Vec::new(),
+        };
+        let documents = main.iter().any(|f| f.kind == crate::stream::FileKind::Jsonl);
+        let split = match (val.is_empty(), documents) {
+            (false, _) => Split::ValFiles,
+            (true, true) => Split::Documents { val_fraction },
+            (true, false) => Split::Position { val_fraction },
+        };
+        let jsonl = JsonlOptions { text_field: self.text_field.clone(), bad_lines: self.bad_lines };
+        Ok(CorpusFiles { name, main, val, jsonl, split })
+    }
+
+    /// Finds and reads the whole corpus into memory; named datasets are downloaded if nowhere else.
+    pub fn load(&self) -> Result<Corpus, DataError> {
+        let files = self.files(0.1)?;
+        let (text, stats) = files.read_to_string()?;
+        if text.is_empty() {
+            let path = files.main.first().map(|f| f.path.clone()).unwrap_or_default();
+            return Err(DataError::Empty { path, detail: String::new() });
+        }
+        warn_replaced(&files, &stats);
+        Ok(Corpus { name: files.name, text, replaced: stats.replaced as usize })
     }
 
     /// One-line description.
     pub fn describe(&self) -> String {
-        match (&self.dataset, &self.path) {
-            (Some(name), _) => name.clone(),
-            (None, Some(p)) => p.display().to_string(),
-            (None, None) => "unset".into(),
+        match (&self.dataset, &self.path, self.paths.as_slice()) {
+            (Some(name), _, _) => name.clone(),
+            (None, Some(p), _) => p.display().to_string(),
+            (None, None, [one]) => one.display().to_string(),
+            (None, None, [first, rest @ ..]) if !rest.is_empty() => {
+                format!("{} and {} more", first.display(), rest.len())
+            }
+            _ => "unset".into(),
         }
+    }
+}
+
+/// Says on stderr how many invalid UTF-8 sequences and skipped lines a pass over `files` met.
+pub fn warn_replaced(files: &CorpusFiles, stats: &crate::stream::ReadStats) {
+    if stats.replaced > 0 {
+        eprintln!(
+            "warning: {}: {} invalid UTF-8 sequence(s) replaced by U+FFFD (character-level vocabularies gain one \
+             symbol; byte-level BPE encodes it as its three bytes)",
+            files.name, stats.replaced
+        );
+    }
+    if stats.skipped_lines > 0 {
+        eprintln!(
+            "warning: {}: {} JSON Lines line(s) skipped (not JSON objects with a string field `{}`; data.bad_lines = \"skip\")",
+            files.name, stats.skipped_lines, files.jsonl.text_field
+        );
     }
 }
 
@@ -194,76 +286,6 @@ fn download_url(entry: &DatasetEntry) -> String {
     }
 }
 
-/// Reads a text file, or every `.txt` file of a directory (sorted by name, concatenated).
-fn read_path(path: &Path, name: &str) -> Result<Corpus, DataError> {
-    let meta = std::fs::metadata(path).map_err(|e| DataError::read(path, e))?;
-    let bytes = if meta.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| DataError::read(path, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "txt"))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(DataError::Empty { path: path.into(), detail: " (no .txt files in the directory)".into() });
-        }
-        let mut all = Vec::new();
-        for f in files {
-            all.extend(std::fs::read(&f).map_err(|e| DataError::read(&f, e))?);
-        }
-        all
-    } else {
-        std::fs::read(path).map_err(|e| DataError::read(path, e))?
-    };
-    if bytes.is_empty() {
-        return Err(DataError::Empty { path: path.into(), detail: String::new() });
-    }
-    let sha256 = {
-        let h = Sha256::digest(&bytes);
-        h.iter().map(|b| format!("{b:02x}")).collect()
-    };
-    if let Some(at) = bytes.iter().position(|&b| b == 0) {
-        return Err(DataError::NotText { path: path.into(), why: format!("a NUL byte at offset {at}") });
-    }
-    let len = bytes.len();
-    let (text, replaced) = decode_lossy(bytes);
-    // A few stray bytes are tolerated (replaced); a file that is mostly not UTF-8 is refused.
-    if replaced * 10 > len {
-        return Err(DataError::NotText {
-            path: path.into(),
-            why: format!("{replaced} invalid UTF-8 sequences in {len} bytes"),
-        });
-    }
-    if replaced > 0 {
-        eprintln!(
-            "warning: {}: {replaced} invalid UTF-8 sequence(s) replaced by U+FFFD (character-level vocabularies gain one \
-             symbol; byte-level BPE encodes it as its three bytes)",
-            path.display()
-        );
-    }
-    Ok(Corpus { name: name.to_string(), text, sha256, replaced })
-}
-
-/// UTF-8 text of `bytes`, replacing each invalid sequence by U+FFFD; returns the count replaced.
-fn decode_lossy(bytes: Vec<u8>) -> (String, usize) {
-    match String::from_utf8(bytes) {
-        Ok(s) => (s, 0),
-        Err(e) => {
-            let bytes = e.into_bytes();
-            let mut replaced = 0;
-            let mut out = String::with_capacity(bytes.len());
-            for chunk in bytes.utf8_chunks() {
-                out.push_str(chunk.valid());
-                if !chunk.invalid().is_empty() {
-                    out.push(char::REPLACEMENT_CHARACTER);
-                    replaced += 1;
-                }
-            }
-            (out, replaced)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,21 +346,24 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_replaced_and_counted() {
-        let (text, n) = decode_lossy(b"ab\xffcd\xfe\xfe".to_vec());
+        let (text, n) = crate::stream::decode_lossy(b"ab\xffcd\xfe\xfe");
         assert_eq!(text, "ab\u{FFFD}cd\u{FFFD}\u{FFFD}");
         assert_eq!(n, 3);
     }
 
     #[test]
-    fn directories_concatenate_txt_files_in_order() {
+    fn directories_concatenate_text_files_in_order() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("b.txt"), "world").unwrap();
         std::fs::write(dir.path().join("a.txt"), "hello ").unwrap();
         std::fs::write(dir.path().join("c.md"), "ignored").unwrap();
-        let c = CorpusSpec { dataset: None, path: Some(dir.path().into()) }.load().unwrap();
-        assert_eq!(c.text, "hello world");
+        std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/d.txt"), "!").unwrap();
+        let c = CorpusSpec::file(dir.path()).load().unwrap();
+        assert_eq!(c.text, "hello world!", "sorted by path, recursively");
         let empty = tempfile::tempdir().unwrap();
-        let err = CorpusSpec { dataset: None, path: Some(empty.path().into()) }.load().unwrap_err().to_string();
-        assert!(err.contains("no .txt files"), "{err}");
+        std::fs::write(empty.path().join("notes.csv"), "a,b").unwrap();
+        let err = CorpusSpec::file(empty.path()).load().unwrap_err().to_string();
+        assert!(err.contains("no text files in the directory"), "{err}");
     }
 }

@@ -83,10 +83,51 @@ pub enum DataError {
         /// What gave it away.
         why: String,
     },
+    /// A JSON Lines line is not a JSON object.
+    #[error(
+        "{path}:{line}: not a JSON object ({reason}); fix or remove the line, or set data.bad_lines = \"skip\" to skip such lines"
+    )]
+    BadJsonLine {
+        /// The file.
+        path: PathBuf,
+        /// The line number (from 1).
+        line: u64,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// A JSON Lines line has no string field holding the text.
+    #[error(
+        "{path}:{line}: no string field `{field}` (the line's string fields: {fields}); name the field that holds the \
+         text with data.text_field, or set data.bad_lines = \"skip\" to skip such lines"
+    )]
+    MissingField {
+        /// The file.
+        path: PathBuf,
+        /// The line number (from 1).
+        line: u64,
+        /// The field looked for (`data.text_field`).
+        field: String,
+        /// The line's string fields.
+        fields: String,
+    },
+    /// A compressed file ends early or is corrupt.
+    #[error(
+        "{path}: the compressed data ends early or is corrupt ({reason}); the file is truncated or damaged: copy or \
+         download it again"
+    )]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// The decompressor's complaint.
+        reason: String,
+    },
+    /// A pass over the corpus was stopped (a stop signal); nothing it wrote is kept.
+    #[error("stopped while reading the corpus; nothing was written to the cache")]
+    Cancelled,
     /// A split is shorter than one training window.
     #[error(
         "the {split} split of {corpus} has {tokens} tokens, fewer than one window of block_size + 1 = {needed}; \
-         use a longer corpus or a smaller model.block_size"
+         use a longer corpus, a smaller model.block_size, a larger data.val_fraction, or a data.val_path"
     )]
     TooShort {
         /// `train` or `validation`.

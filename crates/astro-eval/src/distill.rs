@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use astro_data::{BatchSampler, CorpusSpec, Sampling, split, tokenize_cached};
+use astro_data::{BatchSampler, CorpusSpec, Sampling, tokenize_cached};
 use astro_model::attention::{AstrocyticConfig, Attention, AttentionMask, FeatureMap};
 use astro_model::{AttentionConfig, LanguageModel};
 use astro_train::Net;
@@ -102,18 +102,19 @@ pub fn distill(run: &Run, request: &DistillRequest, out: &Path, device: &Device)
     }
     let lm = run.net.lm().ok_or_else(|| EvalError::Invalid("the run holds no language model".into()))?.valid();
     let tokenizer = run.tokenizer.as_ref().ok_or_else(|| EvalError::Invalid("the run has no tokenizer".into()))?;
+    let vf = run.config.data.val_fraction;
     let corpus = match &request.data {
-        Some(path) => CorpusSpec { dataset: None, path: Some(path.clone()) }.load()?,
-        None => run.config.corpus().load()?,
+        Some(path) => CorpusSpec::file(path).files(vf)?,
+        None => run.config.corpus().files(vf)?,
     };
-    let file = tokenize_cached(&corpus, tokenizer.as_ref()).map_err(|e| match &request.data {
+    let file = tokenize_cached(&corpus, tokenizer.as_ref(), &|| false).map_err(|e| match &request.data {
         Some(path) => EvalError::Invalid(format!(
             "--data {} does not suit the model's tokenizer: {e}; distil on text like the model was trained on",
             path.display()
         )),
         None => EvalError::from(e),
     })?;
-    let (train, val) = split(file.len(), run.config.data.val_fraction);
+    let (train, val) = file.split(vf);
     let block = run.config.model.block_size;
     if train.len() <= block + 1 || val.len() <= block + 1 {
         return Err(EvalError::Invalid(format!(

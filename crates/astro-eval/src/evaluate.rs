@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use astro_data::tasks::{test_seed, test_set};
-use astro_data::{CorpusSpec, split, tokenize_cached};
+use astro_data::{CorpusSpec, tokenize_cached};
 use astro_train::source::{Batch, evaluate_examples, score};
 use burn::module::Module;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -53,26 +53,25 @@ pub fn evaluate_text(run: &Run, data: Option<&Path>, max_tokens: Option<usize>) 
         .tokenizer
         .as_ref()
         .ok_or_else(|| EvalError::Invalid(format!("{} has no tokenizer: it trained on a task (evaluate it without --data), or it is an export without tokenizer.json", run.dir.display())))?;
+    let vf = run.config.data.val_fraction;
     let (corpus, on) = match data {
-        Some(path) => {
-            (CorpusSpec { dataset: None, path: Some(path.to_path_buf()) }.load()?, path.display().to_string())
-        }
-        None if run.config.data.dataset.is_none() && run.config.data.path.is_none() => {
+        Some(path) => (CorpusSpec::file(path).files(vf)?, path.display().to_string()),
+        None if !run.config.has_corpus() => {
             return Err(EvalError::Invalid(format!(
                 "{} does not say which corpus it was trained on; pass --data FILE",
                 run.dir.display()
             )));
         }
         None => {
-            let corpus = run.config.corpus().load()?;
+            let corpus = run.config.corpus().files(vf)?;
             let on = format!("{} (validation split)", corpus.name);
             (corpus, on)
         }
     };
-    let file = tokenize_cached(&corpus, tokenizer.as_ref())?;
+    let file = tokenize_cached(&corpus, tokenizer.as_ref(), &|| false)?;
     let range = match data {
         Some(_) => 0..file.len(),
-        None => split(file.len(), run.config.data.val_fraction).1,
+        None => file.split(vf).1,
     };
     let range = match max_tokens {
         Some(n) => range.start..range.end.min(range.start + n.max(2)),

@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use astro_data::{BatchSampler, Sampling, split, tokenize_cached};
+use astro_data::{BatchSampler, Sampling, tokenize_cached};
 use astro_model::attention::{AstrocyticConfig, Attention, AttentionMask, FeatureMap, InnerAttention};
 use astro_model::{AttentionConfig, LanguageModel};
 use astro_train::Net;
@@ -255,9 +255,9 @@ pub fn run(run: &Run, options: &FidelityOptions, out: &Path) -> Result<FidelityR
     let lm = run.net.lm().ok_or_else(|| EvalError::Invalid("the run holds no language model".into()))?.valid();
     let device = lm.trunk.wte.weight.val().device();
     let tokenizer = run.tokenizer.as_ref().ok_or_else(|| EvalError::Invalid("the run has no tokenizer".into()))?;
-    let corpus = run.config.corpus().load()?;
-    let file = tokenize_cached(&corpus, tokenizer.as_ref())?;
-    let (train, val) = split(file.len(), run.config.data.val_fraction);
+    let corpus = run.config.corpus().files(run.config.data.val_fraction)?;
+    let file = tokenize_cached(&corpus, tokenizer.as_ref(), &|| false)?;
+    let (train, val) = file.split(run.config.data.val_fraction);
     let block = run.config.model.block_size;
     let batch = run.config.optim.batch_size;
     let val_batches = ValBatches::new(&file, val.clone(), block, batch, options.batches, &device);

@@ -73,13 +73,30 @@ pub struct DataSection {
     /// A named dataset (see `datasets/manifest.toml`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<String>,
-    /// A text file or directory of `.txt` files (or the named dataset's explicit location).
+    /// A file (text or JSON Lines, optionally .gz/.zst) or a directory of them, searched
+    /// recursively (or the named dataset's explicit location).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// Several files or directories, read in this order (instead of `path`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathBuf>,
+    /// A file or directory that validates; then all of `path`/`paths` trains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_path: Option<PathBuf>,
+    /// `auto` (JSON Lines for `.jsonl`/`.ndjson` files, text otherwise), `text` or `jsonl`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub format: astro_data::Format,
+    /// JSON Lines: the string field that holds a document's text.
+    #[serde(default = "defaults::text_field", skip_serializing_if = "is_default_text_field")]
+    pub text_field: String,
+    /// JSON Lines: `fail` on a line that is not a JSON object with that field, or `skip` it.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub bad_lines: astro_data::BadLines,
     /// Tokenizer: `{ kind = "char" }`, `{ kind = "bpe", vocab_size = N }`, `{ kind = "file", path = … }`.
     #[serde(default)]
     pub tokenizer: TokenizerSpec,
-    /// Fraction of tokens (at the end) held out for validation.
+    /// Fraction held out for validation: of the tokens (at the end) of text, of the documents of
+    /// JSON Lines (unused with `val_path`).
     #[serde(default = "defaults::val_fraction")]
     pub val_fraction: f64,
     /// Window sampling: `random` (with replacement, nanoGPT) or `epoch` (without replacement).
@@ -167,6 +184,14 @@ pub struct TrainSection {
     pub calibration_fallback: bool,
 }
 
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+fn is_default_text_field(v: &String) -> bool {
+    *v == defaults::text_field()
+}
+
 mod defaults {
     use std::path::PathBuf;
     pub fn name() -> String {
@@ -180,6 +205,9 @@ mod defaults {
     }
     pub fn val_fraction() -> f64 {
         0.1
+    }
+    pub fn text_field() -> String {
+        "text".into()
     }
     pub fn lr() -> f64 {
         1e-3
@@ -332,20 +360,32 @@ impl RunConfig {
                 return Err(invalid(field, "must be at least 1"));
             }
         }
+        if self.data.path.is_some() && !self.data.paths.is_empty() {
+            return Err(invalid(
+                "data.paths",
+                "give data.path (one file or directory) or data.paths (a list), not both",
+            ));
+        }
+        if self.data.text_field.is_empty() {
+            return Err(invalid("data.text_field", "must name a field (default \"text\")"));
+        }
+        if let astro_data::TokenizerSpec::Bpe { sample_bytes: 0, .. } = self.data.tokenizer {
+            return Err(invalid("data.tokenizer.sample_bytes", "must be at least 1 (default 100000000)"));
+        }
         if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
             return Err(invalid("data.val_fraction", format!("{} must lie in (0, 1)", self.data.val_fraction)));
         }
         match &self.task {
-            None if self.data.dataset.is_none() && self.data.path.is_none() => {
+            None if !self.has_corpus() => {
                 return Err(invalid(
                     "data.dataset",
-                    "set a named dataset, data.path (a text file or directory), or a [task]",
+                    "set a named dataset, data.path (a file or directory), data.paths (a list), or a [task]",
                 ));
             }
             None => {}
             Some(task) => {
                 task.validate().map_err(|e| TrainError::Config(e.to_string()))?;
-                if self.data.dataset.is_some() || self.data.path.is_some() {
+                if self.has_corpus() {
                     return Err(invalid("task", "a run trains on a [task] or on a corpus ([data]), not both"));
                 }
                 if self.model.positions == astro_model::transformer::Positions::Learned
@@ -386,9 +426,23 @@ impl RunConfig {
         config
     }
 
-    /// Where the corpus comes from.
+    /// Where the corpus comes from and how it is read.
     pub fn corpus(&self) -> astro_data::CorpusSpec {
-        astro_data::CorpusSpec { dataset: self.data.dataset.clone(), path: self.data.path.clone() }
+        let d = &self.data;
+        astro_data::CorpusSpec {
+            dataset: d.dataset.clone(),
+            path: d.path.clone(),
+            paths: d.paths.clone(),
+            val_path: d.val_path.clone(),
+            format: d.format,
+            text_field: d.text_field.clone(),
+            bad_lines: d.bad_lines,
+        }
+    }
+
+    /// Whether `[data]` names a corpus (a dataset, a path or a list of paths).
+    pub fn has_corpus(&self) -> bool {
+        self.data.dataset.is_some() || self.data.path.is_some() || !self.data.paths.is_empty()
     }
 
     /// The step at which the cosine decay ends.

@@ -88,7 +88,7 @@ fn interrupted_message(
             ckpt.display(),
             run_dir.display()
         ),
-        None => format!("interrupted by {signal} before the first step: nothing was trained, nothing was kept"),
+        None => format!("interrupted by {signal} before its first step: nothing new was trained or written"),
     }
 }
 

@@ -12,7 +12,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use astro_data::{TokenFile, Tokenizer, build_tokenizer, load_tokenizer, split, tokenize_cached};
+use astro_data::{TokenFile, Tokenizer, load_tokenizer, tokenize_cached, tokenizer_for};
 use astro_model::LanguageModel;
 use astro_model::device::{BackendKind, DeviceSpec, Ordinal};
 use astro_model::transformer::{SamplingConfig, generate};
@@ -269,7 +269,19 @@ fn prepare(config: RunConfig, options: &TrainOptions) -> Result<Prepared, TrainE
             config.model.vocab_size = Some(task.vocab_size());
             Source::task(&task, &config)
         }
-        None => corpus_source(&mut config, run_dir.as_deref())?,
+        None => {
+            let cancel = || options.interrupt.received().is_some();
+            corpus_source(&mut config, run_dir.as_deref(), &cancel).map_err(|e| match e {
+                // Stopped while preparing the corpus: nothing was trained, nothing kept.
+                TrainError::Data(astro_data::DataError::Cancelled) => TrainError::Interrupted {
+                    signal: options.interrupt.received().map_or("a signal", |s| s.name()).into(),
+                    step: 0,
+                    run_dir: run_dir.clone().unwrap_or_default(),
+                    checkpoint: None,
+                },
+                other => other,
+            })?
+        }
     };
     if resume.is_none() {
         check_memory(&config)?;
@@ -329,12 +341,18 @@ fn finished_summary(run_dir: &Path, state: &CheckpointState) -> TrainSummary {
     summary
 }
 
-/// Loads and tokenises the corpus; a resumed run (`resumed_from`) keeps its saved tokenizer.
-fn corpus_source(config: &mut RunConfig, resumed_from: Option<&Path>) -> Result<Source, TrainError> {
-    let corpus = config.corpus().load()?;
+/// Finds the corpus, its tokenizer (a resumed run keeps its saved one; a fresh one builds it, or
+/// takes it from the cache) and its tokens (streamed into the cache once), and checks that both
+/// splits hold a window. `cancel` stops the passes over a large corpus on a stop signal.
+fn corpus_source(
+    config: &mut RunConfig,
+    resumed_from: Option<&Path>,
+    cancel: &astro_data::prepare::Cancel<'_>,
+) -> Result<Source, TrainError> {
+    let files = config.corpus().files(config.data.val_fraction)?;
     let tokenizer = match resumed_from {
         Some(dir) => load_tokenizer(&dir.join("tokenizer.json"))?,
-        None => build_tokenizer(&config.data.tokenizer, &corpus.text)?,
+        None => tokenizer_for(&config.data.tokenizer, &files, cancel)?,
     };
     match config.model.vocab_size {
         None => config.model.vocab_size = Some(tokenizer.vocab_size()),
@@ -342,20 +360,20 @@ fn corpus_source(config: &mut RunConfig, resumed_from: Option<&Path>) -> Result<
             return Err(TrainError::Config(format!(
                 "`model.vocab_size` = {v}, but the tokenizer ({}) on {} has {} tokens; remove the key to use the tokenizer's",
                 tokenizer.describe(),
-                corpus.name,
+                files.name,
                 tokenizer.vocab_size()
             )));
         }
         Some(_) => {}
     }
-    let tokens = tokenize_cached(&corpus, tokenizer.as_ref())?;
-    let (train, val) = split(tokens.len(), config.data.val_fraction);
+    let tokens = tokenize_cached(&files, tokenizer.as_ref(), cancel)?;
+    let (train, val) = tokens.split(config.data.val_fraction);
     let needed = config.model.block_size + 1;
     for (name, range) in [("train", &train), ("validation", &val)] {
         if range.len() < needed {
             return Err(astro_data::DataError::TooShort {
                 split: name,
-                corpus: corpus.name.clone(),
+                corpus: files.name.clone(),
                 tokens: range.len(),
                 needed,
             }
