@@ -184,6 +184,8 @@ if not astro:
 open(sys.argv[3], "w").write(astro)
 print(f"{len(rows)} test executables; astro: {astro}")
 PY
+  # A copy of the binary: a later build into the same target directory cannot replace it mid-check.
+  cp "$(cat "$ASTRO_PATH")" "$OUT/astro" && echo "$OUT/astro" > "$ASTRO_PATH"
 }
 if [ "${#KINDS[@]}" = 0 ]; then
   skip build "neither wgpu nor cuda can run here"
