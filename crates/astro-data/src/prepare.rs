@@ -171,6 +171,7 @@ fn tokenizer_in(
 fn char_vocabulary(files: &CorpusFiles, cancel: &Cancel<'_>) -> Result<CharTokenizer, DataError> {
     let mut ascii = [false; 128];
     let mut other = BTreeSet::new();
+    let t0 = Instant::now();
     let stats = par_pass(
         files,
         "characters",
@@ -198,6 +199,14 @@ fn char_vocabulary(files: &CorpusFiles, cancel: &Cancel<'_>) -> Result<CharToken
     if set.is_empty() {
         return Err(empty(files));
     }
+    let seconds = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "read the {} characters of {}: {:.1} MB of text in {seconds:.1} s ({:.1} MB/s)",
+        set.len(),
+        files.name,
+        stats.text_bytes as f64 / 1e6,
+        stats.text_bytes as f64 / 1e6 / seconds.max(1e-9)
+    );
     Ok(CharTokenizer::from_chars(set))
 }
 

@@ -72,6 +72,10 @@ pub struct TrainSummary {
     pub tokens_per_sec: f64,
     /// Wall-clock seconds of this invocation.
     pub wall_seconds: f64,
+    /// Seconds from the start of this invocation to its first training step (finding the corpus,
+    /// the vocabulary and the tokens, building the model).
+    #[serde(default)]
+    pub setup_seconds: f64,
     /// The text sampled at the end.
     pub sample: Option<String>,
     /// `--resume` found the run already at `train.max_iters`: nothing was trained, the numbers are
@@ -330,6 +334,7 @@ fn finished_summary(run_dir: &Path, state: &CheckpointState) -> TrainSummary {
             final_val_accuracy: state.last_accuracy,
             tokens_per_sec: if state.elapsed > 0.0 { state.tokens as f64 / state.elapsed } else { 0.0 },
             wall_seconds: 0.0,
+            setup_seconds: 0.0,
             sample: None,
             already_finished: true,
         }
@@ -444,6 +449,8 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
         let mut window_time = 0.0;
         let mut last_loss = f64::NAN;
         let stop_at = options.stop_after.map_or(max_iters, |n| (step + n).min(max_iters));
+
+        let setup_seconds = wall.elapsed().as_secs_f64();
 
         let mut last_checkpoint_step = resume.as_ref().map(|(_, state)| state.step);
         let mut stopped_by = None;
@@ -595,6 +602,7 @@ pub fn train(config: RunConfig, options: TrainOptions) -> Result<TrainSummary, T
             final_val_accuracy: last_acc,
             tokens_per_sec: if train_time > 0.0 { tokens_seen as f64 / train_time } else { 0.0 },
             wall_seconds: wall.elapsed().as_secs_f64(),
+            setup_seconds,
             sample,
             already_finished: false,
         };
