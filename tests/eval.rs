@@ -285,3 +285,51 @@ fn distill_fits_astrocytic_attention_to_a_softmax_run() {
         .failure()
         .stderr(predicate::str::contains("softmax-trained"));
 }
+
+#[test]
+fn compare_draws_runs_against_steps_tokens_and_seconds_with_a_table() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_corpus(&root.join("corpus.txt"));
+    let soft = train(root, "{ kind = \"softmax\" }", "soft");
+    let lin = train(root, "{ kind = \"linear\" }", "lin");
+    let out = root.join("cmp");
+    astro(root)
+        .arg("compare")
+        .arg(&soft)
+        .arg(&lin)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("| soft | 6 |").and(predicate::str::contains("| lin | 6 |")));
+    for f in ["val_loss_vs_step", "val_loss_vs_tokens", "val_loss_vs_seconds", "train_loss_vs_step"] {
+        for ext in ["png", "svg"] {
+            assert!(out.join(format!("{f}.{ext}")).is_file(), "{f}.{ext}");
+        }
+    }
+    let mut reader = csv::Reader::from_path(out.join("compare.csv")).unwrap();
+    let rows: Vec<std::collections::HashMap<String, String>> = reader.deserialize().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(soft.join("summary.json")).unwrap()).unwrap();
+    let table: f64 = rows[0]["final_val_loss"].parse().unwrap();
+    assert_eq!(Some(table), summary["final_val_loss"].as_f64(), "the table's final loss is the run's");
+    // Labels, and what is not a run.
+    astro(root)
+        .args(["compare", "--label", "only-one"])
+        .arg(&soft)
+        .arg(&lin)
+        .arg("--out")
+        .arg(root.join("cmp2"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("one label per run"));
+    astro(root)
+        .arg("compare")
+        .arg(root.join("corpus.txt").parent().unwrap())
+        .arg("--out")
+        .arg(root.join("cmp3"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("no metrics.jsonl"));
+}

@@ -2,6 +2,7 @@
 
 mod ablate;
 mod bench;
+mod compare;
 mod distill;
 mod embed;
 mod eval;
@@ -42,6 +43,8 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// Train a grid of runs over config keys, then tabulate and plot them (resumable).
     Ablate(ablate::AblateArgs),
+    /// Compare runs: their losses against steps, tokens and seconds (plots), and a table.
+    Compare(compare::CompareArgs),
     /// Swap a softmax-trained model's attention for astrocytic attention (same weights) and report fidelity against m.
     Fidelity(fidelity::FidelityArgs),
     /// Fit astrocytic attention to a softmax-trained model's attention (astrocyte plasticity).
@@ -175,6 +178,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Embed(args) => embed::run(args, cli.device.as_deref()),
         Command::Bench(args) => bench::run_bench(args, cli.device.as_deref()),
         Command::Ablate(args) => ablate::run(args, cli.device.as_deref()),
+        Command::Compare(args) => compare::run(args),
         Command::Fidelity(args) => fidelity::run(args, cli.device.as_deref()),
         Command::Distill(args) => distill::run(args, cli.device.as_deref()),
         Command::Replicate(args) => replicate::run(args, cli.device.as_deref()),

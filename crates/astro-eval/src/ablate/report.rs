@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cell::{failed_row, finished_row};
 use super::{AblationConfig, AblationReport, Cell, CellStatus, Grid, Metric};
+use crate::compare::{Axis, Curve, RunCurves, curve_series, curves_chart};
 use crate::error::EvalError;
 use crate::plot::{self, Chart, Series};
 
@@ -181,34 +182,18 @@ fn write_markdown(
     Ok(path)
 }
 
-/// Evaluation rows `(step, value)` of a cell's metrics.
-fn curve(run_dir: &Path, metric: Metric) -> Vec<(f64, f64)> {
-    let rows = astro_train::metrics::read(&run_dir.join("metrics.jsonl")).unwrap_or_default();
-    rows.iter()
-        .filter_map(|r| {
-            let v = match metric {
-                Metric::ValLoss => r.val_loss,
-                Metric::Accuracy => r.val_accuracy,
-            }?;
-            Some((r.step as f64, v))
-        })
-        .collect()
+/// The curve an ablation's metric is drawn from.
+fn curve_of(metric: Metric) -> Curve {
+    match metric {
+        Metric::ValLoss => Curve::ValLoss,
+        Metric::Accuracy => Curve::Accuracy,
+    }
 }
 
-/// One line per label through (x, mean) with ±sample-std bars, from the values at each x; lines in
-/// the order given (so a cell keeps its colour from chart to chart).
+/// Lines through the mean at each x with the spread between seeds (the plotting `astro compare`
+/// uses), from values gathered by an integer x.
 fn mean_series(lines: impl IntoIterator<Item = (String, BTreeMap<usize, Vec<f64>>)>) -> Vec<Series> {
-    lines
-        .into_iter()
-        .map(|(label, at)| {
-            let stats: Vec<(f64, (f64, f64))> = at.iter().map(|(x, v)| (*x as f64, mean_std(v))).collect();
-            Series {
-                label,
-                points: stats.iter().map(|(x, (mean, _))| (*x, *mean)).collect(),
-                errors: Some(stats.iter().map(|(_, (_, s))| *s).collect()),
-            }
-        })
-        .collect()
+    curve_series(lines.into_iter().map(|(label, at)| (label, at.into_iter().map(|(x, v)| (x as f64, v)).collect())))
 }
 
 fn write_plots(
@@ -227,13 +212,15 @@ fn write_plots(
     let mut files = Vec::new();
     // 1. Curves per group: the mean over seeds at each evaluation step, with ±std bars where a
     //    group has several seeds (the spread between seeds).
+    let curve = curve_of(ablation.metric);
     let mut lines = Vec::new();
     for g in groups(cells, rows) {
         let mut by_step: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
         for (cell, row) in &g.cells {
+            let Ok(run) = RunCurves::read(&runs_dir.join(&cell.id), cell.id.clone()) else { continue };
             if row.status == "ok" {
-                for (s, v) in curve(&runs_dir.join(&cell.id), ablation.metric) {
-                    by_step.entry(s as usize).or_default().push(v);
+                for (s, v) in run.points(curve, Axis::Step) {
+                    by_step.entry(s as usize).or_default().extend(v);
                 }
             }
         }
@@ -241,22 +228,9 @@ fn write_plots(
             lines.push((g.label.clone(), by_step));
         }
     }
-    let seeded = lines.iter().any(|(_, at)| at.values().any(|v| v.len() > 1));
-    let mut series = mean_series(lines);
-    if !seeded {
-        series.iter_mut().for_each(|s| s.errors = None);
-    }
+    let series = mean_series(lines);
     if !series.is_empty() {
-        let chart = Chart {
-            title: format!("{y_label} during training"),
-            x_label: "step".into(),
-            y_label: y_label.into(),
-            log_x: false,
-            log_y: false,
-            series,
-            references: vec![],
-            y_range,
-        };
+        let chart = curves_chart(series, curve, Axis::Step, format!("{y_label} during training"));
         let (png, svg) = plot::save(&chart, &out.join("curves"))?;
         files.extend([png, svg]);
     }
