@@ -130,3 +130,26 @@ fn bench_reports_every_asked_figure_as_json() {
         .failure()
         .stderr(predicates::str::contains("unknown variant `quantum`"));
 }
+
+#[test]
+fn bench_train_long_holds_tokens_per_step_and_measures_peak_heap() {
+    let out = astro()
+        .args(["bench", "--json", "--only", "train-long", "--variants", "linear,taylor-conv"])
+        .args(["--repeats", "1", "--warmup", "0", "--lengths", "32,64", "--long-tokens", "128"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let report: serde_json::Value = serde_json::from_slice(&out).expect("one JSON object");
+    let rows = report["rows"].as_array().unwrap();
+    let shapes: Vec<(&str, &str)> =
+        rows.iter().map(|r| (r["variant"].as_str().unwrap(), r["shape"].as_str().unwrap())).collect();
+    assert_eq!(
+        shapes,
+        [("linear", "T=32 b=4"), ("linear", "T=64 b=2"), ("taylor-conv", "T=32 b=4"), ("taylor-conv", "T=64 b=2")]
+    );
+    for r in rows {
+        assert!(r["value"]["median"].as_f64().unwrap() > 0.0 && r["peak_mib"].as_f64().is_some_and(|p| p > 0.0), "{r}");
+    }
+}

@@ -2,15 +2,16 @@
 //! attention variant (see `astro_eval::bench`; `scripts/bench_compare.sh` puts PyTorch beside it).
 
 use anyhow::bail;
-use astro_eval::bench::{BenchOptions, Section, VARIANTS, markdown, run};
+use astro_eval::bench::{BenchOptions, EXTRA_VARIANTS, Section, VARIANTS, markdown, run};
 
 /// Arguments of `astro bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Sections to run: train, forward, long, generate, matmul, and chunk (chunk-size probe; not by default).
+    /// Sections to run: train, forward, long, generate, matmul, and on request chunk (the chunk-size
+    /// probe) and train-long (training tokens/s and peak heap at --lengths, rotary, --long-tokens per step).
     #[arg(long, value_delimiter = ',', default_value = "train,forward,long,generate,matmul")]
     only: Vec<String>,
-    /// Attention variants: softmax, astrocytic, linear.
+    /// Attention variants: softmax, astrocytic, linear; and taylor-conv (the MQAR recall configuration).
     #[arg(long, value_delimiter = ',', default_value = "softmax,astrocytic,linear")]
     variants: Vec<String>,
     /// Timed repetitions per figure (the median is reported, with min and max).
@@ -28,6 +29,9 @@ pub struct BenchArgs {
     /// Hidden neurons m of the astrocytic variant.
     #[arg(long, default_value_t = 256)]
     features: usize,
+    /// Training tokens per step of train-long (batch = this / T).
+    #[arg(long, default_value_t = 16384)]
+    long_tokens: usize,
     /// Print the report as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -40,13 +44,17 @@ pub fn run_bench(args: BenchArgs, device: Option<&str>) -> anyhow::Result<()> {
         match Section::parse(name) {
             Some(s) => sections.push(s),
             None => bail!(
-                "unknown section `{name}` in --only; expected some of: train, forward, long, generate, matmul, chunk"
+                "unknown section `{name}` in --only; expected some of: train, forward, long, generate, matmul, chunk, train-long"
             ),
         }
     }
     for v in &args.variants {
-        if !VARIANTS.contains(&v.as_str()) {
-            bail!("unknown variant `{v}` in --variants; expected some of: {}", VARIANTS.join(", "));
+        if !VARIANTS.contains(&v.as_str()) && !EXTRA_VARIANTS.contains(&v.as_str()) {
+            bail!(
+                "unknown variant `{v}` in --variants; expected some of: {}, {}",
+                VARIANTS.join(", "),
+                EXTRA_VARIANTS.join(", ")
+            );
         }
     }
     let options = BenchOptions {
@@ -57,6 +65,7 @@ pub fn run_bench(args: BenchArgs, device: Option<&str>) -> anyhow::Result<()> {
         lengths: args.lengths,
         contexts: args.contexts,
         features: args.features,
+        long_tokens: args.long_tokens,
         ..BenchOptions::default()
     };
     let device = crate::device(device)?;

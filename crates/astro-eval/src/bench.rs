@@ -40,12 +40,22 @@ pub enum Section {
     Chunk,
     /// GFLOP/s of the matrix products the benchmark models run, at their exact shapes.
     Matmul,
+    /// Training tokens/s and peak heap at long contexts (`lengths`), rotary positions, the tokens
+    /// per step held constant (`long_tokens`: batch = tokens / T); not run unless asked for.
+    TrainLong,
 }
 
 impl Section {
     /// Every section, in the order they run.
-    pub const ALL: [Section; 6] =
-        [Section::Train, Section::Forward, Section::Long, Section::Generate, Section::Matmul, Section::Chunk];
+    pub const ALL: [Section; 7] = [
+        Section::Train,
+        Section::Forward,
+        Section::Long,
+        Section::Generate,
+        Section::Matmul,
+        Section::Chunk,
+        Section::TrainLong,
+    ];
     /// The sections run by default (those `scripts/bench_torch.py` measures too).
     pub const DEFAULT: [Section; 5] =
         [Section::Train, Section::Forward, Section::Long, Section::Generate, Section::Matmul];
@@ -64,12 +74,17 @@ impl Section {
             Section::Generate => "generate",
             Section::Chunk => "chunk",
             Section::Matmul => "matmul",
+            Section::TrainLong => "train-long",
         }
     }
 }
 
 /// The attention variants benchmarked, with their PyTorch counterparts in `bench_torch.py`.
 pub const VARIANTS: [&str; 3] = ["softmax", "astrocytic", "linear"];
+
+/// Variants benchmarked on request only: `taylor-conv`, the MQAR recall configuration (Taylor map
+/// on a learned 16-dimensional projection, `short_conv = 4`; no PyTorch counterpart yet).
+pub const EXTRA_VARIANTS: [&str; 1] = ["taylor-conv"];
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -90,6 +105,8 @@ pub struct BenchOptions {
     pub gen_tokens: usize,
     /// Hidden neurons m of the astrocytic variant.
     pub features: usize,
+    /// Training tokens per step of the train-long section (batch = this / T, at least 1).
+    pub long_tokens: usize,
 }
 
 impl Default for BenchOptions {
@@ -103,6 +120,7 @@ impl Default for BenchOptions {
             contexts: vec![64, 4096],
             gen_tokens: 16,
             features: 256,
+            long_tokens: 16384,
         }
     }
 }
@@ -196,10 +214,15 @@ pub fn model_config(variant: &str, block_size: usize, features: usize) -> Result
         "softmax" => "{ kind = \"softmax\" }".to_string(),
         "astrocytic" => format!("{{ kind = \"astrocytic\", features = {features} }}"),
         "linear" => "{ kind = \"linear\" }".to_string(),
+        "taylor-conv" => {
+            "{ kind = \"astrocytic\", features = 16, feature_map = \"taylor\", learnable_omega = true }\nshort_conv = 4"
+                .to_string()
+        }
         other => {
             return Err(EvalError::Invalid(format!(
-                "unknown variant `{other}` for `astro bench`; expected one of: {}",
-                VARIANTS.join(", ")
+                "unknown variant `{other}` for `astro bench`; expected one of: {}, {}",
+                VARIANTS.join(", "),
+                EXTRA_VARIANTS.join(", ")
             )));
         }
     };
@@ -414,6 +437,23 @@ pub fn run(
                         row.gflops = Some(gflops);
                         row.of_matmul = Some(gflops / matmul);
                         push(row, &mut rows);
+                    }
+                }
+                Section::TrainLong => {
+                    for &t in &options.lengths {
+                        let mut config = model_config(variant, t, options.features)?;
+                        config.positions = astro_model::transformer::Positions::Rotary;
+                        let batch = (options.long_tokens / t).max(1);
+                        // Long softmax steps take seconds: fewer repeats there.
+                        let reps = if t >= 8192 { r.min(3) } else { r };
+                        let warm = if t >= 8192 { w.min(1) } else { w };
+                        let baseline = reset_peak();
+                        let value = train_throughput(&config, batch, device, warm, reps)?;
+                        let peak = peak_above(baseline);
+                        let mut row =
+                            BenchRow::new("train-long", format!("T={t} b={batch}"), variant, "tokens/s", value);
+                        row.peak_mib = peak;
+                        push(flop_row(row, 3.0 * forward_flops_per_token(&config, t)), &mut rows);
                     }
                 }
                 Section::Matmul => {
