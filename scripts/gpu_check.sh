@@ -29,7 +29,7 @@
 # budget (BUDGET_S, default 690 s = 11.5 min): a step that would start with less than 30 s left is
 # skipped as out of time. Sized for a 16-core machine with one H100/H200-class GPU.
 #
-# Knobs (environment): ITERS (500), LENGTHS (1024,4096,16384,65536), CONTEXTS (64,4096),
+# Knobs (environment): ITERS (500), EVAL_ITERS (200, the recipe's), SAMPLE_TOKENS (500), REPEATS (5) and WARMUP (2) of the bench, LENGTHS (1024,4096,16384,65536), CONTEXTS (64,4096),
 # PROFILE (release; `dev` reuses a debug build, as CI does on lavapipe), EXTRA_FEATURES (more cargo
 # features, e.g. astro-model/ndarray), MODEL_TESTS (1: run astro-model's suite on each GPU backend),
 # ASTRO_REQUIRE_BACKENDS (default: the GPU backends built). Corpora: $ASTRO_DATA_DIR
@@ -39,6 +39,10 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="${1:?usage: scripts/gpu_check.sh OUT_DIR}"
 ITERS="${ITERS:-500}"
+EVAL_ITERS="${EVAL_ITERS:-200}"
+SAMPLE_TOKENS="${SAMPLE_TOKENS:-500}"
+REPEATS="${REPEATS:-5}"
+WARMUP="${WARMUP:-2}"
 LENGTHS="${LENGTHS:-1024,4096,16384,65536}"
 CONTEXTS="${CONTEXTS:-64,4096}"
 PROFILE="${PROFILE:-release}"
@@ -234,7 +238,8 @@ for kind in "${KINDS[@]}"; do
   [ "$BUILT" = 1 ] || break
   for variant in softmax astrocytic linear; do
     step "train-$kind-$variant" "$ASTRO" train --device "$kind" --json --name "gpu-$kind-$variant" "${DATA_ARGS[@]}" \
-      --set run.out_dir="$OUT/runs" --set train.max_iters="$ITERS" --set model.attention.kind="$variant"
+      --set run.out_dir="$OUT/runs" --set train.max_iters="$ITERS" --set model.attention.kind="$variant" \
+      --set train.eval_iters="$EVAL_ITERS" --set train.sample_tokens="$SAMPLE_TOKENS"
   done
   if [ "$kind" = cuda ] && [ "$NGPU" -ge 2 ]; then
     ASTRO_REQUIRE_BACKENDS=cuda ASTRO_PARALLEL_DEVICES=cuda:0,cuda:1 step data-parallel-test \
@@ -242,7 +247,8 @@ for kind in "${KINDS[@]}"; do
     step train-cuda-astrocytic-2gpu "$ASTRO" train --devices cuda:0,cuda:1 --json --name gpu-astrocytic-2gpu \
       "${DATA_ARGS[@]}" --set run.out_dir="$OUT/runs" --set train.max_iters="$ITERS"
   fi
-  step "bench-$kind" "$ASTRO" bench --device "$kind" --json --lengths "$LENGTHS" --contexts "$CONTEXTS"
+  step "bench-$kind" "$ASTRO" bench --device "$kind" --json --lengths "$LENGTHS" --contexts "$CONTEXTS" \
+    --repeats "$REPEATS" --warmup "$WARMUP"
 done
 
 # --- 5. Summary ----------------------------------------------------------------------------------
