@@ -305,11 +305,6 @@ impl CorpusFiles {
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Whether any file is JSON Lines.
-    pub fn has_documents(&self) -> bool {
-        self.main.iter().any(|f| f.kind == FileKind::Jsonl)
-    }
-
     /// Reads the corpus as chunks of about `budget` bytes of text, in order, handing each to
     /// `emit` (which may stop the reading by returning an error).
     pub fn read(
@@ -501,8 +496,7 @@ impl Reader<'_, '_> {
             }
             let text = match document_text(trimmed, field) {
                 Ok(text) => text,
-                Err(problem) if skip => {
-                    let _ = problem;
+                Err(_) if skip => {
                     self.stats.skipped_lines += 1;
                     continue;
                 }
