@@ -289,7 +289,7 @@ pub struct AblationReport {
 }
 
 /// Trains every cell that has not finished, one after another (skipping cells another process is
-/// training), writing the report after each; then returns the report. A grid edited since some
+/// training), updating `results.csv` after each; then writes and returns the whole report. A grid edited since some
 /// cells ran is refused (naming them) unless `rerun_changed`. A stop signal stops the grid after
 /// the cell in training has checkpointed ([`astro_train::TrainError::Interrupted`]).
 pub fn run(grid: &Grid, options: &RunOptions) -> Result<AblationReport, EvalError> {
@@ -326,7 +326,7 @@ pub fn run(grid: &Grid, options: &RunOptions) -> Result<AblationReport, EvalErro
             }
             CellOutcome::Trained(_) => trained += 1,
         }
-        report::write(grid)?;
+        report::write_table(grid)?;
     }
     let mut report = report::write(grid)?;
     report.trained = trained;

@@ -50,6 +50,16 @@ fn write_rows(path: &Path, rows: &[Row]) -> Result<(), EvalError> {
 /// Writes the report of whatever has finished, holding `report.lock` (cells that finish at once
 /// take turns; every file is replaced atomically).
 pub(super) fn write(grid: &Grid) -> Result<AblationReport, EvalError> {
+    write_parts(grid, true)
+}
+
+/// Writes `results.csv` alone (what a grid run updates after each cell: the tables and plots load
+/// every finished model and read every curve, which would make a long grid quadratic).
+pub(super) fn write_table(grid: &Grid) -> Result<(), EvalError> {
+    write_parts(grid, false).map(|_| ())
+}
+
+fn write_parts(grid: &Grid, everything: bool) -> Result<AblationReport, EvalError> {
     std::fs::create_dir_all(&grid.out).map_err(|e| EvalError::io("create", &grid.out, e))?;
     let _lock = super::cell::FileLock::wait(&grid.out.join("report.lock"))?;
     let mut done: Vec<Cell> = Vec::new();
@@ -70,6 +80,9 @@ pub(super) fn write(grid: &Grid) -> Result<AblationReport, EvalError> {
     let csv_path = grid.out.join("results.csv");
     write_rows(&csv_path, &rows)?;
     let mut files = vec![csv_path];
+    if !everything {
+        return Ok(AblationReport { rows, trained: 0, skipped: 0, unfinished, files });
+    }
     let states: BTreeMap<String, usize> = done
         .iter()
         .zip(&rows)
