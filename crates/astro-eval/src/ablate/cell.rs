@@ -45,18 +45,8 @@ pub enum CellStatus {
 }
 
 impl CellStatus {
-    /// One word: pending, running, finished, failed or changed.
-    pub fn word(&self) -> &'static str {
-        match self {
-            CellStatus::Pending { .. } => "pending",
-            CellStatus::Running { .. } => "running",
-            CellStatus::Finished(_) => "finished",
-            CellStatus::Failed { .. } => "failed",
-            CellStatus::Changed { .. } => "changed",
-        }
-    }
-
-    /// The word with what else is known (`pending, resumes at step 40`).
+    /// Where it stands, in words: pending, running, finished, failed or changed, with what else is
+    /// known (`pending (resumes at step 40)`).
     pub fn describe(&self) -> String {
         match self {
             CellStatus::Pending { resume_from: Some(step), interrupted } => {

@@ -95,11 +95,16 @@ pub fn compress(indices: &[usize]) -> String {
     parts.join(",")
 }
 
-fn quote(path: &Path) -> Result<String, EvalError> {
-    let text = path.to_str().ok_or_else(|| EvalError::Invalid(format!("{} is not valid UTF-8", path.display())))?;
+/// `text` as one shell word.
+fn shell_word(text: &str) -> Result<String, EvalError> {
     shlex::try_quote(text)
         .map(|q| q.into_owned())
         .map_err(|_| EvalError::Invalid(format!("{text:?} cannot be written in a shell script (a NUL byte)")))
+}
+
+fn quote(path: &Path) -> Result<String, EvalError> {
+    let text = path.to_str().ok_or_else(|| EvalError::Invalid(format!("{} is not valid UTF-8", path.display())))?;
+    shell_word(text)
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, EvalError> {
@@ -140,7 +145,7 @@ pub fn plan(grid: &Grid, options: &SlurmOptions, astro: &Path) -> Result<SlurmPl
     let astro = quote(&absolute(astro)?)?;
     let mut cell_args = Vec::new();
     if let Some(device) = &options.device {
-        cell_args.push(format!("--device {}", shlex::try_quote(device).map_err(|_| bad_text("--device"))?));
+        cell_args.push(format!("--device {}", shell_word(device)?));
     }
     if options.rerun_changed {
         cell_args.push("--rerun-changed".into());
@@ -184,10 +189,6 @@ pub fn plan(grid: &Grid, options: &SlurmOptions, astro: &Path) -> Result<SlurmPl
     let report_script = fill(REPORT_TEMPLATE, &lines(&report_sbatch));
     let array = format!("{}%{}", compress(&indices), options.max_parallel);
     Ok(SlurmPlan { indices, array, array_script, report_script })
-}
-
-fn bad_text(what: &str) -> EvalError {
-    EvalError::Invalid(format!("{what} cannot be written in a shell script (a NUL byte)"))
 }
 
 /// Writes the plan's scripts under `OUT/slurm/` and submits the array, then the report job after it.
