@@ -383,7 +383,8 @@ impl AstrocyticAttention {
     /// The astrocyte's output alone (the fast path of `forward`), without the window.
     fn astrocyte_forward(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &AttentionMask) -> Tensor<4> {
         let chunk = self.chunk(&v);
-        // Inference with the paper's map: the hidden activity is built inside the fused operation.
+        // The paper's map: the hidden activity is built inside the fused operation (and rebuilt
+        // in its backward), never materialised as [B,H,T,m].
         if self.config.feature_map == FeatureMap::Positive
             && self.config.form == ExecutionForm::Fast
             && mask.key_padding.is_none()

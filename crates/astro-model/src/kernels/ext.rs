@@ -40,6 +40,19 @@ pub struct DecodeOut<B: Backend> {
     pub log_scale: FloatTensor<B>,
 }
 
+/// Gradients of kernelised attention with the positive map built inside, shaped like its inputs.
+#[derive(ExtensionType)]
+pub struct PositiveGrads<B: Backend> {
+    /// dL/dq, `[batch, heads, T, D]`.
+    pub q: FloatTensor<B>,
+    /// dL/dk, `[batch, heads, T, D]`.
+    pub k: FloatTensor<B>,
+    /// dL/dv, `[batch, heads, T, Dv]`.
+    pub v: FloatTensor<B>,
+    /// dL/dΩ, `[heads, m, D]`.
+    pub omega: FloatTensor<B>,
+}
+
 /// Gradients of LayerNorm with respect to its input and parameters.
 #[derive(ExtensionType)]
 pub struct LayerNormGrads<B: Backend> {
@@ -109,7 +122,7 @@ pub trait FusedOps: Backend {
 
     /// Kernelised attention with the paper's positive map built inside, chunk by chunk, from the
     /// head vectors `q`, `k` `[B,H,T,D]` and Ω `[H,m,D]` (`kernelised.rs`, `forward_positive`):
-    /// → `[B,H,T,Dv]`. Inference only (no backward): only flex without autodiff computes it.
+    /// → `[B,H,T,Dv]`. Only flex computes it (with or without autodiff).
     #[allow(clippy::too_many_arguments)]
     fn fused_kernelised_positive(
         q: FloatTensor<Self>,
@@ -121,9 +134,24 @@ pub trait FusedOps: Backend {
         causal: bool,
     ) -> FloatTensor<Self> {
         let _ = (q, k, v, omega, chunk, decay, causal);
-        unreachable!(
-            "the fused positive-map attention runs on flex without autodiff only; callers check `supported_decode`"
-        )
+        unreachable!("the fused positive-map attention runs on flex only; callers check `supported_kernelised`")
+    }
+
+    /// Gradients of [`Self::fused_kernelised_positive`] given the output's gradient `grad`
+    /// `[B,H,T,Dv]`, the activity recomputed chunk by chunk (`kernelised.rs`, `backward_positive`).
+    #[allow(clippy::too_many_arguments)]
+    fn fused_kernelised_positive_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        omega: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        chunk: usize,
+        decay: f64,
+        causal: bool,
+    ) -> PositiveGrads<Self> {
+        let _ = (q, k, v, omega, grad, chunk, decay, causal);
+        unreachable!("the fused positive-map backward runs on flex only; callers check `supported_kernelised`")
     }
 
     /// One decoding step of kernelised attention (inference only: no gradient): `fq`, `fk`
@@ -401,6 +429,40 @@ impl FusedOps for Flex {
         f32_tensor(y, Shape::new([b, h, t, dv]))
     }
 
+    fn fused_kernelised_positive_backward(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        omega: FlexTensor,
+        grad: FlexTensor,
+        chunk: usize,
+        decay: f64,
+        causal: bool,
+    ) -> PositiveGrads<Flex> {
+        let [b, h, t, width] = q.shape().dims::<4>();
+        let dv = v.shape().dims::<4>()[3];
+        let omega_shape = omega.shape();
+        let m = omega_shape.dims::<3>()[1];
+        let dims = KernelDims { heads: b * h, t, m, dv, chunk, decay: decay as f32, map: Activation::Exp, causal };
+        let (q, k, v, omega, grad) =
+            (q.to_contiguous(), k.to_contiguous(), v.to_contiguous(), omega.to_contiguous(), grad.to_contiguous());
+        let (g, domega) = super::kernelised::backward_positive(
+            view(&q),
+            view(&k),
+            view(&v),
+            view(&omega),
+            view(&grad),
+            width,
+            dims,
+        );
+        PositiveGrads {
+            q: f32_tensor(g.q, Shape::new([b, h, t, width])),
+            k: f32_tensor(g.k, Shape::new([b, h, t, width])),
+            v: f32_tensor(g.v, Shape::new([b, h, t, dv])),
+            omega: f32_tensor(domega, omega_shape),
+        }
+    }
+
     fn fused_decode_step(
         fq: FlexTensor,
         fk: FlexTensor,
@@ -555,6 +617,32 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
+    fn fused_kernelised_positive(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        omega: FloatTensor<Self>,
+        chunk: usize,
+        decay: f64,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        let settings = KernelisedSettings { chunk, decay, map: POSITIVE_CODE, causal };
+        let run = |q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTensor<B>, omega: FloatTensor<B>| {
+            B::fused_kernelised_positive(q, k, v, omega, chunk, decay, causal)
+        };
+        let parents = [q.node(), k.node(), v.node(), omega.node()];
+        match FusedPositiveBackward.prepare::<C>(parents).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let saved = [prep.checkpoint(&q), prep.checkpoint(&k), prep.checkpoint(&v), prep.checkpoint(&omega)];
+                let out = run(q.into_primitive(), k.into_primitive(), v.into_primitive(), omega.into_primitive());
+                prep.finish((saved, settings), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(run(q.into_primitive(), k.into_primitive(), v.into_primitive(), omega.into_primitive()))
+            }
+        }
+    }
+
     fn fused_layer_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -625,6 +713,32 @@ impl<B: FusedOps> Backward<B, 3> for FusedKernelisedBackward {
         let v: FloatTensor<B> = checkpointer.retrieve_node_output(sv);
         let g = B::fused_kernelised_backward(fq, fk, v, grad, s.chunk, s.decay, s.map, s.causal);
         for (node, grad) in [(node_q, g.q), (node_k, g.k), (node_v, g.v)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// One graph node for kernelised attention with the positive map built inside: only the head
+/// vectors and Ω are kept (no `[B,H,T,m]` activity); the backward recomputes the activity chunk by
+/// chunk in the inner backend's kernel.
+#[derive(Debug)]
+struct FusedPositiveBackward;
+
+impl<B: FusedOps> Backward<B, 4> for FusedPositiveBackward {
+    // Checkpointed q, k, v and Ω; the settings.
+    type State = ([NodeId; 4], KernelisedSettings);
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let ([sq, sk, sv, so], s) = ops.state;
+        let q: FloatTensor<B> = checkpointer.retrieve_node_output(sq);
+        let k: FloatTensor<B> = checkpointer.retrieve_node_output(sk);
+        let v: FloatTensor<B> = checkpointer.retrieve_node_output(sv);
+        let omega: FloatTensor<B> = checkpointer.retrieve_node_output(so);
+        let g = B::fused_kernelised_positive_backward(q, k, v, omega, grad, s.chunk, s.decay, s.causal);
+        for (node, grad) in ops.parents.into_iter().zip([g.q, g.k, g.v, g.omega]) {
             if let Some(node) = node {
                 grads.register::<B>(node.id, grad);
             }

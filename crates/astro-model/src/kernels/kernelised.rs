@@ -380,6 +380,33 @@ impl<'a> Source<'a> {
     }
 }
 
+impl Source<'_> {
+    /// Hands the gradient `dl` `[n, m]` of tokens `t0..t0 + n` (queries, or keys when `keys`) to
+    /// the inputs: a copy into `out` `[T, m]` for given inputs; for the positive map
+    /// l = x̃ Ωᵀ − ‖x̃‖²/2 − ½ ln m, x̃ = x / D^{1/4}:
+    /// dx = D^{-1/4} (dl Ω − x̃ Σ_μ dl_μ) into `out` `[T, D]`, and dΩ += dlᵀ x̃ into `omega` `[m, D]`.
+    fn emit(&mut self, t0: usize, n: usize, keys: bool, dl: &[f32], out: &mut [f32], omega: &mut [f32]) {
+        match self {
+            Source::Given { m, .. } => out[t0 * *m..][..n * *m].copy_from_slice(&dl[..n * *m]),
+            Source::Positive { q, k, omega: om, width, m, xs, .. } => {
+                let (w, m) = (*width, *m);
+                let scale = (w as f32).powf(-0.25);
+                let x = &(if keys { k } else { q })[t0 * w..][..n * w];
+                let xs = &mut xs[..n * w];
+                xs.iter_mut().zip(x).for_each(|(s, v)| *s = v * scale);
+                let dx = &mut out[t0 * w..][..n * w];
+                matmul(dx, n, w, m, View::rows(dl, m), View::rows(om, w), scale); //            [n,D] s·dl Ω
+                for ((row, xr), lr) in dx.chunks_exact_mut(w).zip(xs.chunks_exact(w)).zip(dl.chunks_exact(m)) {
+                    let c = scale * lr.iter().sum::<f32>();
+                    row.iter_mut().zip(xr).for_each(|(o, x)| *o -= c * x);
+                }
+                // dΩ [m,D] += dlᵀ [m,n] · x̃ [n,D]
+                matmul_acc(omega, m, w, n, View::transposed(dl, m), View::rows(xs, w), Some(1.0), 1.0);
+            }
+        }
+    }
+}
+
 /// The positive map's log-activity for rows of head vectors `x` `[n, D]` with this head's Ω `[m, D]`:
 /// `dst` `[n, m]` = x̃ Ωᵀ − (‖x̃‖²/2 + ½ ln m) per row, x̃ = x / D^{1/4} (`xs`: scratch ≥ n·D).
 fn positive_rows(dst: &mut [f32], x: &[f32], omega: &[f32], xs: &mut [f32], width: usize) {
@@ -447,7 +474,7 @@ pub(super) fn forward(lq: &[f32], lk: &[f32], v: &[f32], d: KernelDims) -> Vec<f
 
 /// y `[heads, T, dv]` with the paper's positive map built inside from the head vectors `q`, `k`
 /// `[heads, T, D]` and Ω `[H, m, D]` (head i uses Ω of head i mod H): no `[T, m]` activity is
-/// materialised beyond one chunk. Inference only (there is no backward for this entry).
+/// materialised beyond one chunk. Its backward: [`backward_positive`].
 pub(super) fn forward_positive(
     q: &[f32],
     k: &[f32],
@@ -490,6 +517,10 @@ struct BackWork {
     gs: Vec<f32>,
     /// Scratch `[c, dv + 1]`.
     tmp2: Vec<f32>,
+    /// Gradient of the query inputs of one chunk, `[c, m]`.
+    dlq: Vec<f32>,
+    /// Gradient of the key inputs of every chunk, `[T, m]`.
+    dlk: Vec<f32>,
 }
 
 impl BackWork {
@@ -503,44 +534,50 @@ impl BackWork {
             b: vec![0.0; c * c],
             gs: vec![0.0; m * dw],
             tmp2: vec![0.0; c * dw],
+            dlq: vec![0.0; c * m],
+            dlk: vec![0.0; d.t * m],
         }
     }
 }
 
-/// Inputs of one head's backward.
-struct HeadInputs<'a> {
-    lq: &'a [f32],
-    lk: &'a [f32],
+/// Inputs of one head's backward: queries and keys from `src`, values `v` and the output's
+/// gradient `g` `[T, dv]`.
+struct HeadInputs<'a, 'b> {
+    src: &'b mut Source<'a>,
     v: &'a [f32],
     g: &'a [f32],
 }
 
-/// Gradients of one head, written in place.
+/// Gradients of one head, written in place: of the query and key inputs (`[T, m]` given, `[T, D]`
+/// head vectors of the positive map), of the values `[T, dv]`, and dΩ `[m, D]` (positive map only,
+/// accumulated; empty otherwise).
 struct HeadGrads<'a> {
     q: &'a mut [f32],
     k: &'a mut [f32],
     v: &'a mut [f32],
+    omega: &'a mut [f32],
 }
 
 /// Causal backward of one head: a forward scan for dq and the in-chunk parts, a reverse scan over
 /// the later queries' memory for dk and dv.
-fn head_backward_causal(x: &HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, d: &KernelDims) {
+fn head_backward_causal(x: &mut HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, d: &KernelDims) {
     let (m, dv, dw) = (d.m, d.dv, d.dv + 1);
     let decay = d.decay < 1.0;
     let lg = d.decay.ln();
     let chunks = d.chunks();
     let mut scales = Vec::with_capacity(chunks.len());
-    let BackWork { work: w, fk_all, fq_all, gx_all, b, gs, tmp2 } = bw;
+    let BackWork { work: w, fk_all, fq_all, gx_all, b, gs, tmp2, dlq, dlk } = bw;
     w.reset();
     for &(t0, n) in &chunks {
-        let sc = read_causal(w, &x.lq[t0 * m..][..n * m], &x.lk[t0 * m..][..n * m], &x.v[t0 * dv..][..n * dv], n, d);
+        let (lq, lk) = x.src.both(t0, n);
+        let sc = read_causal(w, lq, lk, &x.v[t0 * dv..][..n * dv], n, d);
         let gx = &mut gx_all[t0 * dw..][..n * dw];
         output_grad(gx, &w.nx, &x.g[t0 * dv..][..n * dv], n, dv);
         // B = β·(gx vxᵀ) ∘ L: the gradient of the in-chunk scores                          [n,n]
         matmul(b, n, n, dw, View::rows(gx, dw), View::transposed(&w.vx, dw), sc.beta);
         causal_mask(&mut b[..n * n], n, &w.pow, decay);
         // dφq = B φk + α γ^{i+1} gx sxᵀ                                                     [n,m]
-        let dq = &mut out.q[t0 * m..][..n * m];
+        let dq = &mut dlq[..n * m];
         matmul(dq, n, m, n, View::rows(b, n), View::rows(&w.fk, m), 1.0);
         if sc.alpha > 0.0 {
             if decay {
@@ -553,8 +590,9 @@ fn head_backward_causal(x: &HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, 
             }
         }
         through_map(dq, &w.fq[..n * m], d.map);
+        x.src.emit(t0, n, false, dq, out.q, out.omega);
         // In-chunk parts of the key side: dφk = Bᵀ φq, dv = β Aᵀ ĝ                        [n,m], [n,dv]
-        matmul(&mut out.k[t0 * m..][..n * m], n, m, n, View::rows(b, n).t(), View::rows(&w.fq, m), 1.0);
+        matmul(&mut dlk[t0 * m..][..n * m], n, m, n, View::rows(b, n).t(), View::rows(&w.fq, m), 1.0);
         matmul(&mut out.v[t0 * dv..][..n * dv], n, dv, n, View::rows(&w.a, n).t(), View::strided(gx, dw), sc.beta);
         fq_all[t0 * m..][..n * m].copy_from_slice(&w.fq[..n * m]);
         fk_all[t0 * m..][..n * m].copy_from_slice(&w.fk[..n * m]);
@@ -566,7 +604,7 @@ fn head_backward_causal(x: &HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, 
     let mut q = NEG;
     for (&(t0, n), sc) in chunks.iter().zip(&scales).rev() {
         let (fk, fq, gx) = (&fk_all[t0 * m..][..n * m], &fq_all[t0 * m..][..n * m], &gx_all[t0 * dw..][..n * dw]);
-        let dk = &mut out.k[t0 * m..][..n * m];
+        let dk = &mut dlk[t0 * m..][..n * m];
         if q > NEG / 2.0 {
             with_ones(&mut w.vx[..n * dw], &x.v[t0 * dv..][..n * dv], dv);
             // key κ reads the later queries with weight e^{s + q} γ^{n−1−κ}
@@ -580,6 +618,7 @@ fn head_backward_causal(x: &HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, 
             }
         }
         through_map(dk, fk, d.map);
+        x.src.emit(t0, n, true, dk, out.k, out.omega);
         // Add this chunk's queries (query i has weight γ^{i+1} e^{−common} relative to the chunk before).
         // A chunk that has read nothing yet (every key so far padded) has no gradient to pass on.
         if sc.common <= NEG / 2.0 {
@@ -599,29 +638,30 @@ fn head_backward_causal(x: &HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, 
 }
 
 /// Bidirectional backward of one head: the memory of all keys, then all queries' gs = Σ φq gxᵀ.
-fn head_backward_bidirectional(x: &HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, d: &KernelDims) {
+fn head_backward_bidirectional(x: &mut HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, d: &KernelDims) {
     let (m, dv, dw) = (d.m, d.dv, d.dv + 1);
     let lg = d.decay.ln();
     let chunks = d.chunks();
     let mut key_scales = Vec::with_capacity(chunks.len());
-    let BackWork { work: w, fk_all, gx_all, gs, tmp2, .. } = bw;
+    let BackWork { work: w, fk_all, gx_all, gs, tmp2, dlq, dlk, .. } = bw;
     w.reset();
     for &(t0, n) in &chunks {
         let fk = &mut fk_all[t0 * m..][..n * m];
-        let s = key_activity(fk, &x.lk[t0 * m..][..n * m], d.map);
+        let s = key_activity(fk, x.src.side(t0, n, true), d.map);
         with_ones(&mut w.vx[..n * dw], &x.v[t0 * dv..][..n * dv], dv);
         write_chunk(&mut w.sx, &mut w.r, &mut w.fw, fk, &w.vx, &w.pow, n, d, s);
         key_scales.push(s);
     }
     gs.fill(0.0);
     for &(t0, n) in &chunks {
-        query_activity(&mut w.fq[..n * m], &x.lq[t0 * m..][..n * m], m, d.map);
+        query_activity(&mut w.fq[..n * m], x.src.side(t0, n, false), m, d.map);
         matmul(&mut w.nx, n, dw, m, View::rows(&w.fq, m), View::rows(&w.sx, dw), 1.0);
         let gx = &mut gx_all[t0 * dw..][..n * dw];
         output_grad(gx, &w.nx, &x.g[t0 * dv..][..n * dv], n, dv);
-        let dq = &mut out.q[t0 * m..][..n * m];
+        let dq = &mut dlq[..n * m];
         matmul(dq, n, m, dw, View::rows(gx, dw), View::transposed(&w.sx, dw), 1.0); // [n,m] gx sxᵀ
         through_map(dq, &w.fq[..n * m], d.map);
+        x.src.emit(t0, n, false, dq, out.q, out.omega);
         matmul_acc(gs, m, dw, n, View::transposed(&w.fq, m), View::rows(gx, dw), Some(1.0), 1.0);
     }
     let t = d.t;
@@ -630,7 +670,7 @@ fn head_backward_bidirectional(x: &HeadInputs, out: &mut HeadGrads, bw: &mut Bac
         with_ones(&mut w.vx[..n * dw], &x.v[t0 * dv..][..n * dv], dv);
         matmul(&mut w.tmp, n, m, dw, View::rows(&w.vx, dw), View::transposed(gs, dw), 1.0); // [n,m] vx gsᵀ
         matmul(tmp2, n, dw, m, View::rows(fk, m), View::rows(gs, dw), 1.0); //                   [n,dw] φk gs
-        let dk = &mut out.k[t0 * m..][..n * m];
+        let dk = &mut dlk[t0 * m..][..n * m];
         let dvc = &mut out.v[t0 * dv..][..n * dv];
         for k in 0..n {
             let coef = exp_approx(s - w.r + (t - 1 - t0 - k) as f32 * lg);
@@ -638,42 +678,92 @@ fn head_backward_bidirectional(x: &HeadInputs, out: &mut HeadGrads, bw: &mut Bac
             dvc[k * dv..][..dv].iter_mut().zip(&tmp2[k * dw..][..dv]).for_each(|(o, t)| *o = coef * t);
         }
         through_map(dk, fk, d.map);
+        x.src.emit(t0, n, true, dk, out.k, out.omega);
     }
 }
 
 /// Gradients of `sum(forward(lq, lk, v) ∘ g)` with respect to `lq`, `lk` `[heads, T, m]` and
 /// `v` `[heads, T, dv]`; `g` `[heads, T, dv]`.
 pub(super) fn backward(lq: &[f32], lk: &[f32], v: &[f32], g: &[f32], d: KernelDims) -> KernelGrads {
-    let (t, m, dv) = (d.t, d.m, d.dv);
-    let mut grads =
-        KernelGrads { q: vec![0.0; d.heads * t * m], k: vec![0.0; d.heads * t * m], v: vec![0.0; d.heads * t * dv] };
-    if t == 0 {
-        return grads;
+    let (t, m) = (d.t, d.m);
+    let source = |head: usize| Source::Given { lq: &lq[head * t * m..][..t * m], lk: &lk[head * t * m..][..t * m], m };
+    backward_with(source, m, 0, v, g, &d).0
+}
+
+/// Gradients of `sum(forward_positive(q, k, v, Ω) ∘ g)` with respect to the head vectors `q`, `k`
+/// `[heads, T, D]`, the values `v` `[heads, T, dv]` and Ω `[H, m, D]` (summed over the batch), with
+/// `g` `[heads, T, dv]`. The activity is recomputed chunk by chunk, as in the forward: besides the
+/// gradients, each thread holds `[T, m]` buffers for one head at a time, never the whole batch's.
+pub(super) fn backward_positive(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    omega: &[f32],
+    g: &[f32],
+    width: usize,
+    d: KernelDims,
+) -> (KernelGrads, Vec<f32>) {
+    let (t, m) = (d.t, d.m);
+    let per_head = m * width;
+    let rows = (omega.len() / per_head.max(1)).max(1);
+    let source = |head: usize| {
+        let om = &omega[(head % rows) * per_head..][..per_head];
+        Source::positive(&q[head * t * width..][..t * width], &k[head * t * width..][..t * width], om, width, m, d.chunk_len())
+    };
+    let (grads, per_head_omega) = backward_with(source, width, per_head, v, g, &d);
+    // dΩ of head h sums over the batch rows whose heads read Ω_h.
+    let mut domega = vec![0f32; omega.len()];
+    for (head, part) in per_head_omega.chunks_exact(per_head.max(1)).enumerate() {
+        let dst = &mut domega[(head % rows) * per_head..][..per_head];
+        dst.iter_mut().zip(part).for_each(|(o, x)| *o += x);
     }
+    (grads, domega)
+}
+
+/// The backward of every head (in parallel), each reading its queries and keys from `source(head)`:
+/// gradients of the query and key inputs `[heads, T, width]`, of the values, and per-head dΩ
+/// `[heads, omega_len]` (empty when `omega_len` is 0).
+fn backward_with<'a>(
+    source: impl Fn(usize) -> Source<'a> + Sync,
+    width: usize,
+    omega_len: usize,
+    v: &[f32],
+    g: &[f32],
+    d: &KernelDims,
+) -> (KernelGrads, Vec<f32>) {
+    let (t, dv) = (d.t, d.dv);
+    let mut grads = KernelGrads {
+        q: vec![0.0; d.heads * t * width],
+        k: vec![0.0; d.heads * t * width],
+        v: vec![0.0; d.heads * t * dv],
+    };
+    let mut domega = vec![0f32; d.heads * omega_len];
+    if t == 0 {
+        return (grads, domega);
+    }
+    let omega_chunks: Vec<&mut [f32]> =
+        if omega_len == 0 { (0..d.heads).map(|_| &mut [][..]).collect() } else { domega.chunks_mut(omega_len).collect() };
     grads
         .q
-        .par_chunks_mut(t * m)
-        .zip(grads.k.par_chunks_mut(t * m))
+        .par_chunks_mut(t * width)
+        .zip(grads.k.par_chunks_mut(t * width))
         .zip(grads.v.par_chunks_mut(t * dv))
+        .zip(omega_chunks.into_par_iter())
         .enumerate()
         .for_each_init(
-            || BackWork::new(&d),
-            |bw, (head, ((dq, dk), dvh))| {
-                let x = HeadInputs {
-                    lq: &lq[head * t * m..][..t * m],
-                    lk: &lk[head * t * m..][..t * m],
-                    v: &v[head * t * dv..][..t * dv],
-                    g: &g[head * t * dv..][..t * dv],
-                };
-                let mut out = HeadGrads { q: dq, k: dk, v: dvh };
+            || BackWork::new(d),
+            |bw, (head, (((dq, dk), dvh), dom))| {
+                let mut src = source(head);
+                let mut x = HeadInputs { src: &mut src, v: &v[head * t * dv..][..t * dv], g: &g[head * t * dv..][..t * dv] };
+                let mut out = HeadGrads { q: dq, k: dk, v: dvh, omega: dom };
                 if d.causal {
-                    head_backward_causal(&x, &mut out, bw, &d);
+                    head_backward_causal(&mut x, &mut out, bw, d);
                 } else {
-                    head_backward_bidirectional(&x, &mut out, bw, &d);
+                    head_backward_bidirectional(&mut x, &mut out, bw, d);
                 }
             },
         );
-    grads
+    (grads, domega)
 }
 
 /// Sizes and settings of one decoding step.

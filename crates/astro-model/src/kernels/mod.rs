@@ -111,7 +111,8 @@ pub fn kernelised_attention(
 /// Kernelised attention with the paper's positive map φ(x) = m^{-1/2} exp(Ωx̃ − ‖x̃‖²/2),
 /// x̃ = x / D^{1/4}, built inside the fused operation chunk by chunk from the head vectors `q`, `k`
 /// `[batch, heads, T, D]` and Ω `[heads, m, D]`, so that no `[batch, heads, T, m]` activity is
-/// materialised (inference: flex without autodiff, f32). `v` `[batch, heads, T, Dv]` →
+/// materialised (flex, f32, with or without autodiff: the backward recomputes the activity chunk by
+/// chunk and gives the gradients of q, k, v and Ω). `v` `[batch, heads, T, Dv]` →
 /// `[batch, heads, T, Dv]`; `None` where it does not apply (the caller builds the features).
 pub fn positive_kernelised_attention(
     q: &Tensor<4>,
@@ -123,7 +124,7 @@ pub fn positive_kernelised_attention(
     causal: bool,
 ) -> Option<Tensor<4>> {
     #[cfg(feature = "flex")]
-    if ext::supported_decode(q) && omega.dtype() == q.dtype() {
+    if ext::supported_kernelised(q) && omega.dtype() == q.dtype() {
         return Some(ext::kernelised_positive(q.clone(), k.clone(), v.clone(), omega.clone(), chunk, decay, causal));
     }
     let _ = (q, k, v, omega, chunk, decay, causal);
