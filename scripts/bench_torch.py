@@ -14,6 +14,10 @@ embedding, vocabulary 65), same shapes, same repeats, and rows with the same key
 Chunked attention uses chunks of 32 tokens like astro's rule for heads of width 32 (`--chunk`):
 masked products inside a chunk, prefix sums of the chunk states across chunks.
 
+`--only train-long` trains at each of `--lengths` with rotary positions instead of learned ones and
+`--long-tokens` tokens per step (batch = tokens / T), as `astro bench --only train-long` does; it is
+asked for by name (not in the default sections).
+
 `--compile` runs the train and forward sections through `torch.compile` (inductor; the first calls,
 which compile, fall in the warm-up) and leaves the other sections out.
 
@@ -74,9 +78,10 @@ def chunked_causal(fq, fk, v, chunk=None):
 
 
 class Attention(nn.Module):
-    def __init__(self, d, heads, variant, features):
+    def __init__(self, d, heads, variant, features, rope=None):
         super().__init__()
         self.h, self.e, self.variant = heads, d // heads, variant
+        self.rope = rope
         self.q_proj = nn.Linear(d, d, bias=False)
         self.k_proj = nn.Linear(d, d, bias=False)
         self.v_proj = nn.Linear(d, d, bias=False)
@@ -99,6 +104,8 @@ class Attention(nn.Module):
         B, T, d = x.shape
         split = lambda t: t.view(B, T, self.h, self.e).transpose(1, 2)  # [B,H,T,e]
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        if self.rope is not None:
+            q, k = rotate(q, *self.rope), rotate(k, *self.rope)
         if self.variant == "softmax":
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         elif self.variant == "linear":
@@ -108,11 +115,24 @@ class Attention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(B, T, d))
 
 
+def rope_tables(t, e, base=10000.0):
+    """cos, sin [T, e/2] of rotary positions (Burn's RotaryEncoding: base 10⁴, adjacent pairs)."""
+    inv = base ** (-torch.arange(0, e, 2, dtype=torch.float32) / e)
+    angles = torch.arange(t, dtype=torch.float32)[:, None] * inv[None, :]
+    return angles.cos(), angles.sin()
+
+
+def rotate(x, cos, sin):
+    """x [B,H,T,e] with each adjacent pair (x₂ᵢ, x₂ᵢ₊₁) rotated by position·θᵢ."""
+    a, b = x[..., 0::2], x[..., 1::2]
+    return torch.stack((a * cos - b * sin, a * sin + b * cos), -1).flatten(-2)
+
+
 class Block(nn.Module):
-    def __init__(self, d, heads, variant, features):
+    def __init__(self, d, heads, variant, features, rope=None):
         super().__init__()
         self.ln_1 = nn.LayerNorm(d, bias=False)
-        self.attn = Attention(d, heads, variant, features)
+        self.attn = Attention(d, heads, variant, features, rope)
         self.ln_2 = nn.LayerNorm(d, bias=False)
         self.fc = nn.Linear(d, 4 * d, bias=False)
         self.proj = nn.Linear(4 * d, d, bias=False)
@@ -123,16 +143,20 @@ class Block(nn.Module):
 
 
 class LM(nn.Module):
-    def __init__(self, variant, block_size, features=256, layers=4, heads=4, d=128):
+    def __init__(self, variant, block_size, features=256, layers=4, heads=4, d=128, rotary=False):
         super().__init__()
         self.wte = nn.Embedding(VOCAB, d)
-        self.wpe = nn.Embedding(block_size, d)
-        self.blocks = nn.ModuleList(Block(d, heads, variant, features) for _ in range(layers))
+        # Rotary positions (no table of learned ones) when asked, as astro's `positions = "rotary"`.
+        self.wpe = None if rotary else nn.Embedding(block_size, d)
+        rope = rope_tables(block_size, d // heads) if rotary else None
+        self.blocks = nn.ModuleList(Block(d, heads, variant, features, rope) for _ in range(layers))
         self.ln_f = nn.LayerNorm(d, bias=False)
 
     def forward(self, idx):
         T = idx.shape[1]
-        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(T, device=idx.device))
         for b in self.blocks:
             x = b(x)
         return self.ln_f(x) @ self.wte.weight.t()  # tied head
@@ -182,6 +206,7 @@ def main():
     ap.add_argument("--contexts", default="64,4096")
     ap.add_argument("--features", type=int, default=256)
     ap.add_argument("--gen-tokens", type=int, default=16)
+    ap.add_argument("--long-tokens", type=int, default=16384, help="tokens per step of train-long")
     ap.add_argument("--chunk", type=int, default=32, help="tokens per chunk of the kernelised variants")
     ap.add_argument("--compile", action="store_true", help="torch.compile the models (train and forward only)")
     a = ap.parse_args()
@@ -205,9 +230,16 @@ def main():
 
     for section in sections:
         for v in variants:
-            if section == "train":
-                for shape, t, batch in [("recipe", 64, 12), ("b16-t256", 256, 16)]:
-                    model = LM(v, t, a.features)
+            if v not in ("softmax", "astrocytic", "linear"):
+                continue  # astro-only variants (taylor-conv): no PyTorch model
+            if section in ("train", "train-long"):
+                if section == "train":
+                    shapes = [("recipe", 64, 12, False), ("b16-t256", 256, 16, False)]
+                else:
+                    lengths = map(int, a.lengths.split(","))
+                    shapes = [(f"T={t} b={max(a.long_tokens // t, 1)}", t, max(a.long_tokens // t, 1), True) for t in lengths]
+                for shape, t, batch, rotary in shapes:
+                    model = LM(v, t, a.features, rotary=rotary)
                     compiled = build(model)
                     decay = [p for p in model.parameters() if p.dim() >= 2]
                     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -226,8 +258,10 @@ def main():
                         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                         opt.step()
 
-                    s = timed(a.warmup, a.repeats, step)
-                    emit(row("train", shape, v, "tokens/s", inv(stat(s), batch * t)))
+                    # Long softmax steps take seconds: fewer repeats there, as astro does.
+                    long = section == "train-long" and t >= 8192
+                    s = timed(min(a.warmup, 1) if long else a.warmup, min(a.repeats, 3) if long else a.repeats, step)
+                    emit(row(section, shape, v, "tokens/s", inv(stat(s), batch * t)))
             elif section == "forward":
                 t, batch = 256, 16
                 model = build(LM(v, t, a.features).eval())

@@ -528,9 +528,18 @@ pub const MATMUL_SHAPES: [(&str, usize, usize, usize, usize); 9] = [
     ("recipe-mlp-up", 1, 768, 128, 512),
 ];
 
-/// (T, m, head width) of the `chunk` section; batch × T = 4096 tokens and 4 heads each.
-pub const CHUNK_SHAPES: [(usize, usize, usize); 6] =
-    [(64, 256, 32), (256, 256, 32), (256, 64, 32), (256, 1024, 32), (1024, 256, 32), (256, 256, 64)];
+/// (T, m, head width) of the `chunk` section; batch × T = 4096 tokens (T beyond: batch 1) and 4
+/// heads each.
+pub const CHUNK_SHAPES: [(usize, usize, usize); 8] = [
+    (64, 256, 32),
+    (256, 256, 32),
+    (256, 64, 32),
+    (256, 1024, 32),
+    (1024, 256, 32),
+    (4096, 256, 32),
+    (16384, 256, 32),
+    (256, 256, 64),
+];
 /// Chunk sizes the `chunk` section tries.
 pub const CHUNKS: [usize; 5] = [16, 32, 64, 128, 256];
 

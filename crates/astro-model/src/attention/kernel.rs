@@ -370,11 +370,14 @@ pub(crate) fn chunked(input: KernelInput, chunk: usize, state: Option<RecurrentS
 /// of width `head_dim` (the result is the same function for any chunk; only speed and rounding
 /// change).
 ///
-/// The rule comes from `astro bench --only chunk` (forward + backward of one layer, 4096 tokens,
-/// 4 heads, flex, 2 cores; table in docs/benchmarks.md): 32 tokens was the fastest or within noise of it for
-/// every measured shape with heads of width 32 — T ∈ {64, 256, 1024}, m ∈ {64, 256, 1024}, so m
-/// plays no part — and 64 for width 64, where 16–128 tie. Larger chunks pay for the `[c, c]`
-/// products (c·m per token), smaller ones for more, smaller matrix products.
+/// The rule comes from `astro bench --only chunk` (forward + backward of one layer, 4096 tokens
+/// or one sequence beyond, 4 heads, flex, 2 cores; tables in docs/benchmarks.md): 32 tokens was the
+/// fastest or within noise of it for every measured shape with heads of width 32 — T ∈ {64, 256,
+/// 1024, 4096, 16384} (re-measured 2026-12-06 with the positive map fused into training: at T =
+/// 16384, 64 ties with 32 at 263 vs 273 ms, ranges overlapping), m ∈ {64, 256, 1024}, so neither T
+/// nor m plays a part — and 64 for width 64, where 16–128 tie. T does not move the optimum because
+/// a chunk's cost per token does not depend on T: larger chunks pay for the `[c, c]` products (c·m
+/// per token), smaller ones for more, smaller matrix products and more memory reads and writes.
 pub fn auto_chunk(t: usize, head_dim: usize) -> usize {
     let chunk = if head_dim >= 64 { 64 } else { 32 };
     chunk.min(t.max(1))

@@ -138,7 +138,8 @@ pub trait FusedOps: Backend {
     }
 
     /// Gradients of [`Self::fused_kernelised_positive`] given the output's gradient `grad`
-    /// `[B,H,T,Dv]`, the activity recomputed chunk by chunk (`kernelised.rs`, `backward_positive`).
+    /// `[B,H,T,Dv]`, the activity recomputed chunk by chunk (`kernelised.rs`, `backward_positive`);
+    /// dΩ only when `omega_grad` (zeros otherwise).
     #[allow(clippy::too_many_arguments)]
     fn fused_kernelised_positive_backward(
         q: FloatTensor<Self>,
@@ -149,8 +150,9 @@ pub trait FusedOps: Backend {
         chunk: usize,
         decay: f64,
         causal: bool,
+        omega_grad: bool,
     ) -> PositiveGrads<Self> {
-        let _ = (q, k, v, omega, grad, chunk, decay, causal);
+        let _ = (q, k, v, omega, grad, chunk, decay, causal, omega_grad);
         unreachable!("the fused positive-map backward runs on flex only; callers check `supported_kernelised`")
     }
 
@@ -438,6 +440,7 @@ impl FusedOps for Flex {
         chunk: usize,
         decay: f64,
         causal: bool,
+        omega_grad: bool,
     ) -> PositiveGrads<Flex> {
         let [b, h, t, width] = q.shape().dims::<4>();
         let dv = v.shape().dims::<4>()[3];
@@ -453,8 +456,10 @@ impl FusedOps for Flex {
             view(&omega),
             view(&grad),
             width,
+            omega_grad,
             dims,
         );
+        let domega = if omega_grad { domega } else { vec![0f32; omega_shape.num_elements()] };
         PositiveGrads {
             q: f32_tensor(g.q, Shape::new([b, h, t, width])),
             k: f32_tensor(g.k, Shape::new([b, h, t, width])),
@@ -737,7 +742,8 @@ impl<B: FusedOps> Backward<B, 4> for FusedPositiveBackward {
         let k: FloatTensor<B> = checkpointer.retrieve_node_output(sk);
         let v: FloatTensor<B> = checkpointer.retrieve_node_output(sv);
         let omega: FloatTensor<B> = checkpointer.retrieve_node_output(so);
-        let g = B::fused_kernelised_positive_backward(q, k, v, omega, grad, s.chunk, s.decay, s.causal);
+        let omega_grad = ops.parents[3].is_some();
+        let g = B::fused_kernelised_positive_backward(q, k, v, omega, grad, s.chunk, s.decay, s.causal, omega_grad);
         for (node, grad) in ops.parents.into_iter().zip([g.q, g.k, g.v, g.omega]) {
             if let Some(node) = node {
                 grads.register::<B>(node.id, grad);

@@ -400,8 +400,10 @@ impl Source<'_> {
                     let c = scale * lr.iter().sum::<f32>();
                     row.iter_mut().zip(xr).for_each(|(o, x)| *o -= c * x);
                 }
-                // dΩ [m,D] += dlᵀ [m,n] · x̃ [n,D]
-                matmul_acc(omega, m, w, n, View::transposed(dl, m), View::rows(xs, w), Some(1.0), 1.0);
+                // dΩ [m,D] += dlᵀ [m,n] · x̃ [n,D] (where Ω is trained)
+                if !omega.is_empty() {
+                    matmul_acc(omega, m, w, n, View::transposed(dl, m), View::rows(xs, w), Some(1.0), 1.0);
+                }
             }
         }
     }
@@ -691,8 +693,8 @@ pub(super) fn backward(lq: &[f32], lk: &[f32], v: &[f32], g: &[f32], d: KernelDi
 }
 
 /// Gradients of `sum(forward_positive(q, k, v, Ω) ∘ g)` with respect to the head vectors `q`, `k`
-/// `[heads, T, D]`, the values `v` `[heads, T, dv]` and Ω `[H, m, D]` (summed over the batch), with
-/// `g` `[heads, T, dv]`. The activity is recomputed chunk by chunk, as in the forward: besides the
+/// `[heads, T, D]`, the values `v` `[heads, T, dv]` and Ω `[H, m, D]` (summed over the batch; only
+/// when `omega_grad`, else empty), with `g` `[heads, T, dv]`. The activity is recomputed chunk by chunk, as in the forward: besides the
 /// gradients, each thread holds `[T, m]` buffers for one head at a time, never the whole batch's.
 pub(super) fn backward_positive(
     q: &[f32],
@@ -701,6 +703,7 @@ pub(super) fn backward_positive(
     omega: &[f32],
     g: &[f32],
     width: usize,
+    omega_grad: bool,
     d: KernelDims,
 ) -> (KernelGrads, Vec<f32>) {
     let (t, m) = (d.t, d.m);
@@ -708,9 +711,19 @@ pub(super) fn backward_positive(
     let rows = (omega.len() / per_head.max(1)).max(1);
     let source = |head: usize| {
         let om = &omega[(head % rows) * per_head..][..per_head];
-        Source::positive(&q[head * t * width..][..t * width], &k[head * t * width..][..t * width], om, width, m, d.chunk_len())
+        Source::positive(
+            &q[head * t * width..][..t * width],
+            &k[head * t * width..][..t * width],
+            om,
+            width,
+            m,
+            d.chunk_len(),
+        )
     };
-    let (grads, per_head_omega) = backward_with(source, width, per_head, v, g, &d);
+    let (grads, per_head_omega) = backward_with(source, width, if omega_grad { per_head } else { 0 }, v, g, &d);
+    if !omega_grad {
+        return (grads, Vec::new());
+    }
     // dΩ of head h sums over the batch rows whose heads read Ω_h.
     let mut domega = vec![0f32; omega.len()];
     for (head, part) in per_head_omega.chunks_exact(per_head.max(1)).enumerate() {
@@ -741,8 +754,11 @@ fn backward_with<'a>(
     if t == 0 {
         return (grads, domega);
     }
-    let omega_chunks: Vec<&mut [f32]> =
-        if omega_len == 0 { (0..d.heads).map(|_| &mut [][..]).collect() } else { domega.chunks_mut(omega_len).collect() };
+    let omega_chunks: Vec<&mut [f32]> = if omega_len == 0 {
+        (0..d.heads).map(|_| &mut [][..]).collect()
+    } else {
+        domega.chunks_mut(omega_len).collect()
+    };
     grads
         .q
         .par_chunks_mut(t * width)
@@ -754,7 +770,8 @@ fn backward_with<'a>(
             || BackWork::new(d),
             |bw, (head, (((dq, dk), dvh), dom))| {
                 let mut src = source(head);
-                let mut x = HeadInputs { src: &mut src, v: &v[head * t * dv..][..t * dv], g: &g[head * t * dv..][..t * dv] };
+                let mut x =
+                    HeadInputs { src: &mut src, v: &v[head * t * dv..][..t * dv], g: &g[head * t * dv..][..t * dv] };
                 let mut out = HeadGrads { q: dq, k: dk, v: dvh, omega: dom };
                 if d.causal {
                     head_backward_causal(&mut x, &mut out, bw, d);
