@@ -254,3 +254,45 @@ fn padded_keys_match_the_composed_forms_with_gradients() {
         }
     }
 }
+
+/// At T = 4096, the long-context training length: the fused operation (f32, the positive map built
+/// inside) gives the output and the gradients of q, k, v and a learnable Ω of the quadratic
+/// specification computed in f64, and the composed chunked form in f64 gives them to f64 rounding.
+#[test]
+fn long_sequences_match_the_quadratic_specification_in_f64() {
+    let ad = device().autodiff();
+    let (seq, heads, d, chunk) = (4096, 1, 8, 32);
+    let config = AstrocyticConfig {
+        features: 16,
+        chunk_size: Some(chunk),
+        learnable_omega: true,
+        seed: 9,
+        ..AstrocyticConfig::default()
+    };
+    let attn = config.init(heads, d, 0, &ad);
+    let causal = AttentionMask::causal();
+    // (output, dq, dk, dv, dΩ) of sum(attention ∘ w) through one form, inputs in `dtype`.
+    let run = |dtype: DType, form: &str| -> Vec<Tensor<4>> {
+        let shape = [1, heads, seq, d];
+        let q = normal4(shape, 0.8, 31, dtype, &ad).require_grad();
+        let k = normal4(shape, 0.8, 32, dtype, &ad).add_scalar(0.3).require_grad();
+        let v = normal4(shape, 1.0, 33, dtype, &ad).require_grad();
+        let w = normal4(shape, 1.0, 34, dtype, &ad);
+        let out = match form {
+            "fused" => attn.forward(q.clone(), k.clone(), v.clone(), &causal),
+            "chunked" => attn.forward_chunked(q.clone(), k.clone(), v.clone(), &causal, chunk),
+            _ => attn.forward_reference(q.clone(), k.clone(), v.clone(), &causal),
+        };
+        let grads = (out.clone() * w).sum().backward();
+        let g = |x: &Tensor<4>| x.grad(&grads).expect("input receives a gradient");
+        let omega = attn.omega.val().grad(&grads).expect("Ω receives a gradient").unsqueeze_dim::<4>(0);
+        vec![out.inner(), g(&q), g(&k), g(&v), omega]
+    };
+    let reference = run(DType::F64, "quadratic");
+    for (form, dtype, tol) in [("chunked", DType::F64, 1e-10), ("fused", DType::F32, 1e-4)] {
+        for (name, (a, b)) in ["output", "dq", "dk", "dv", "dΩ"].iter().zip(run(dtype, form).iter().zip(&reference)) {
+            let e = err(a, b);
+            assert!(e < tol, "T = {seq}, {form} ({dtype:?}): {name} differs from the f64 specification by {e:e}");
+        }
+    }
+}
