@@ -433,7 +433,7 @@ mod tests {
             for k in 0..2 + (state >> 60) % 3 {
                 text.push_str(syllables[(state >> (8 * k + 3)) as usize % syllables.len()]);
             }
-            text.push(if state % 11 == 0 { '\n' } else { ' ' });
+            text.push(if state.is_multiple_of(11) { '\n' } else { ' ' });
         }
         std::fs::write(dir.path().join("w.txt"), &text).unwrap();
         let files = CorpusSpec::file(dir.path().join("w.txt")).files(0.1).unwrap();

@@ -90,11 +90,14 @@ impl Curve {
     }
 }
 
+/// The values one run (or several seeds) has at one x: (x, values).
+pub type Samples = (f64, Vec<f64>);
+
 /// One line per label through the mean of the values at each x (in x order), with ±sample-std
 /// bars where some x has several values (seeds); lines in the order given, so a line keeps its
 /// colour from chart to chart.
-pub fn curve_series(lines: impl IntoIterator<Item = (String, Vec<(f64, Vec<f64>)>)>) -> Vec<Series> {
-    let lines: Vec<(String, Vec<(f64, Vec<f64>)>)> = lines.into_iter().collect();
+pub fn curve_series(lines: impl IntoIterator<Item = (String, Vec<Samples>)>) -> Vec<Series> {
+    let lines: Vec<(String, Vec<Samples>)> = lines.into_iter().collect();
     let spread = lines.iter().any(|(_, at)| at.iter().any(|(_, v)| v.len() > 1));
     lines
         .into_iter()
@@ -154,7 +157,7 @@ impl RunCurves {
     }
 
     /// `(x, [y])` of `curve` against `axis`.
-    pub fn points(&self, curve: Curve, axis: Axis) -> Vec<(f64, Vec<f64>)> {
+    pub fn points(&self, curve: Curve, axis: Axis) -> Vec<Samples> {
         self.rows.iter().filter_map(|r| Some((axis.of(r), vec![curve.of(r)?]))).collect()
     }
 }

@@ -696,6 +696,7 @@ pub(super) fn backward(lq: &[f32], lk: &[f32], v: &[f32], g: &[f32], d: KernelDi
 /// `[heads, T, D]`, the values `v` `[heads, T, dv]` and Ω `[H, m, D]` (summed over the batch; only
 /// when `omega_grad`, else empty), with `g` `[heads, T, dv]`. The activity is recomputed chunk by chunk, as in the forward: besides the
 /// gradients, each thread holds `[T, m]` buffers for one head at a time, never the whole batch's.
+#[allow(clippy::too_many_arguments)] // the kernel's inputs, as the flex operation hands them over
 pub(super) fn backward_positive(
     q: &[f32],
     k: &[f32],
