@@ -11,7 +11,9 @@
 //! Inputs are the log-activities l (exponential maps, φ = e^l: each query row is divided by its
 //! largest entry, each chunk of keys by its largest, and the carried memory is kept relative to a
 //! running log-scale, as `attention::kernel::chunked` does), the activities themselves, or the raw
-//! head vectors x of elu+1 attention (φ = elu(x) + 1, computed here per chunk).
+//! head vectors x of elu+1 attention (φ = elu(x) + 1, computed here per chunk); for the paper's
+//! positive map, the head vectors q, k and Ω, from which l is built per chunk in the forward and
+//! again in the backward (`forward_positive`, `backward_positive`), so no `[T, m]` input exists.
 //! Values carry a column of ones, so the astrocyte's calcium p and its response a_t are the last
 //! column of the synapse matrix [H | p] and of the read-out: one product gives numerator and
 //! denominator. Inside a chunk the masked `[c, c]` scores, across chunks the carried memory.
