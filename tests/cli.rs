@@ -101,17 +101,30 @@ fn unknown_or_missing_device_is_explained() {
         .stderr(predicate::str::contains("unknown device `tpu`"));
 }
 
+/// `astro bench --json ARGS…`'s report, which must succeed and be one JSON object.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = astro().args(["bench", "--json"]).args(args).assert().success().get_output().stdout.clone();
+    serde_json::from_slice(&out).expect("one JSON object")
+}
+
 #[test]
 fn bench_reports_every_asked_figure_as_json() {
-    let out = astro()
-        .args(["bench", "--json", "--only", "forward,long,generate", "--variants", "softmax,astrocytic"])
-        .args(["--repeats", "1", "--warmup", "0", "--lengths", "64", "--contexts", "8,16", "--features", "16"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let report: serde_json::Value = serde_json::from_slice(&out).expect("one JSON object");
+    let report = bench_json(&[
+        "--only",
+        "forward,long,generate",
+        "--variants",
+        "softmax,astrocytic",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--lengths",
+        "64",
+        "--contexts",
+        "8,16",
+        "--features",
+        "16",
+    ]);
     assert!(report["matmul_gflops"].as_f64().unwrap() > 0.0);
     let rows = report["rows"].as_array().unwrap();
     // forward: 1 per variant, long: 1 length, generate: 2 contexts → 4 rows per variant.
@@ -133,15 +146,20 @@ fn bench_reports_every_asked_figure_as_json() {
 
 #[test]
 fn bench_train_long_holds_tokens_per_step_and_measures_peak_heap() {
-    let out = astro()
-        .args(["bench", "--json", "--only", "train-long", "--variants", "linear,taylor-conv"])
-        .args(["--repeats", "1", "--warmup", "0", "--lengths", "32,64", "--long-tokens", "128"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let report: serde_json::Value = serde_json::from_slice(&out).expect("one JSON object");
+    let report = bench_json(&[
+        "--only",
+        "train-long",
+        "--variants",
+        "linear,taylor-conv",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--lengths",
+        "32,64",
+        "--long-tokens",
+        "128",
+    ]);
     let rows = report["rows"].as_array().unwrap();
     let shapes: Vec<(&str, &str)> =
         rows.iter().map(|r| (r["variant"].as_str().unwrap(), r["shape"].as_str().unwrap())).collect();

@@ -2,7 +2,7 @@
 //! attention variant (see `astro_eval::bench`; `scripts/bench_compare.sh` puts PyTorch beside it).
 
 use anyhow::bail;
-use astro_eval::bench::{BenchOptions, EXTRA_VARIANTS, Section, VARIANTS, markdown, run};
+use astro_eval::bench::{BenchOptions, Section, markdown, model_config, run};
 
 /// Arguments of `astro bench`.
 #[derive(clap::Args, Debug)]
@@ -43,19 +43,15 @@ pub fn run_bench(args: BenchArgs, device: Option<&str>) -> anyhow::Result<()> {
     for name in &args.only {
         match Section::parse(name) {
             Some(s) => sections.push(s),
-            None => bail!(
-                "unknown section `{name}` in --only; expected some of: train, forward, long, generate, matmul, chunk, train-long"
-            ),
+            None => {
+                let known: Vec<&str> = Section::ALL.iter().map(|s| s.name()).collect();
+                bail!("unknown section `{name}` in --only; expected some of: {}", known.join(", "))
+            }
         }
     }
+    // Every variant is checked before any section runs (the benchmark model names the known ones).
     for v in &args.variants {
-        if !VARIANTS.contains(&v.as_str()) && !EXTRA_VARIANTS.contains(&v.as_str()) {
-            bail!(
-                "unknown variant `{v}` in --variants; expected some of: {}, {}",
-                VARIANTS.join(", "),
-                EXTRA_VARIANTS.join(", ")
-            );
-        }
+        model_config(v, 64, args.features)?;
     }
     let options = BenchOptions {
         sections,

@@ -421,9 +421,7 @@ pub fn run(
                         let config = model_config(variant, t, options.features)?;
                         let model = LanguageModel::new(&config, device)?;
                         let (x, _) = tokens(1, t, 2, device);
-                        // Long softmax forwards take seconds: fewer repeats there.
-                        let reps = if t >= 8192 { r.min(3) } else { r };
-                        let warm = if t >= 8192 { w.min(1) } else { w };
+                        let (warm, reps) = long_repeats(t, w, r);
                         let _ = model.forward(x.clone().slice([0..1, 0..t.min(64)])).sum().into_scalar::<f32>();
                         let baseline = reset_peak();
                         let samples = time(warm, reps, || {
@@ -444,9 +442,7 @@ pub fn run(
                         let mut config = model_config(variant, t, options.features)?;
                         config.positions = astro_model::transformer::Positions::Rotary;
                         let batch = (options.long_tokens / t).max(1);
-                        // Long softmax steps take seconds: fewer repeats there.
-                        let reps = if t >= 8192 { r.min(3) } else { r };
-                        let warm = if t >= 8192 { w.min(1) } else { w };
+                        let (warm, reps) = long_repeats(t, w, r);
                         let baseline = reset_peak();
                         let value = train_throughput(&config, batch, device, warm, reps)?;
                         let peak = peak_above(baseline);
@@ -527,6 +523,12 @@ pub const MATMUL_SHAPES: [(&str, usize, usize, usize, usize); 9] = [
     ("recipe-projection", 1, 768, 128, 128),
     ("recipe-mlp-up", 1, 768, 128, 512),
 ];
+
+/// (warm-ups, repeats) at context `t`: at most 1 and 3 from T = 8192 on, where a softmax forward or
+/// training step takes seconds; `warmup` and `repeats` below.
+fn long_repeats(t: usize, warmup: usize, repeats: usize) -> (usize, usize) {
+    if t >= 8192 { (warmup.min(1), repeats.min(3)) } else { (warmup, repeats) }
+}
 
 /// (T, m, head width) of the `chunk` section; batch × T = 4096 tokens (T beyond: batch 1) and 4
 /// heads each.

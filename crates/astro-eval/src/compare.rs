@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use astro_train::metrics::MetricsRow;
 use serde::Serialize;
 
-use crate::ablate::mean_std;
 use crate::error::EvalError;
 use crate::plot::{self, Chart, Series};
 
@@ -88,6 +87,14 @@ impl Curve {
             Curve::Accuracy => "accuracy",
         }
     }
+}
+
+/// Mean and sample standard deviation.
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
 }
 
 /// The values one run (or several seeds) has at one x: (x, values).
@@ -268,19 +275,22 @@ pub fn compare(dirs: &[PathBuf], labels: Option<&[String]>, out: &Path) -> Resul
         files.extend([png, svg]);
     }
     let rows: Vec<CompareRow> = runs.iter().map(CompareRow::of).collect();
-    files.push(write_csv(&out.join("compare.csv"), &rows)?);
+    let csv = out.join("compare.csv");
+    write_csv(&csv, &rows)?;
+    files.push(csv);
     files.push(write_markdown(&out.join("compare.md"), &rows, &runs)?);
     Ok(CompareReport { rows, files })
 }
 
-fn write_csv(path: &Path, rows: &[CompareRow]) -> Result<PathBuf, EvalError> {
+/// Writes `rows` as CSV (a header from the fields' names) to `path`, atomically; `astro ablate`'s
+/// results.csv is written the same way.
+pub fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), EvalError> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     for r in rows {
         writer.serialize(r).map_err(|e| EvalError::io("encode", path, e))?;
     }
     let bytes = writer.into_inner().map_err(|e| EvalError::io("encode", path, e))?;
-    astro_data::fsutil::write_atomic(path, &bytes).map_err(|e| EvalError::io("write", path, e))?;
-    Ok(path.to_path_buf())
+    astro_data::fsutil::write_atomic(path, &bytes).map_err(|e| EvalError::io("write", path, e))
 }
 
 fn write_markdown(path: &Path, rows: &[CompareRow], runs: &[RunCurves]) -> Result<PathBuf, EvalError> {

@@ -33,8 +33,9 @@ use astro_model::attention::FeatureMap;
 use astro_train::{Interrupt, RunConfig};
 use serde::{Deserialize, Serialize};
 
+pub use crate::compare::mean_std;
 pub use cell::{CellOutcome, CellStatus};
-pub use report::{Row, mean_std};
+pub use report::Row;
 
 use crate::error::EvalError;
 

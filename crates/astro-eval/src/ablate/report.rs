@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cell::{failed_row, finished_row};
 use super::{AblationConfig, AblationReport, Cell, CellStatus, Grid, Metric};
-use crate::compare::{Axis, Curve, RunCurves, curve_series, curves_chart};
+use crate::compare::{Axis, Curve, RunCurves, curve_series, curves_chart, mean_std, write_csv};
 use crate::error::EvalError;
 use crate::plot::{self, Chart, Series};
 
@@ -36,15 +36,6 @@ pub struct Row {
     pub tokens_per_sec: Option<f64>,
     /// Wall seconds of the cell's last invocation.
     pub wall_seconds: Option<f64>,
-}
-
-fn write_rows(path: &Path, rows: &[Row]) -> Result<(), EvalError> {
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    for r in rows {
-        writer.serialize(r).map_err(|e| EvalError::io("encode", path, e))?;
-    }
-    let bytes = writer.into_inner().map_err(|e| EvalError::io("encode", path, e))?;
-    astro_data::fsutil::write_atomic(path, &bytes).map_err(|e| EvalError::io("write", path, e))
 }
 
 /// Writes the report of whatever has finished, holding `report.lock` (cells that finish at once
@@ -78,7 +69,7 @@ fn write_parts(grid: &Grid, everything: bool) -> Result<AblationReport, EvalErro
     }
     let runs_dir = grid.runs_dir();
     let csv_path = grid.out.join("results.csv");
-    write_rows(&csv_path, &rows)?;
+    write_csv(&csv_path, &rows)?;
     let mut files = vec![csv_path];
     if !everything {
         return Ok(AblationReport { rows, trained: 0, skipped: 0, unfinished, files });
@@ -110,14 +101,6 @@ fn metric_of(metric: Metric, row: &Row) -> Option<f64> {
         Metric::ValLoss => row.val_loss,
         Metric::Accuracy => row.accuracy,
     }
-}
-
-/// Mean and sample standard deviation.
-pub fn mean_std(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
-    (mean, var.sqrt())
 }
 
 struct Group<'a> {
