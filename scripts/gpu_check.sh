@@ -125,7 +125,9 @@ else
   CUDA=0
   CUDA_WHY="cuda: not buildable here: Burn's CUDA runtime (cubecl-llvm) needs the LLVM bundle tracel-llvm $BUNDLE_VERSION, which is not in $BUNDLE_DIR and cannot be downloaded (github.com is unreachable); the checks run on wgpu only (to add cuda, build once on a machine with network and copy that folder here)"
 fi
-if ldconfig -p 2> /dev/null | grep -q 'libvulkan\.so\.1'; then
+# grep reads the whole list (no -q): with pipefail, grep -q leaving early can kill ldconfig with
+# SIGPIPE and fail the pipeline even though the loader is there (it did, once, in CI).
+if ldconfig -p 2> /dev/null | grep 'libvulkan\.so\.1' > /dev/null; then
   WGPU=1 WGPU_WHY="wgpu: Vulkan loader found"
 else
   WGPU=0 WGPU_WHY="wgpu: no Vulkan loader (libvulkan.so.1) on this machine: install libvulkan1 (and a Vulkan driver) to run the wgpu checks"

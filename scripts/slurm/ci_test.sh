@@ -36,7 +36,8 @@ trap cleanup EXIT
 # wait_gone JOB... — until none of the jobs is in the queue (at most 240 s).
 wait_gone() {
   local deadline=$((SECONDS + 240))
-  while squeue -h -j "$(IFS=,; echo "$*")" 2> /dev/null | grep -q .; do
+  # grep without -q reads all of squeue's output: with pipefail, an early exit could SIGPIPE squeue.
+  while squeue -h -j "$(IFS=,; echo "$*")" 2> /dev/null | grep . > /dev/null; do
     [ "$SECONDS" -lt "$deadline" ] || { echo "jobs $* still queued after 240 s" >&2; squeue >&2; return 1; }
     sleep 1
   done
@@ -132,7 +133,7 @@ echo "   interrupted: $(python3 -c 'import json,sys; s=json.load(open(sys.argv[1
 ls "$run/checkpoints"
 # Requeued tasks wait two minutes before Slurm starts them again; start it now.
 deadline=$((SECONDS + 60))
-until squeue -h -j "${array}_0" -o '%T' 2> /dev/null | grep -q PENDING; do
+until squeue -h -j "${array}_0" -o '%T' 2> /dev/null | grep PENDING > /dev/null; do
   [ "$SECONDS" -lt "$deadline" ] || { echo "the task was not requeued" >&2; squeue >&2; exit 1; }
   sleep 0.5
 done
