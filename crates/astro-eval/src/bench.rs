@@ -495,6 +495,22 @@ pub fn run(
                         let value = generation_latency(&model, ctx, options.gen_tokens, w, device)?;
                         push(BenchRow::new("generate", format!("ctx={ctx}"), variant, "ms/token", value), &mut rows);
                     }
+                    // Past learned positions (the recipe's block): a token inside the block against one
+                    // past it, where the window is re-encoded by one forward scoring the last position.
+                    let config = model_config(variant, PAST_BLOCK, options.features)?;
+                    let model = LanguageModel::new(&config, device)?;
+                    let ctx = PAST_BLOCK / 2;
+                    let steps = options.gen_tokens.min(PAST_BLOCK.saturating_sub(ctx + w + 1)).max(1);
+                    let inside = generation_latency(&model, ctx, steps, w.min(PAST_BLOCK - ctx - 2), device)?;
+                    let shape = format!("block={PAST_BLOCK} inside");
+                    push(BenchRow::new("generate", shape, variant, "ms/token", inside), &mut rows);
+                    let past = reencode_latency(&model, PAST_BLOCK, options.gen_tokens, w, device);
+                    let mut row =
+                        BenchRow::new("generate", format!("block={PAST_BLOCK} past"), variant, "ms/token", past);
+                    let gflops = reencode_flops(&config, PAST_BLOCK) / (past.median / 1e3) / 1e9;
+                    row.gflops = Some(gflops);
+                    row.of_matmul = Some(gflops / matmul);
+                    push(row, &mut rows);
                 }
             }
         }
@@ -635,6 +651,36 @@ fn generation_latency(
         }
     }
     Ok(Stat::of(&samples))
+}
+
+/// Learned positions of the generate section's past-the-block rows (the recipe's block).
+const PAST_BLOCK: usize = 64;
+
+/// Milliseconds per generated token past learned positions (batch 1): each token re-encodes the
+/// last `window` tokens by one forward that scores the last position
+/// ([`LanguageModel::last_logits`], as `generate` does) and reads the logits back.
+fn reencode_latency(model: &LanguageModel, window: usize, steps: usize, warmup: usize, device: &Device) -> Stat {
+    let mut samples = Vec::with_capacity(steps);
+    for i in 0..warmup + steps.max(1) {
+        let ids: Vec<i64> = (0..window).map(|j| ((i + j * 7) % VOCAB) as i64).collect();
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, window]), device);
+        let t0 = Instant::now();
+        let _ = model.last_logits(tokens).into_data();
+        if i >= warmup {
+            samples.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Stat::of(&samples)
+}
+
+/// Matmul FLOPs of [`reencode_latency`]'s forward over `t` tokens: every block on every position,
+/// except that the last block's output projection, MLP and the head run on the last position only.
+pub fn reencode_flops(config: &TransformerConfig, t: usize) -> f64 {
+    let d = config.n_embd as f64;
+    let rows_skipped = (t - 1) as f64;
+    let per_row_skipped =
+        2.0 * (d * d + 2.0 * config.mlp_ratio as f64 * d * d) + 2.0 * d * config.vocab_size.unwrap_or(VOCAB) as f64;
+    forward_flops_per_token(config, t) * t as f64 - rows_skipped * per_row_skipped
 }
 
 /// A markdown table of the report.

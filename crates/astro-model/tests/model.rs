@@ -212,6 +212,56 @@ fn generation_past_the_block_re_encodes_the_window() {
     }
 }
 
+/// The last-position forward that re-encodes the window past the block equals the last row of the
+/// full forward for every variant, pre-LN and post-LN with short convolutions; on a window of 64 rows
+/// (× 2 sequences) in a two-thread pool, so that every projection takes `linear_rows`' row split.
+#[test]
+fn last_logits_equal_the_last_row_of_the_forward() {
+    let dev = device();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    pool.install(|| {
+        for (name, attention) in variants() {
+            for (norm, short_conv) in [(NormPlacement::Pre, 0), (NormPlacement::Post, 4)] {
+                let config = TransformerConfig {
+                    block_size: 64,
+                    norm,
+                    short_conv,
+                    ..small(attention.clone(), Positions::Learned)
+                };
+                let model = LanguageModel::new(&config, &dev).unwrap();
+                let x = tokens(&sequence(128, 5), 2, &dev); // [2, 64]
+                let full = model.forward(x.clone()).narrow(1, 63, 1); // [2,1,V]
+                let last = model.last_logits(x);
+                assert_eq!(last.dims(), [2, 1, 23], "{name}");
+                let err = rel_err(&last, &full);
+                assert!(err < 1e-5, "{name}, {norm:?}, short_conv {short_conv}: relative error {err}");
+            }
+        }
+    });
+}
+
+/// `linear_rows` split over two threads (64 rows) equals the one product of a one-thread pool.
+#[test]
+fn linear_rows_split_over_threads_equals_one_product() {
+    let dev = device();
+    let layer = burn::nn::LinearConfig::new(48, 40).init(&dev);
+    let x = Tensor::<3>::from_data(
+        TensorData::new(
+            (0..2 * 40 * 48).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect::<Vec<_>>(),
+            [2, 40, 48],
+        ),
+        &dev,
+    );
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| astro_model::kernels::linear_rows(&layer, x.clone()))
+    };
+    let (one, two) = (run(1), run(2));
+    assert_eq!(one.dims(), [2, 40, 40]);
+    let err = rel_err(&two, &one);
+    assert!(err < 1e-6, "relative error {err}");
+}
+
 #[test]
 fn learned_positions_bound_the_context() {
     let dev = device();

@@ -6,7 +6,7 @@ use burn::nn::{Linear, LinearConfig, RotaryEncoding};
 use burn::tensor::{Device, Distribution, Tensor};
 
 use super::{Attention, AttentionConfig, AttentionMask, AttentionState, InnerAttention, NormaliserTrace};
-use crate::transformer::block::linear_rows;
+use crate::kernels::linear_rows;
 
 /// Multi-head attention with a pluggable inner attention.
 #[derive(Module, Debug)]
@@ -199,6 +199,15 @@ impl AttentionLayer {
         let (q, k, v) = self.qkv(x, rope, 0);
         let y = self.inner.forward(q, k, v, mask); // [B,H,T,Dh]
         linear_rows(&self.o_proj, Self::merge(y))
+    }
+
+    /// The last position's row of [`Self::forward`]: `x` `[batch, seq, d_model]` → `[batch, 1, d_model]`
+    /// (every position is attended over; only the last one goes through the output projection).
+    pub fn forward_last(&self, x: Tensor<3>, mask: &AttentionMask, rope: Option<&RotaryEncoding>) -> Tensor<3> {
+        let (q, k, v) = self.qkv(x, rope, 0);
+        let y = self.inner.forward(q, k, v, mask); // [B,H,T,Dh]
+        let t = y.dims()[2];
+        linear_rows(&self.o_proj, Self::merge(y.narrow(2, t - 1, 1))) // [B,1,d]
     }
 
     /// Same as [`Self::forward`] through the variant's reference (specification) path.

@@ -848,6 +848,38 @@ pub(super) fn supported_elementwise<const D: usize>(x: &Tensor<D>) -> bool {
     on_flex(&x.device()) && x.dtype() == DType::F32
 }
 
+/// flex's threshold (M·N·K) from which its matrix product runs on several threads.
+const FLEX_PARALLEL_PRODUCT: usize = 192 * 192 * 192;
+
+/// [`super::linear_rows`]'s product `x` `[N, d_in]` → `[N, d_out]`: on flex without autodiff, with
+/// N ≥ [`super::SPLIT_MIN_ROWS`] and a product below [`FLEX_PARALLEL_PRODUCT`], row blocks on rayon's
+/// threads (one per thread, at least 16 rows each) concatenated; otherwise `layer.forward(x)`.
+pub(super) fn linear_split_rows(layer: &burn::nn::Linear, x: Tensor<2>) -> Tensor<2> {
+    use rayon::prelude::*;
+    let [n, d_in] = x.dims();
+    let d_out = layer.weight.dims()[1];
+    let threads = rayon::current_num_threads().min(n / 16);
+    let small = n.saturating_mul(d_in).saturating_mul(d_out) < FLEX_PARALLEL_PRODUCT;
+    if !(matches!(x.device().as_dispatch(), DispatchDevice::Flex(_))
+        && x.dtype() == DType::F32
+        && n >= super::SPLIT_MIN_ROWS
+        && threads >= 2
+        && small)
+    {
+        return layer.forward(x);
+    }
+    let per = n.div_ceil(threads);
+    let parts: Vec<Tensor<2>> = (0..threads)
+        .into_par_iter()
+        .map(|i| {
+            let start = i * per;
+            let len = per.min(n - start);
+            layer.forward(x.clone().narrow(0, start, len)) // [len, d_out]
+        })
+        .collect();
+    Tensor::cat(parts, 0) //                                [N, d_out]
+}
+
 /// Whether kernelised attention over `fq` `[B,H,T,m]` can take the fused path: flex (with or
 /// without autodiff), f32.
 pub(super) fn supported_kernelised(fq: &Tensor<4>) -> bool {

@@ -201,6 +201,30 @@ pub fn positive_decode_step(
     Err(memory)
 }
 
+/// `layer` applied to every position of `x` `[batch, seq, d_in]` → `[batch, seq, d_out]` as one
+/// `[batch·seq, d_in] @ [d_in, d_out]` product. Burn's `Linear` keeps a `[batch, seq, d]` input
+/// batched when `seq` fills its row tiles, and flex then runs `batch` small products that each
+/// repack the same weight. One product over all rows trained 6–31 % more tokens/s on both of
+/// `astro bench`'s shapes (issue 15, docs/benchmarks.md). The reshapes are views.
+///
+/// On flex without autodiff (inference), a product of at least [`SPLIT_MIN_ROWS`] rows but below
+/// flex's own threshold for a parallel product (M·N·K < 192³, where it runs on one thread) is split
+/// into row blocks computed on rayon's threads: re-encoding a 64-token window (generation past
+/// learned positions) is such products, and ran them on one of two cores.
+pub fn linear_rows(layer: &burn::nn::Linear, x: Tensor<3>) -> Tensor<3> {
+    let [b, t, d] = x.dims();
+    let rows = x.reshape([b * t, d]); //                  [B·T, d_in]
+    #[cfg(feature = "flex")]
+    let y = ext::linear_split_rows(layer, rows); //       [B·T, d_out]
+    #[cfg(not(feature = "flex"))]
+    let y = layer.forward(rows);
+    let d_out = y.dims()[1];
+    y.reshape([b, t, d_out])
+}
+
+/// Fewest rows [`linear_rows`] splits over threads (each thread then gets at least 16 rows).
+pub const SPLIT_MIN_ROWS: usize = 32;
+
 /// LayerNorm over the last axis of `x` `[.., C]` with the module's γ, β (β absent: 0) and `epsilon`
 /// (`burn::nn::LayerNorm` keeps its ε private, so the caller passes the one it was built with).
 ///

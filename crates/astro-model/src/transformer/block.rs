@@ -27,18 +27,6 @@ pub(crate) fn gpt_linear(d_in: usize, d_out: usize, bias: bool, std: f64, device
     linear
 }
 
-/// `layer` applied to every position of `x` `[batch, seq, d_in]` → `[batch, seq, d_out]` as one
-/// `[batch·seq, d_in] @ [d_in, d_out]` product. Burn's `Linear` keeps a `[batch, seq, d]` input
-/// batched when `seq` fills its row tiles, and flex then runs `batch` small products that each
-/// repack the same weight. One product over all rows trained 6–31 % more tokens/s on both of
-/// `astro bench`'s shapes (issue 15, docs/benchmarks.md). The reshapes are views.
-pub(crate) fn linear_rows(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
-    let [b, t, d] = x.dims();
-    let y = layer.forward(x.reshape([b * t, d])); // [B·T, d_out]
-    let d_out = y.dims()[1];
-    y.reshape([b, t, d_out])
-}
-
 /// A LayerNorm of the model's width, bias and epsilon.
 fn layer_norm(config: &TransformerConfig, device: &Device) -> LayerNorm {
     LayerNormConfig::new(config.n_embd).with_bias(config.bias).with_epsilon(config.layer_norm_eps).init(device)
@@ -58,8 +46,8 @@ pub struct Mlp {
 impl Mlp {
     /// `[batch, seq, d]` → `[batch, seq, d]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = crate::kernels::gelu(linear_rows(&self.fc, x)); // [B,T,r·d]
-        self.dropout.forward(linear_rows(&self.proj, h)) //          [B,T,d]
+        let h = crate::kernels::gelu(crate::kernels::linear_rows(&self.fc, x)); // [B,T,r·d]
+        self.dropout.forward(crate::kernels::linear_rows(&self.proj, h)) //          [B,T,d]
     }
 }
 
@@ -148,6 +136,14 @@ impl Block {
     pub fn forward(&self, x: Tensor<3>, mask: &AttentionMask, rope: Option<&RotaryEncoding>) -> Tensor<3> {
         let a = self.attn.forward(self.attention_input(x.clone()), mask, rope);
         self.feed_forward(self.attention_residual(x, a))
+    }
+
+    /// The last position's row of [`Self::forward`]: `x` `[batch, seq, d]` → `[batch, 1, d]`. Every
+    /// position feeds the attention; the residual, the MLP and the norms after it run on one row.
+    pub fn forward_last(&self, x: Tensor<3>, mask: &AttentionMask, rope: Option<&RotaryEncoding>) -> Tensor<3> {
+        let t = x.dims()[1];
+        let a = self.attn.forward_last(self.attention_input(x.clone()), mask, rope); // [B,1,d]
+        self.feed_forward(self.attention_residual(x.narrow(1, t - 1, 1), a))
     }
 
     /// Causal step over new tokens `x` `[batch, seq_new, d]`.
@@ -256,6 +252,20 @@ impl Trunk {
             x = block.forward(x, mask, self.rope.as_ref());
         }
         self.final_norm(x)
+    }
+
+    /// The final hidden state of the last position only, `[batch, 1, d]`, for `tokens` `[batch, seq]`:
+    /// the last block runs [`Block::forward_last`]. Equals the last row of [`Self::forward`].
+    pub fn forward_last(&self, tokens: Tensor<2, Int>, mask: &AttentionMask) -> Tensor<3> {
+        let mut x = self.embed(tokens, 0);
+        let Some((last, rest)) = self.blocks.split_last() else {
+            let t = x.dims()[1];
+            return self.final_norm(x.narrow(1, t - 1, 1));
+        };
+        for block in rest {
+            x = block.forward(x, mask, self.rope.as_ref());
+        }
+        self.final_norm(last.forward_last(x, mask, self.rope.as_ref()))
     }
 
     /// Per-block normaliser traces (softmax normaliser and astrocyte response of every head and

@@ -141,12 +141,10 @@ impl LanguageModel {
     }
 
     /// Logits of the last position only, `[batch, 1, vocab]`, for `tokens` `[batch, seq]` (causal): one
-    /// parallel forward without decoding state (generation past learned positions re-encodes its
-    /// window this way).
+    /// parallel forward without decoding state, whose last block computes the MLP and output projection
+    /// of the last position only (generation past learned positions re-encodes its window this way).
     pub fn last_logits(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        let hidden = self.hidden(tokens); //              [B,T,d]
-        let t = hidden.dims()[1];
-        self.head(hidden.narrow(1, t - 1, 1)) //          [B,1,V]
+        self.head(self.trunk.forward_last(tokens, &AttentionMask::causal())) // [B,1,V]
     }
 
     /// Per-block traces of the astrocyte response and softmax normaliser for every head and query
