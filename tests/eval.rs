@@ -314,6 +314,32 @@ fn compare_draws_runs_against_steps_tokens_and_seconds_with_a_table() {
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(soft.join("summary.json")).unwrap()).unwrap();
     let table: f64 = rows[0]["final_val_loss"].parse().unwrap();
     assert_eq!(Some(table), summary["final_val_loss"].as_f64(), "the table's final loss is the run's");
+    // --against: final loss against a config number; shared labels form one line; a key that is
+    // missing or not a number is named, and nothing is written.
+    let out4 = root.join("cmp4");
+    astro(root)
+        .args(["compare", "--against", "model.block_size", "--label", "both", "--label", "both"])
+        .arg(&soft)
+        .arg(&lin)
+        .arg("--out")
+        .arg(&out4)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("| both (model.block_size = 16) | 6 |"));
+    for ext in ["png", "svg"] {
+        assert!(out4.join(format!("final_val_loss_vs_model_block_size.{ext}")).is_file(), "{ext}");
+    }
+    for (key, message) in [("model.nothing", "has no such key"), ("model.attention.kind", "not a number")] {
+        astro(root)
+            .args(["compare", "--against", key])
+            .arg(&soft)
+            .arg("--out")
+            .arg(root.join("cmp5"))
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(format!("--against {key}")).and(predicate::str::contains(message)));
+        assert!(!root.join("cmp5").exists());
+    }
     // Labels, and what is not a run.
     astro(root)
         .args(["compare", "--label", "only-one"])

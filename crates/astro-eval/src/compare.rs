@@ -1,7 +1,9 @@
 //! `astro compare RUN… --out DIR`: runs side by side. Their validation loss against steps, tokens
 //! and seconds of training (and the training loss against steps), as PNG and SVG, and a table
-//! (Markdown and CSV) of final and best losses, throughput and training time. `astro ablate` draws
-//! its curves with the same code ([`curve_series`], [`curves_chart`]).
+//! (Markdown and CSV) of final and best losses, throughput and training time. With `--against KEY`
+//! also each run's final accuracy (or validation loss) against a number of its config, e.g.
+//! `task.seq_len`: runs that share a label form one line (Zoology's accuracy-against-length
+//! picture). `astro ablate` draws its curves with the same code ([`curve_series`], [`curves_chart`]).
 
 use std::path::{Path, PathBuf};
 
@@ -235,8 +237,37 @@ pub fn default_labels(dirs: &[PathBuf]) -> Vec<String> {
         .collect()
 }
 
-/// Compares the runs in `dirs` (labelled by `labels`, else by [`default_labels`]) into `out`.
-pub fn compare(dirs: &[PathBuf], labels: Option<&[String]>, out: &Path) -> Result<CompareReport, EvalError> {
+/// The number at dotted `key` (e.g. `task.seq_len`) of the run config `dir/config.toml`.
+pub fn config_number(dir: &Path, key: &str) -> Result<f64, EvalError> {
+    let path = dir.join("config.toml");
+    let text = std::fs::read_to_string(&path).map_err(|e| EvalError::io("read", &path, e))?;
+    let value: toml::Value = toml::from_str(&text).map_err(|e| EvalError::Run {
+        run: dir.to_path_buf(),
+        reason: format!("config.toml is not valid TOML: {e}"),
+    })?;
+    let found = key.split('.').try_fold(&value, |v, part| v.get(part));
+    match found {
+        Some(toml::Value::Integer(i)) => Ok(*i as f64),
+        Some(toml::Value::Float(f)) => Ok(*f),
+        Some(other) => Err(EvalError::Run {
+            run: dir.to_path_buf(),
+            reason: format!("--against {key}: config.toml has `{other}` there, not a number"),
+        }),
+        None => Err(EvalError::Run {
+            run: dir.to_path_buf(),
+            reason: format!("--against {key}: config.toml has no such key (give a dotted key such as task.seq_len)"),
+        }),
+    }
+}
+
+/// Compares the runs in `dirs` (labelled by `labels`, else by [`default_labels`]) into `out`; with
+/// `against`, also their final accuracy (validation loss where no run has one) against that config key.
+pub fn compare(
+    dirs: &[PathBuf],
+    labels: Option<&[String]>,
+    against: Option<&str>,
+    out: &Path,
+) -> Result<CompareReport, EvalError> {
     if dirs.is_empty() {
         return Err(EvalError::Invalid("astro compare needs at least one run directory".into()));
     }
@@ -252,6 +283,8 @@ pub fn compare(dirs: &[PathBuf], labels: Option<&[String]>, out: &Path) -> Resul
         None => default_labels(dirs),
     };
     let runs: Vec<RunCurves> = dirs.iter().zip(labels).map(|(d, l)| RunCurves::read(d, l)).collect::<Result<_, _>>()?;
+    // Every key is read before anything is written.
+    let xs: Option<Vec<f64>> = against.map(|key| dirs.iter().map(|d| config_number(d, key)).collect()).transpose()?;
     std::fs::create_dir_all(out).map_err(|e| EvalError::io("create", out, e))?;
     let mut files = Vec::new();
     let accuracy = runs.iter().any(|r| r.rows.iter().any(|x| x.val_accuracy.is_some()));
@@ -274,12 +307,56 @@ pub fn compare(dirs: &[PathBuf], labels: Option<&[String]>, out: &Path) -> Resul
         let (png, svg) = plot::save(&chart, &out.join(format!("{}_vs_{}", curve.stem(), axis.stem())))?;
         files.extend([png, svg]);
     }
-    let rows: Vec<CompareRow> = runs.iter().map(CompareRow::of).collect();
+    let mut rows: Vec<CompareRow> = runs.iter().map(CompareRow::of).collect();
+    if let (Some(key), Some(xs)) = (against, &xs) {
+        files.extend(final_against(&runs, &rows, key, xs, out)?);
+        for (row, x) in rows.iter_mut().zip(xs) {
+            row.run = format!("{} ({key} = {x})", row.run);
+        }
+    }
     let csv = out.join("compare.csv");
     write_csv(&csv, &rows)?;
     files.push(csv);
     files.push(write_markdown(&out.join("compare.md"), &rows, &runs)?);
     Ok(CompareReport { rows, files })
+}
+
+/// The final accuracy of each run (its final validation loss where no run has an accuracy) against
+/// `xs`, the runs' values of config `key`; runs with the same label form one line (mean and spread
+/// where a label has several runs at one x).
+fn final_against(
+    runs: &[RunCurves],
+    rows: &[CompareRow],
+    key: &str,
+    xs: &[f64],
+    out: &Path,
+) -> Result<Vec<PathBuf>, EvalError> {
+    let accuracy = rows.iter().any(|r| r.final_accuracy.is_some());
+    let (curve, y_range) = if accuracy { (Curve::Accuracy, Some((0.0, 1.04))) } else { (Curve::ValLoss, None) };
+    let mut lines: Vec<(String, Vec<Samples>)> = Vec::new();
+    for ((run, row), &x) in runs.iter().zip(rows).zip(xs) {
+        let Some(y) = (if accuracy { row.final_accuracy } else { row.final_val_loss }) else { continue };
+        match lines.iter_mut().find(|(l, _)| *l == run.label) {
+            Some((_, points)) => match points.iter_mut().find(|(px, _)| *px == x) {
+                Some((_, ys)) => ys.push(y), // seeds of one setting: one point with its spread
+                None => points.push((x, vec![y])),
+            },
+            None => lines.push((run.label.clone(), vec![(x, vec![y])])),
+        }
+    }
+    let (lo, hi) = xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    let chart = Chart {
+        title: format!("final {} against {key}", curve.label()),
+        x_label: key.to_string(),
+        y_label: curve.label().to_string(),
+        log_x: lo > 0.0 && hi / lo >= 8.0,
+        log_y: false,
+        series: curve_series(lines),
+        references: vec![],
+        y_range,
+    };
+    let (png, svg) = plot::save(&chart, &out.join(format!("final_{}_vs_{}", curve.stem(), key.replace('.', "_"))))?;
+    Ok(vec![png, svg])
 }
 
 /// Writes `rows` as CSV (a header from the fields' names) to `path`, atomically; `astro ablate`'s
