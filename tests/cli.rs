@@ -127,8 +127,21 @@ fn bench_reports_every_asked_figure_as_json() {
     ]);
     assert!(report["matmul_gflops"].as_f64().unwrap() > 0.0);
     let rows = report["rows"].as_array().unwrap();
-    // forward: 1 per variant, long: 1 length, generate: 2 contexts → 4 rows per variant.
-    assert_eq!(rows.len(), 8, "{rows:?}");
+    // forward: 1 per variant, long: 1 length, generate: 2 contexts and a token inside and past a
+    // block of 64 learned positions → 6 rows per variant.
+    assert_eq!(rows.len(), 12, "{rows:?}");
+    for variant in ["softmax", "astrocytic"] {
+        let shapes: Vec<&str> = rows
+            .iter()
+            .filter(|r| r["section"] == "generate" && r["variant"] == variant)
+            .map(|r| r["shape"].as_str().unwrap())
+            .collect();
+        assert_eq!(shapes, ["ctx=8", "ctx=16", "block=64 inside", "block=64 past"], "{variant}");
+    }
+    assert!(
+        rows.iter().filter(|r| r["shape"] == "block=64 past").all(|r| r["gflops"].as_f64().is_some_and(|g| g > 0.0)),
+        "the re-encode's FLOP rate is reported"
+    );
     for r in rows {
         let v = &r["value"];
         assert!(v["min"].as_f64().unwrap() <= v["median"].as_f64().unwrap());
