@@ -240,26 +240,26 @@ fn last_logits_equal_the_last_row_of_the_forward() {
     });
 }
 
-/// `linear_rows` split over two threads (64 rows) equals the one product of a one-thread pool.
+/// `linear_rows` split over threads equals the one product of a one-thread pool: 80 rows over 2 and
+/// 3 threads, and 1000 rows over 64 threads (62 blocks of 17 rows, the last shorter).
 #[test]
 fn linear_rows_split_over_threads_equals_one_product() {
     let dev = device();
-    let layer = burn::nn::LinearConfig::new(48, 40).init(&dev);
-    let x = Tensor::<3>::from_data(
-        TensorData::new(
-            (0..2 * 40 * 48).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect::<Vec<_>>(),
-            [2, 40, 48],
-        ),
-        &dev,
-    );
-    let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| astro_model::kernels::linear_rows(&layer, x.clone()))
-    };
-    let (one, two) = (run(1), run(2));
-    assert_eq!(one.dims(), [2, 40, 40]);
-    let err = rel_err(&two, &one);
-    assert!(err < 1e-6, "relative error {err}");
+    for (rows, width, pools) in [(40, 48, &[2usize, 3][..]), (500, 8, &[64][..])] {
+        let layer = burn::nn::LinearConfig::new(width, width + 3).init(&dev);
+        let data: Vec<f32> = (0..2 * rows * width).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        let x = Tensor::<3>::from_data(TensorData::new(data, [2, rows, width]), &dev);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| astro_model::kernels::linear_rows(&layer, x.clone()))
+        };
+        let one = run(1);
+        assert_eq!(one.dims(), [2, rows, width + 3]);
+        for &threads in pools {
+            let err = rel_err(&run(threads), &one);
+            assert!(err < 1e-6, "{rows} rows over {threads} threads: relative error {err}");
+        }
+    }
 }
 
 #[test]

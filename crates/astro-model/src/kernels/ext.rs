@@ -868,8 +868,8 @@ pub(super) fn linear_split_rows(layer: &burn::nn::Linear, x: Tensor<2>) -> Tenso
     {
         return layer.forward(x);
     }
-    let per = n.div_ceil(threads);
-    let parts: Vec<Tensor<2>> = (0..threads)
+    let per = n.div_ceil(threads); // rows per block; the last block may be shorter
+    let parts: Vec<Tensor<2>> = (0..n.div_ceil(per))
         .into_par_iter()
         .map(|i| {
             let start = i * per;
