@@ -221,6 +221,17 @@ fn task_runs_evaluate_accuracy() {
     let r: Value = serde_json::from_slice(&out).unwrap();
     assert!(r["accuracy"].as_f64().is_some());
     assert_eq!(r["tokens"].as_u64(), Some(50 * 64));
+    // astro compare gives a task run's final accuracy in its table and against the length.
+    let cmp = root.join("cmp");
+    astro(root)
+        .args(["compare", "--against", "task.seq_len", "--out"])
+        .arg(&cmp)
+        .arg(root.join("runs/induction"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("final accuracy |").and(predicate::str::contains("(task.seq_len = 64)")));
+    assert!(cmp.join("final_accuracy_vs_task_seq_len.svg").is_file());
+    assert!(cmp.join("accuracy_vs_step.svg").is_file());
     let _ = common::repo();
 }
 

@@ -372,13 +372,17 @@ pub fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), EvalError>
 
 fn write_markdown(path: &Path, rows: &[CompareRow], runs: &[RunCurves]) -> Result<PathBuf, EvalError> {
     let opt = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.4}"));
+    // Task runs (MQAR and the like) also get their final accuracy.
+    let accuracy = rows.iter().any(|r| r.final_accuracy.is_some());
     let mut md = String::from(
-        "| run | steps | tokens | final val loss | best val loss | final train loss | tokens/s | training s |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| run | steps | tokens | final val loss | best val loss | final train loss | tokens/s | training s |",
     );
+    md.push_str(if accuracy { " final accuracy |\n" } else { "\n" });
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|");
+    md.push_str(if accuracy { "---:|\n" } else { "\n" });
     for r in rows {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.4} | {:.0} | {:.1} |\n",
+            "| {} | {} | {} | {} | {} | {:.4} | {:.0} | {:.1} |",
             r.run,
             r.steps,
             r.tokens,
@@ -388,6 +392,10 @@ fn write_markdown(path: &Path, rows: &[CompareRow], runs: &[RunCurves]) -> Resul
             r.tokens_per_sec,
             r.train_seconds
         ));
+        if accuracy {
+            md.push_str(&format!(" {} |", opt(r.final_accuracy)));
+        }
+        md.push('\n');
     }
     md.push_str("\nRuns:\n\n");
     for run in runs {
