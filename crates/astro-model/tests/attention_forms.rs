@@ -366,6 +366,27 @@ mod properties {
     }
 }
 
+/// A case the property search found (CI, 2026-12-06): the full map calibrated on 7 tokens of width 9
+/// (singular covariances, `fallback`) fitted a non-finite parameter, since the keys' floored spectrum
+/// was computed and then not used.
+#[test]
+fn full_map_with_fewer_tokens_than_dimensions_calibrates_and_agrees() {
+    Case {
+        map: FeatureMap::FullSaderf,
+        batch: 1,
+        heads: 1,
+        seq: 7,
+        head_dim: 9,
+        features: 1,
+        decay: 1.0,
+        padded: false,
+        dtype: DType::F32,
+        seed: 180,
+        window: None,
+    }
+    .run();
+}
+
 /// Left padding that covers whole chunks before the first real key: queries there read nothing
 /// (output 0), and no later chunk leaks into their memory. (The chunked form once let it: with every
 /// earlier chunk padded, the masked weights e^{c + NEG − NEG} rounded to 1.)

@@ -251,8 +251,10 @@ fn full_form(stats: &[HeadStats], layer: usize, fallback: bool) -> Result<(MapPa
                 Ok((values, vectors))
             };
         let (qv, qvec) = floored(&qc, "queries")?;
-        floored(&kc, "keys")?;
-        let sigma_k = nalgebra::DMatrix::from_row_slice(d, d, &kc);
+        // Σ_k with its floored spectrum: a singular Σ_k (fewer keys than dimensions) made P singular
+        // and ψ² → 0 in its null directions, and the fallback then fitted a non-finite A.
+        let (kv, kvec) = floored(&kc, "keys")?;
+        let sigma_k = spectral(&kv, &kvec, |v| v); //                          Σ_k
         let q_half = spectral(&qv, &qvec, f64::sqrt); //                      Σ_q^{1/2}
         let q_inv_half = spectral(&qv, &qvec, |v| 1.0 / v.sqrt()); //        Σ_q^{-1/2}
         let inner = &q_half * &sigma_k * &q_half; //                          Σ_q^{1/2} Σ_k Σ_q^{1/2}
