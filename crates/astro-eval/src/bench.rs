@@ -499,9 +499,11 @@ pub fn run(
                     // past it, where the window is re-encoded by one forward scoring the last position.
                     let config = model_config(variant, PAST_BLOCK, options.features)?;
                     let model = LanguageModel::new(&config, device)?;
+                    // Prompt, warm-up and timed tokens all inside the block.
                     let ctx = PAST_BLOCK / 2;
-                    let steps = options.gen_tokens.min(PAST_BLOCK.saturating_sub(ctx + w + 1)).max(1);
-                    let inside = generation_latency(&model, ctx, steps, w.min(PAST_BLOCK - ctx - 2), device)?;
+                    let warmup = w.min(PAST_BLOCK - ctx - 2);
+                    let steps = options.gen_tokens.min(PAST_BLOCK - ctx - warmup - 1).max(1);
+                    let inside = generation_latency(&model, ctx, steps, warmup, device)?;
                     let shape = format!("block={PAST_BLOCK} inside");
                     push(BenchRow::new("generate", shape, variant, "ms/token", inside), &mut rows);
                     let past = reencode_latency(&model, PAST_BLOCK, options.gen_tokens, w, device);

@@ -309,7 +309,7 @@ pub fn compare(
     }
     let mut rows: Vec<CompareRow> = runs.iter().map(CompareRow::of).collect();
     if let (Some(key), Some(xs)) = (against, &xs) {
-        files.extend(final_against(&runs, &rows, key, xs, out)?);
+        files.extend(final_against(&rows, key, xs, out)?);
         for (row, x) in rows.iter_mut().zip(xs) {
             row.run = format!("{} ({key} = {x})", row.run);
         }
@@ -324,24 +324,18 @@ pub fn compare(
 /// The final accuracy of each run (its final validation loss where no run has an accuracy) against
 /// `xs`, the runs' values of config `key`; runs with the same label form one line (mean and spread
 /// where a label has several runs at one x).
-fn final_against(
-    runs: &[RunCurves],
-    rows: &[CompareRow],
-    key: &str,
-    xs: &[f64],
-    out: &Path,
-) -> Result<Vec<PathBuf>, EvalError> {
+fn final_against(rows: &[CompareRow], key: &str, xs: &[f64], out: &Path) -> Result<Vec<PathBuf>, EvalError> {
     let accuracy = rows.iter().any(|r| r.final_accuracy.is_some());
     let (curve, y_range) = if accuracy { (Curve::Accuracy, Some((0.0, 1.04))) } else { (Curve::ValLoss, None) };
     let mut lines: Vec<(String, Vec<Samples>)> = Vec::new();
-    for ((run, row), &x) in runs.iter().zip(rows).zip(xs) {
+    for (row, &x) in rows.iter().zip(xs) {
         let Some(y) = (if accuracy { row.final_accuracy } else { row.final_val_loss }) else { continue };
-        match lines.iter_mut().find(|(l, _)| *l == run.label) {
+        match lines.iter_mut().find(|(l, _)| *l == row.run) {
             Some((_, points)) => match points.iter_mut().find(|(px, _)| *px == x) {
                 Some((_, ys)) => ys.push(y), // seeds of one setting: one point with its spread
                 None => points.push((x, vec![y])),
             },
-            None => lines.push((run.label.clone(), vec![(x, vec![y])])),
+            None => lines.push((row.run.clone(), vec![(x, vec![y])])),
         }
     }
     let (lo, hi) = xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
