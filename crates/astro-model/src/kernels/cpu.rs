@@ -41,11 +41,6 @@ impl View {
         View { ptr: x.as_ptr(), rs: 1, cs: cols as isize }
     }
 
-    /// The first columns of a row-major slice whose rows are `stride` long (`[rows, ≤ stride]`).
-    pub(super) fn strided(x: &[f32], stride: usize) -> Self {
-        View { ptr: x.as_ptr(), rs: stride as isize, cs: 1 }
-    }
-
     /// The transpose of this view.
     pub(super) fn t(self) -> Self {
         View { ptr: self.ptr, rs: self.cs, cs: self.rs }

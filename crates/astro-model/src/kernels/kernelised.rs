@@ -14,12 +14,12 @@
 //! head vectors x of elu+1 attention (φ = elu(x) + 1, computed here per chunk); for the paper's
 //! positive map, the head vectors q, k and Ω, from which l is built per chunk in the forward and
 //! again in the backward (`forward_positive`, `backward_positive`), so no `[T, m]` input exists.
-//! Values carry a column of ones, so the astrocyte's calcium p and its response a_t are the last
-//! column of the synapse matrix [H | p] and of the read-out: one product gives numerator and
-//! denominator. Inside a chunk the masked `[c, c]` scores, across chunks the carried memory.
+//! The memory is the synapse matrix H = Σ φk vᵀ and the astrocyte's calcium p = Σ φk, kept apart
+//! (numerator and denominator of the read-out). Inside a chunk the masked `[c, c]` scores, across
+//! chunks the carried memory.
 //!
 //! Backward, with g = dL/dy, D_t the denominator, ĝ_t = g_t / D_t, δ_t = ĝ_t·y_t and
-//! gx_t = [ĝ_t | −δ_t] (vx_τ = [v_τ | 1]):
+//! gx_t·vx_τ = ĝ_t·v_τ − δ_t (the numerators' gradient is ĝ, the denominator's −δ):
 //!
 //! ```text
 //! dφq_t = Σ_τ w_tτ (gx_t·vx_τ) φk_τ     a forward scan: the same memory, read with gx
@@ -101,24 +101,27 @@ pub(super) struct KernelGrads {
     pub v: Vec<f32>,
 }
 
-/// Per-thread scratch for one head.
+/// Per-thread scratch for one chunk of one head, and the head's memory.
+///
+/// The memory keeps the synapses H and the calcium p apart rather than as one `[m, dv + 1]` matrix
+/// with values extended by a column of ones: products with 33 columns ran at 60 GFLOP/s on one
+/// core where 32 ran at 83–102 (`gemm` 0.19, AVX-512; its kernels are 6 columns wide), and p's
+/// part is a matrix-vector product either way.
 struct Work {
-    /// Query activity of the chunk, each row ÷ its largest entry, `[c, m]`.
-    fq: Vec<f32>,
-    /// Key activity of the chunk ÷ the chunk's largest entry, `[c, m]`.
-    fk: Vec<f32>,
     /// Weighted activity for memory writes, `[c, m]`.
     fw: Vec<f32>,
-    /// Values with a column of ones, `[c, dv + 1]`.
-    vx: Vec<f32>,
     /// Masked, decayed scores φq·φk inside the chunk, `[c, c]`.
     a: Vec<f32>,
-    /// Read-out [numerator | denominator], `[c, dv + 1]`.
+    /// Read-out numerators, `[c, dv]`.
     nx: Vec<f32>,
-    /// Scratch `[c, max(m, dv + 1)]`.
+    /// Read-out denominators (the astrocyte's response), `[c]`.
+    den: Vec<f32>,
+    /// Scratch `[c, max(m, dv)]`.
     tmp: Vec<f32>,
-    /// The memory [H | p] (Σ φk vxᵀ), relative to e^r, `[m, dv + 1]`.
-    sx: Vec<f32>,
+    /// Synapses H = Σ φk vᵀ relative to e^r, `[m, dv]`.
+    h: Vec<f32>,
+    /// Calcium p = Σ φk relative to e^r, `[m]`.
+    p: Vec<f32>,
     /// log-scale of the memory.
     r: f32,
     /// γ^k for k = 0..=c.
@@ -127,16 +130,15 @@ struct Work {
 
 impl Work {
     fn new(d: &KernelDims) -> Self {
-        let (c, m, dw) = (d.chunk_len(), d.m, d.dv + 1);
+        let (c, m, dv) = (d.chunk_len(), d.m, d.dv);
         Work {
-            fq: vec![0.0; c * m],
-            fk: vec![0.0; c * m],
             fw: vec![0.0; c * m],
-            vx: vec![0.0; c * dw],
             a: vec![0.0; c * c],
-            nx: vec![0.0; c * dw],
-            tmp: vec![0.0; c * m.max(dw)],
-            sx: vec![0.0; m * dw],
+            nx: vec![0.0; c * dv],
+            den: vec![0.0; c],
+            tmp: vec![0.0; c * m.max(dv)],
+            h: vec![0.0; m * dv],
+            p: vec![0.0; m],
             r: NEG,
             pow: (0..=c as i32).map(|k| d.decay.powi(k)).collect(),
         }
@@ -144,15 +146,59 @@ impl Work {
 
     /// An empty memory.
     fn reset(&mut self) {
-        self.sx.fill(0.0);
+        self.h.fill(0.0);
+        self.p.fill(0.0);
         self.r = NEG;
     }
+}
+
+/// Query and key activity of one chunk, `[c, m]` each (the forward's; the backward keeps every
+/// chunk's).
+struct Acts {
+    fq: Vec<f32>,
+    fk: Vec<f32>,
+}
+
+impl Acts {
+    fn new(d: &KernelDims) -> Self {
+        let n = d.chunk_len() * d.m;
+        Acts { fq: vec![0.0; n], fk: vec![0.0; n] }
+    }
+}
+
+/// Σ x_i with sixteen partial sums, so the loop vectorises (a plain `sum` stays scalar: float
+/// addition is not reassociated).
+#[inline(always)]
+fn sum16(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for i in 0..16 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+/// y += a·x element-wise.
+#[inline(always)]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
 }
 
 /// The largest entry of `x`, or 0 when there is none that is finite (so shifts stay finite).
 #[inline(always)]
 fn finite_max(x: &[f32]) -> f32 {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // Sixteen running maxima, so the loop vectorises (a fold over `f32::max` stays scalar); NaN
+    // entries are skipped, as `f32::max` skips them.
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for i in 0..16 {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    let max = acc.iter().chain(chunks.remainder()).copied().fold(f32::NEG_INFINITY, f32::max);
     if max.is_finite() { max } else { 0.0 }
 }
 
@@ -203,14 +249,6 @@ fn key_activity(dst: &mut [f32], src: &[f32], map: Activation) -> f32 {
     }
 }
 
-/// `[n, dv]` values → `[n, dv + 1]` with a last column of ones.
-fn with_ones(dst: &mut [f32], v: &[f32], dv: usize) {
-    for (d, s) in dst.chunks_exact_mut(dv + 1).zip(v.chunks_exact(dv)) {
-        d[..dv].copy_from_slice(s);
-        d[dv] = 1.0;
-    }
-}
-
 /// Keeps the lower triangle (κ ≤ i) of `a` `[n, n]`, weighted by γ^{i−κ}.
 fn causal_mask(a: &mut [f32], n: usize, pow: &[f32], decay: bool) {
     for (i, row) in a.chunks_exact_mut(n).enumerate() {
@@ -221,35 +259,31 @@ fn causal_mask(a: &mut [f32], n: usize, pow: &[f32], decay: bool) {
     }
 }
 
-/// Writes a chunk of keys into the memory: H ← γ^n H + Σ_κ γ^{n−1−κ} vx_κ φk_κᵀ (as `[m, dv + 1]`),
-/// with the chunk's activity `fk` `[n, m]` relative to e^s and the memory rescaled to the larger scale.
-#[allow(clippy::too_many_arguments)]
-fn write_chunk(
-    sx: &mut [f32],
-    r: &mut f32,
-    fw: &mut [f32],
-    fk: &[f32],
-    vx: &[f32],
-    pow: &[f32],
-    n: usize,
-    d: &KernelDims,
-    s: f32,
-) {
-    let (m, dw) = (d.m, d.dv + 1);
-    let aged = *r + n as f32 * d.decay.ln();
+/// Writes a chunk of keys into the memory: H ← γ^n H + Σ_κ γ^{n−1−κ} φk_κ v_κᵀ (`[m, dv]`) and
+/// p ← γ^n p + Σ_κ γ^{n−1−κ} φk_κ, with the chunk's activity `fk` `[n, m]` relative to e^s and the
+/// memory rescaled to the larger scale. Returns nothing; `w.r` becomes the new scale.
+fn write_chunk(w: &mut Work, fk: &[f32], v: &[f32], n: usize, d: &KernelDims, s: f32) {
+    let (m, dv) = (d.m, d.dv);
+    let aged = w.r + n as f32 * d.decay.ln();
     let r_new = aged.max(s);
     let (keep, scale) = (exp_approx(aged - r_new), exp_approx(s - r_new));
     let weighted = if d.decay < 1.0 {
-        for (k, (w, f)) in fw.chunks_exact_mut(m).zip(fk.chunks_exact(m)).take(n).enumerate() {
-            w.iter_mut().zip(f).for_each(|(w, f)| *w = f * pow[n - 1 - k]);
+        for (k, (fw, f)) in w.fw.chunks_exact_mut(m).zip(fk.chunks_exact(m)).take(n).enumerate() {
+            let g = w.pow[n - 1 - k];
+            fw.iter_mut().zip(f).for_each(|(o, f)| *o = f * g);
         }
-        &fw[..n * m]
+        &w.fw[..n * m]
     } else {
         &fk[..n * m]
     };
-    // sx [m, dw] = keep·sx + scale·φkᵀ [m, n] · vx [n, dw]
-    matmul_acc(sx, m, dw, n, View::transposed(weighted, m), View::rows(vx, dw), Some(keep), scale);
-    *r = r_new;
+    // H [m, dv] = keep·H + scale·φkᵀ [m, n] · v [n, dv]
+    matmul_acc(&mut w.h, m, dv, n, View::transposed(weighted, m), View::rows(v, dv), Some(keep), scale);
+    // p [m] = keep·p + scale·Σ_κ φk_κ
+    w.p.iter_mut().for_each(|x| *x *= keep);
+    for row in weighted.chunks_exact(m) {
+        axpy(&mut w.p, scale, row);
+    }
+    w.r = r_new;
 }
 
 /// Scales of one causal chunk: its keys' log-scale s, the common scale of its read-out and the
@@ -263,63 +297,76 @@ struct ChunkScales {
 }
 
 /// Reads one causal chunk (queries `lq`, keys `lk` `[n, m]`, values `v` `[n, dv]`) against the
-/// memory before it: activities into `w.fq`/`w.fk`, masked scores into `w.a`, values with ones into
-/// `w.vx`, and [numerator | denominator] into `w.nx`.
-fn read_causal(w: &mut Work, lq: &[f32], lk: &[f32], v: &[f32], n: usize, d: &KernelDims) -> ChunkScales {
-    let (m, dv, dw) = (d.m, d.dv, d.dv + 1);
+/// memory before it: activities into `fq`/`fk` `[n, m]`, masked scores into `w.a`, numerators into
+/// `w.nx` and denominators into `w.den`.
+#[allow(clippy::too_many_arguments)]
+fn read_causal(
+    w: &mut Work,
+    fq: &mut [f32],
+    fk: &mut [f32],
+    lq: &[f32],
+    lk: &[f32],
+    v: &[f32],
+    n: usize,
+    d: &KernelDims,
+) -> ChunkScales {
+    let (m, dv) = (d.m, d.dv);
     let decay = d.decay < 1.0;
-    query_activity(&mut w.fq[..n * m], lq, m, d.map);
-    let s = key_activity(&mut w.fk[..n * m], lk, d.map);
-    with_ones(&mut w.vx[..n * dw], v, dv);
+    query_activity(&mut fq[..n * m], lq, m, d.map);
+    let s = key_activity(&mut fk[..n * m], lk, d.map);
     let common = w.r.max(s);
     let (alpha, beta) = (exp_approx(w.r - common), exp_approx(s - common));
-    // Inside the chunk: A = (φq φkᵀ) ∘ L,  nx = β·A·vx                         [n,n], [n,dw]
-    matmul(&mut w.a, n, n, m, View::rows(&w.fq, m), View::transposed(&w.fk, m), 1.0);
+    // Inside the chunk: A = (φq φkᵀ) ∘ L, nx = β·A·v, den = β·A·1                      [n,n], [n,dv]
+    matmul(&mut w.a, n, n, m, View::rows(fq, m), View::transposed(fk, m), 1.0);
     causal_mask(&mut w.a[..n * n], n, &w.pow, decay);
-    matmul(&mut w.nx, n, dw, n, View::rows(&w.a, n), View::rows(&w.vx, dw), beta);
-    // From the memory: query i reads it aged by γ^{i+1}:  nx += α γ^{i+1} φq sx   [n,dw]
+    matmul(&mut w.nx, n, dv, n, View::rows(&w.a, n), View::rows(v, dv), beta);
+    for (den, row) in w.den.iter_mut().zip(w.a.chunks_exact(n)).take(n) {
+        *den = beta * sum16(row);
+    }
+    // From the memory: query i reads it aged by γ^{i+1}: nx += α γ^{i+1} φq H, den += α γ^{i+1} φq·p
     if alpha > 0.0 {
         if decay {
-            matmul(&mut w.tmp, n, dw, m, View::rows(&w.fq, m), View::rows(&w.sx, dw), alpha);
-            for (i, (o, t)) in w.nx.chunks_exact_mut(dw).zip(w.tmp.chunks_exact(dw)).take(n).enumerate() {
-                o.iter_mut().zip(t).for_each(|(o, t)| *o += t * w.pow[i + 1]);
+            matmul(&mut w.tmp, n, dv, m, View::rows(fq, m), View::rows(&w.h, dv), alpha);
+            for (i, (o, t)) in w.nx.chunks_exact_mut(dv.max(1)).zip(w.tmp.chunks_exact(dv.max(1))).take(n).enumerate() {
+                axpy(o, w.pow[i + 1], t);
             }
         } else {
-            matmul_acc(&mut w.nx, n, dw, m, View::rows(&w.fq, m), View::rows(&w.sx, dw), Some(1.0), alpha);
+            matmul_acc(&mut w.nx, n, dv, m, View::rows(fq, m), View::rows(&w.h, dv), Some(1.0), alpha);
+        }
+        for (i, (den, f)) in w.den.iter_mut().zip(fq.chunks_exact(m)).take(n).enumerate() {
+            let age = if decay { w.pow[i + 1] } else { 1.0 };
+            *den += alpha * age * dot(f, &w.p);
         }
     }
     ChunkScales { s, common, alpha, beta }
 }
 
-/// y = numerator / denominator per row of `nx` `[n, dv + 1]` (0 where the denominator underflowed).
-fn divide(nx: &[f32], y: &mut [f32], n: usize, dv: usize) {
-    for (o, row) in y.chunks_exact_mut(dv).zip(nx.chunks_exact(dv + 1)).take(n) {
-        let den = row[dv];
+/// y = numerator / denominator per row (`nx` `[n, dv]`, `den` `[n]`; 0 where the denominator
+/// underflowed).
+fn divide(nx: &[f32], den: &[f32], y: &mut [f32], n: usize, dv: usize) {
+    for ((o, row), &den) in y.chunks_exact_mut(dv).zip(nx.chunks_exact(dv)).zip(den).take(n) {
         if den.abs() < TINY {
             o.fill(0.0);
         } else {
             let inv = 1.0 / den;
-            o.iter_mut().zip(&row[..dv]).for_each(|(o, x)| *o = x * inv);
+            o.iter_mut().zip(row).for_each(|(o, x)| *o = x * inv);
         }
     }
 }
 
-/// gx = [g/den | −(g/den)·y] per row, from the read-out `nx` and the output gradient `g` `[n, dv]`.
-fn output_grad(gx: &mut [f32], nx: &[f32], g: &[f32], n: usize, dv: usize) {
-    let dw = dv + 1;
-    for ((gx, row), g) in gx.chunks_exact_mut(dw).zip(nx.chunks_exact(dw)).zip(g.chunks_exact(dv)).take(n) {
-        let den = row[dv];
+/// ĝ = g/den and δ = ĝ·y per row, from the read-out (`nx` `[n, dv]`, `den` `[n]`) and the output
+/// gradient `g` `[n, dv]`: the gradient of the numerators is ĝ, of the denominator −δ.
+fn output_grad(gh: &mut [f32], delta: &mut [f32], nx: &[f32], den: &[f32], g: &[f32], n: usize, dv: usize) {
+    let rows = gh.chunks_exact_mut(dv).zip(delta.iter_mut()).zip(nx.chunks_exact(dv)).zip(den).zip(g.chunks_exact(dv));
+    for ((((gh, delta), row), &den), g) in rows.take(n) {
         if den.abs() < TINY {
-            gx.fill(0.0);
+            gh.fill(0.0);
+            *delta = 0.0;
             continue;
         }
         let inv = 1.0 / den;
-        let mut delta = 0.0;
-        for c in 0..dv {
-            gx[c] = g[c] * inv;
-            delta += gx[c] * row[c] * inv;
-        }
-        gx[dv] = -delta;
+        gh.iter_mut().zip(g).for_each(|(o, g)| *o = g * inv);
+        *delta = dot_inline(gh, row) * inv;
     }
 }
 
@@ -399,7 +446,7 @@ impl Source<'_> {
                 let dx = &mut out[t0 * w..][..n * w];
                 matmul(dx, n, w, m, View::rows(dl, m), View::rows(om, w), scale); //            [n,D] s·dl Ω
                 for ((row, xr), lr) in dx.chunks_exact_mut(w).zip(xs.chunks_exact(w)).zip(dl.chunks_exact(m)) {
-                    let c = scale * lr.iter().sum::<f32>();
+                    let c = scale * sum16(lr);
                     row.iter_mut().zip(xr).for_each(|(o, x)| *o -= c * x);
                 }
                 // dΩ [m,D] += dlᵀ [m,n] · x̃ [n,D] (where Ω is trained)
@@ -434,28 +481,32 @@ fn positive_rows(dst: &mut [f32], x: &[f32], omega: &[f32], xs: &mut [f32], widt
 }
 
 /// Forward of one head: inputs from `src`, `v` `[T, dv]` → `y` `[T, dv]`.
-fn head_forward(src: &mut Source, v: &[f32], y: &mut [f32], w: &mut Work, d: &KernelDims) {
-    let (m, dv, dw) = (d.m, d.dv, d.dv + 1);
+fn head_forward(src: &mut Source, v: &[f32], y: &mut [f32], w: &mut Work, acts: &mut Acts, d: &KernelDims) {
+    let (m, dv) = (d.m, d.dv);
+    let Acts { fq, fk } = acts;
     w.reset();
     if d.causal {
         for (t0, n) in d.chunks() {
             let (lq, lk) = src.both(t0, n);
-            let sc = read_causal(w, lq, lk, &v[t0 * dv..][..n * dv], n, d);
-            divide(&w.nx, &mut y[t0 * dv..][..n * dv], n, dv);
-            write_chunk(&mut w.sx, &mut w.r, &mut w.fw, &w.fk, &w.vx, &w.pow, n, d, sc.s);
+            let vc = &v[t0 * dv..][..n * dv];
+            let sc = read_causal(w, fq, fk, lq, lk, vc, n, d);
+            divide(&w.nx, &w.den, &mut y[t0 * dv..][..n * dv], n, dv);
+            write_chunk(w, fk, vc, n, d, sc.s);
         }
         return;
     }
     // Bidirectional: write every key, then read every query against the whole memory.
     for (t0, n) in d.chunks() {
-        let s = key_activity(&mut w.fk[..n * m], src.side(t0, n, true), d.map);
-        with_ones(&mut w.vx[..n * dw], &v[t0 * dv..][..n * dv], dv);
-        write_chunk(&mut w.sx, &mut w.r, &mut w.fw, &w.fk, &w.vx, &w.pow, n, d, s);
+        let s = key_activity(&mut fk[..n * m], src.side(t0, n, true), d.map);
+        write_chunk(w, fk, &v[t0 * dv..][..n * dv], n, d, s);
     }
     for (t0, n) in d.chunks() {
-        query_activity(&mut w.fq[..n * m], src.side(t0, n, false), m, d.map);
-        matmul(&mut w.nx, n, dw, m, View::rows(&w.fq, m), View::rows(&w.sx, dw), 1.0);
-        divide(&w.nx, &mut y[t0 * dv..][..n * dv], n, dv);
+        query_activity(&mut fq[..n * m], src.side(t0, n, false), m, d.map);
+        matmul(&mut w.nx, n, dv, m, View::rows(fq, m), View::rows(&w.h, dv), 1.0);
+        for (den, f) in w.den.iter_mut().zip(fq.chunks_exact(m)).take(n) {
+            *den = dot(f, &w.p);
+        }
+        divide(&w.nx, &w.den, &mut y[t0 * dv..][..n * dv], n, dv);
     }
 }
 
@@ -463,14 +514,14 @@ fn head_forward(src: &mut Source, v: &[f32], y: &mut [f32], w: &mut Work, d: &Ke
 pub(super) fn forward(lq: &[f32], lk: &[f32], v: &[f32], d: KernelDims) -> Vec<f32> {
     let (t, m, dv) = (d.t, d.m, d.dv);
     let mut y = vec![0f32; d.heads * t * dv];
-    if t == 0 {
+    if t == 0 || dv == 0 {
         return y;
     }
     y.par_chunks_mut(t * dv).enumerate().for_each_init(
-        || Work::new(&d),
-        |w, (head, yh)| {
+        || (Work::new(&d), Acts::new(&d)),
+        |(w, acts), (head, yh)| {
             let mut src = Source::Given { lq: &lq[head * t * m..][..t * m], lk: &lk[head * t * m..][..t * m], m };
-            head_forward(&mut src, &v[head * t * dv..][..t * dv], yh, w, &d);
+            head_forward(&mut src, &v[head * t * dv..][..t * dv], yh, w, acts, &d);
         },
     );
     y
@@ -490,17 +541,17 @@ pub(super) fn forward_positive(
     let (t, m, dv) = (d.t, d.m, d.dv);
     let mut y = vec![0f32; d.heads * t * dv];
     let per_head = m * width;
-    if t == 0 || per_head == 0 {
+    if t == 0 || dv == 0 || per_head == 0 {
         return y;
     }
     let heads_per_row = (omega.len() / per_head).max(1);
     y.par_chunks_mut(t * dv).enumerate().for_each_init(
-        || Work::new(&d),
-        |w, (head, yh)| {
+        || (Work::new(&d), Acts::new(&d)),
+        |(w, acts), (head, yh)| {
             let om = &omega[(head % heads_per_row) * per_head..][..per_head];
             let (qh, kh) = (&q[head * t * width..][..t * width], &k[head * t * width..][..t * width]);
             let mut src = Source::positive(qh, kh, om, width, m, d.chunk_len());
-            head_forward(&mut src, &v[head * t * dv..][..t * dv], yh, w, &d);
+            head_forward(&mut src, &v[head * t * dv..][..t * dv], yh, w, acts, &d);
         },
     );
     y
@@ -513,13 +564,17 @@ struct BackWork {
     fk_all: Vec<f32>,
     /// Query activity of every chunk, `[T, m]`.
     fq_all: Vec<f32>,
-    /// gx of every query, `[T, dv + 1]`.
-    gx_all: Vec<f32>,
+    /// ĝ = g / den of every query, `[T, dv]`.
+    gh_all: Vec<f32>,
+    /// δ = ĝ·y of every query, `[T]`.
+    delta_all: Vec<f32>,
     /// Masked gradient of the scores inside a chunk, `[c, c]`.
     b: Vec<f32>,
-    /// Memory of later queries Σ φq gxᵀ, `[m, dv + 1]`.
+    /// Memory of later queries Σ φq ĝᵀ, `[m, dv]`.
     gs: Vec<f32>,
-    /// Scratch `[c, dv + 1]`.
+    /// Its denominator part −Σ φq δ, `[m]`.
+    gp: Vec<f32>,
+    /// Scratch `[c, dv]`.
     tmp2: Vec<f32>,
     /// Gradient of the query inputs of one chunk, `[c, m]`.
     dlq: Vec<f32>,
@@ -529,15 +584,17 @@ struct BackWork {
 
 impl BackWork {
     fn new(d: &KernelDims) -> Self {
-        let (c, m, dw) = (d.chunk_len(), d.m, d.dv + 1);
+        let (c, m, dv) = (d.chunk_len(), d.m, d.dv);
         BackWork {
             work: Work::new(d),
             fk_all: vec![0.0; d.t * m],
             fq_all: vec![0.0; d.t * m],
-            gx_all: vec![0.0; d.t * dw],
+            gh_all: vec![0.0; d.t * dv],
+            delta_all: vec![0.0; d.t],
             b: vec![0.0; c * c],
-            gs: vec![0.0; m * dw],
-            tmp2: vec![0.0; c * dw],
+            gs: vec![0.0; m * dv],
+            gp: vec![0.0; m],
+            tmp2: vec![0.0; c * dv],
             dlq: vec![0.0; c * m],
             dlk: vec![0.0; d.t * m],
         }
@@ -565,60 +622,72 @@ struct HeadGrads<'a> {
 /// Causal backward of one head: a forward scan for dq and the in-chunk parts, a reverse scan over
 /// the later queries' memory for dk and dv.
 fn head_backward_causal(x: &mut HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, d: &KernelDims) {
-    let (m, dv, dw) = (d.m, d.dv, d.dv + 1);
+    let (m, dv) = (d.m, d.dv);
     let decay = d.decay < 1.0;
     let lg = d.decay.ln();
     let chunks = d.chunks();
     let mut scales = Vec::with_capacity(chunks.len());
-    let BackWork { work: w, fk_all, fq_all, gx_all, b, gs, tmp2, dlq, dlk } = bw;
+    let BackWork { work: w, fk_all, fq_all, gh_all, delta_all, b, gs, gp, tmp2, dlq, dlk } = bw;
     w.reset();
     for &(t0, n) in &chunks {
+        let (fq, fk) = (&mut fq_all[t0 * m..][..n * m], &mut fk_all[t0 * m..][..n * m]);
         let (lq, lk) = x.src.both(t0, n);
-        let sc = read_causal(w, lq, lk, &x.v[t0 * dv..][..n * dv], n, d);
-        let gx = &mut gx_all[t0 * dw..][..n * dw];
-        output_grad(gx, &w.nx, &x.g[t0 * dv..][..n * dv], n, dv);
-        // B = β·(gx vxᵀ) ∘ L: the gradient of the in-chunk scores                          [n,n]
-        matmul(b, n, n, dw, View::rows(gx, dw), View::transposed(&w.vx, dw), sc.beta);
+        let vc = &x.v[t0 * dv..][..n * dv];
+        let sc = read_causal(w, fq, fk, lq, lk, vc, n, d);
+        let (gh, delta) = (&mut gh_all[t0 * dv..][..n * dv], &mut delta_all[t0..][..n]);
+        output_grad(gh, delta, &w.nx, &w.den, &x.g[t0 * dv..][..n * dv], n, dv);
+        // B = β·(ĝ vᵀ − δ 1ᵀ) ∘ L: the gradient of the in-chunk scores                       [n,n]
+        matmul(b, n, n, dv, View::rows(gh, dv), View::transposed(vc, dv), sc.beta);
+        for (row, &dl) in b.chunks_exact_mut(n).zip(delta.iter()) {
+            row.iter_mut().for_each(|x| *x -= sc.beta * dl);
+        }
         causal_mask(&mut b[..n * n], n, &w.pow, decay);
-        // dφq = B φk + α γ^{i+1} gx sxᵀ                                                     [n,m]
+        // dφq = B φk + α γ^{i+1} (ĝ Hᵀ − δ pᵀ)                                              [n,m]
         let dq = &mut dlq[..n * m];
-        matmul(dq, n, m, n, View::rows(b, n), View::rows(&w.fk, m), 1.0);
+        matmul(dq, n, m, n, View::rows(b, n), View::rows(fk, m), 1.0);
         if sc.alpha > 0.0 {
             if decay {
-                matmul(&mut w.tmp, n, m, dw, View::rows(gx, dw), View::transposed(&w.sx, dw), sc.alpha);
+                matmul(&mut w.tmp, n, m, dv, View::rows(gh, dv), View::transposed(&w.h, dv), sc.alpha);
                 for (i, (o, t)) in dq.chunks_exact_mut(m).zip(w.tmp.chunks_exact(m)).enumerate() {
-                    o.iter_mut().zip(t).for_each(|(o, t)| *o += t * w.pow[i + 1]);
+                    axpy(o, w.pow[i + 1], t);
+                    axpy(o, -sc.alpha * w.pow[i + 1] * delta[i], &w.p);
                 }
             } else {
-                matmul_acc(dq, n, m, dw, View::rows(gx, dw), View::transposed(&w.sx, dw), Some(1.0), sc.alpha);
+                matmul_acc(dq, n, m, dv, View::rows(gh, dv), View::transposed(&w.h, dv), Some(1.0), sc.alpha);
+                for (o, &dl) in dq.chunks_exact_mut(m).zip(delta.iter()) {
+                    axpy(o, -sc.alpha * dl, &w.p);
+                }
             }
         }
-        through_map(dq, &w.fq[..n * m], d.map);
+        through_map(dq, fq, d.map);
         x.src.emit(t0, n, false, dq, out.q, out.omega);
         // In-chunk parts of the key side: dφk = Bᵀ φq, dv = β Aᵀ ĝ                        [n,m], [n,dv]
-        matmul(&mut dlk[t0 * m..][..n * m], n, m, n, View::rows(b, n).t(), View::rows(&w.fq, m), 1.0);
-        matmul(&mut out.v[t0 * dv..][..n * dv], n, dv, n, View::rows(&w.a, n).t(), View::strided(gx, dw), sc.beta);
-        fq_all[t0 * m..][..n * m].copy_from_slice(&w.fq[..n * m]);
-        fk_all[t0 * m..][..n * m].copy_from_slice(&w.fk[..n * m]);
+        matmul(&mut dlk[t0 * m..][..n * m], n, m, n, View::rows(b, n).t(), View::rows(fq, m), 1.0);
+        matmul(&mut out.v[t0 * dv..][..n * dv], n, dv, n, View::rows(&w.a, n).t(), View::rows(gh, dv), sc.beta);
         scales.push(sc);
-        write_chunk(&mut w.sx, &mut w.r, &mut w.fw, &w.fk, &w.vx, &w.pow, n, d, sc.s);
+        write_chunk(w, fk, vc, n, d, sc.s);
     }
-    // Reverse scan: gs = Σ_{t after the chunk} γ^{t − last} e^{−common_t} φq_t gx_tᵀ, relative to e^q.
+    // Reverse scan: [gs | gp] = Σ_{t after the chunk} γ^{t − last} e^{−common_t} φq_t [ĝ_t | −δ_t]ᵀ,
+    // relative to e^q.
     gs.fill(0.0);
+    gp.fill(0.0);
     let mut q = NEG;
     for (&(t0, n), sc) in chunks.iter().zip(&scales).rev() {
-        let (fk, fq, gx) = (&fk_all[t0 * m..][..n * m], &fq_all[t0 * m..][..n * m], &gx_all[t0 * dw..][..n * dw]);
+        let (fk, fq) = (&fk_all[t0 * m..][..n * m], &fq_all[t0 * m..][..n * m]);
+        let (gh, delta) = (&gh_all[t0 * dv..][..n * dv], &delta_all[t0..][..n]);
+        let vc = &x.v[t0 * dv..][..n * dv];
         let dk = &mut dlk[t0 * m..][..n * m];
         if q > NEG / 2.0 {
-            with_ones(&mut w.vx[..n * dw], &x.v[t0 * dv..][..n * dv], dv);
             // key κ reads the later queries with weight e^{s + q} γ^{n−1−κ}
-            matmul(&mut w.tmp, n, m, dw, View::rows(&w.vx, dw), View::transposed(gs, dw), 1.0); // [n,m] vx gsᵀ
-            matmul(tmp2, n, dw, m, View::rows(fk, m), View::rows(gs, dw), 1.0); //                   [n,dw] φk gs
+            matmul(&mut w.tmp, n, m, dv, View::rows(vc, dv), View::transposed(gs, dv), 1.0); // [n,m] v gsᵀ
+            matmul(tmp2, n, dv, m, View::rows(fk, m), View::rows(gs, dv), 1.0); //               [n,dv] φk gs
             let dvc = &mut out.v[t0 * dv..][..n * dv];
             for k in 0..n {
                 let coef = exp_approx(sc.s + q + (n - 1 - k) as f32 * lg);
-                dk[k * m..][..m].iter_mut().zip(&w.tmp[k * m..][..m]).for_each(|(o, t)| *o += coef * t);
-                dvc[k * dv..][..dv].iter_mut().zip(&tmp2[k * dw..][..dv]).for_each(|(o, t)| *o += coef * t);
+                let dkr = &mut dk[k * m..][..m];
+                axpy(dkr, coef, &w.tmp[k * m..][..m]);
+                axpy(dkr, coef, gp);
+                axpy(&mut dvc[k * dv..][..dv], coef, &tmp2[k * dv..][..dv]);
             }
         }
         through_map(dk, fk, d.map);
@@ -632,54 +701,67 @@ fn head_backward_causal(x: &mut HeadInputs, out: &mut HeadGrads, bw: &mut BackWo
         let aged = q + n as f32 * lg;
         let top = -sc.common + lg;
         let q_new = aged.max(top);
+        let keep = exp_approx(aged - q_new);
+        gp.iter_mut().for_each(|x| *x *= keep);
         for (i, (wrow, frow)) in w.fw.chunks_exact_mut(m).zip(fq.chunks_exact(m)).take(n).enumerate() {
             let scale = exp_approx(-sc.common + (i + 1) as f32 * lg - q_new);
             wrow.iter_mut().zip(frow).for_each(|(o, f)| *o = f * scale);
+            axpy(gp, -delta[i], wrow);
         }
-        matmul_acc(gs, m, dw, n, View::transposed(&w.fw, m), View::rows(gx, dw), Some(exp_approx(aged - q_new)), 1.0);
+        matmul_acc(gs, m, dv, n, View::transposed(&w.fw, m), View::rows(gh, dv), Some(keep), 1.0);
         q = q_new;
     }
 }
 
-/// Bidirectional backward of one head: the memory of all keys, then all queries' gs = Σ φq gxᵀ.
+/// Bidirectional backward of one head: the memory of all keys, then all queries' [gs | gp].
 fn head_backward_bidirectional(x: &mut HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, d: &KernelDims) {
-    let (m, dv, dw) = (d.m, d.dv, d.dv + 1);
+    let (m, dv) = (d.m, d.dv);
     let lg = d.decay.ln();
     let chunks = d.chunks();
     let mut key_scales = Vec::with_capacity(chunks.len());
-    let BackWork { work: w, fk_all, gx_all, gs, tmp2, dlq, dlk, .. } = bw;
+    let BackWork { work: w, fk_all, fq_all, gh_all, delta_all, gs, gp, tmp2, dlq, dlk, .. } = bw;
     w.reset();
     for &(t0, n) in &chunks {
         let fk = &mut fk_all[t0 * m..][..n * m];
         let s = key_activity(fk, x.src.side(t0, n, true), d.map);
-        with_ones(&mut w.vx[..n * dw], &x.v[t0 * dv..][..n * dv], dv);
-        write_chunk(&mut w.sx, &mut w.r, &mut w.fw, fk, &w.vx, &w.pow, n, d, s);
+        write_chunk(w, fk, &x.v[t0 * dv..][..n * dv], n, d, s);
         key_scales.push(s);
     }
     gs.fill(0.0);
+    gp.fill(0.0);
     for &(t0, n) in &chunks {
-        query_activity(&mut w.fq[..n * m], x.src.side(t0, n, false), m, d.map);
-        matmul(&mut w.nx, n, dw, m, View::rows(&w.fq, m), View::rows(&w.sx, dw), 1.0);
-        let gx = &mut gx_all[t0 * dw..][..n * dw];
-        output_grad(gx, &w.nx, &x.g[t0 * dv..][..n * dv], n, dv);
+        let fq = &mut fq_all[t0 * m..][..n * m];
+        query_activity(fq, x.src.side(t0, n, false), m, d.map);
+        matmul(&mut w.nx, n, dv, m, View::rows(fq, m), View::rows(&w.h, dv), 1.0);
+        for (den, f) in w.den.iter_mut().zip(fq.chunks_exact(m)).take(n) {
+            *den = dot(f, &w.p);
+        }
+        let (gh, delta) = (&mut gh_all[t0 * dv..][..n * dv], &mut delta_all[t0..][..n]);
+        output_grad(gh, delta, &w.nx, &w.den, &x.g[t0 * dv..][..n * dv], n, dv);
         let dq = &mut dlq[..n * m];
-        matmul(dq, n, m, dw, View::rows(gx, dw), View::transposed(&w.sx, dw), 1.0); // [n,m] gx sxᵀ
-        through_map(dq, &w.fq[..n * m], d.map);
+        matmul(dq, n, m, dv, View::rows(gh, dv), View::transposed(&w.h, dv), 1.0); // [n,m] ĝ Hᵀ − δ pᵀ
+        for (o, &dl) in dq.chunks_exact_mut(m).zip(delta.iter()) {
+            axpy(o, -dl, &w.p);
+        }
+        through_map(dq, fq, d.map);
         x.src.emit(t0, n, false, dq, out.q, out.omega);
-        matmul_acc(gs, m, dw, n, View::transposed(&w.fq, m), View::rows(gx, dw), Some(1.0), 1.0);
+        matmul_acc(gs, m, dv, n, View::transposed(fq, m), View::rows(gh, dv), Some(1.0), 1.0);
+        for (f, &dl) in fq.chunks_exact(m).zip(delta.iter()) {
+            axpy(gp, -dl, f);
+        }
     }
     let t = d.t;
     for (&(t0, n), &s) in chunks.iter().zip(&key_scales) {
         let fk = &fk_all[t0 * m..][..n * m];
-        with_ones(&mut w.vx[..n * dw], &x.v[t0 * dv..][..n * dv], dv);
-        matmul(&mut w.tmp, n, m, dw, View::rows(&w.vx, dw), View::transposed(gs, dw), 1.0); // [n,m] vx gsᵀ
-        matmul(tmp2, n, dw, m, View::rows(fk, m), View::rows(gs, dw), 1.0); //                   [n,dw] φk gs
+        matmul(&mut w.tmp, n, m, dv, View::rows(&x.v[t0 * dv..][..n * dv], dv), View::transposed(gs, dv), 1.0); // [n,m] v gsᵀ
+        matmul(tmp2, n, dv, m, View::rows(fk, m), View::rows(gs, dv), 1.0); //                                 [n,dv] φk gs
         let dk = &mut dlk[t0 * m..][..n * m];
         let dvc = &mut out.v[t0 * dv..][..n * dv];
         for k in 0..n {
             let coef = exp_approx(s - w.r + (t - 1 - t0 - k) as f32 * lg);
-            dk[k * m..][..m].iter_mut().zip(&w.tmp[k * m..][..m]).for_each(|(o, t)| *o = coef * t);
-            dvc[k * dv..][..dv].iter_mut().zip(&tmp2[k * dw..][..dv]).for_each(|(o, t)| *o = coef * t);
+            let dkr = &mut dk[k * m..][..m];
+            dkr.iter_mut().zip(&w.tmp[k * m..][..m]).zip(gp.iter()).for_each(|((o, t), g)| *o = coef * (t + g));
+            dvc[k * dv..][..dv].iter_mut().zip(&tmp2[k * dv..][..dv]).for_each(|(o, t)| *o = coef * t);
         }
         through_map(dk, fk, d.map);
         x.src.emit(t0, n, true, dk, out.k, out.omega);
@@ -754,7 +836,7 @@ fn backward_with<'a>(
         v: vec![0.0; d.heads * t * dv],
     };
     let mut domega = vec![0f32; d.heads * omega_len];
-    if t == 0 {
+    if t == 0 || dv == 0 {
         return (grads, domega);
     }
     let omega_chunks: Vec<&mut [f32]> = if omega_len == 0 {
