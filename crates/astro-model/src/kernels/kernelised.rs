@@ -32,12 +32,45 @@
 
 use rayon::prelude::*;
 
-use super::cpu::{View, dot, dot_inline, exp_approx, exp_sub_block, matmul, matmul_acc};
+use super::cpu::{View, dot_inline, exp_approx, exp_sub_block, matmul, matmul_acc};
 
 /// Denominators below this magnitude are underflows: output 0 and no gradient (as `safe_div`).
 const TINY: f32 = 1.0e-30;
 /// The log-scale of an empty memory.
 const NEG: f32 = -1.0e30;
+
+/// Defines `fn $name(args…)` that runs `$body(args…)` (an `#[inline(always)]` function) compiled
+/// for AVX-512, else AVX2 + FMA, where the CPU has them, else as built. The crate is built for
+/// baseline x86-64, where the element-wise loops between the matrix products (maps, masks,
+/// rescaling, row sums) would run four lanes wide and `mul_add` would call libm; inlined into these
+/// copies they use the wide registers.
+macro_rules! wide {
+    ($(#[$doc:meta])* fn $name:ident => $body:ident($($arg:ident: $ty:ty),*)) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports the features the function is compiled for (checked above).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
 
 /// What the query and key inputs hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,6 +244,7 @@ fn elu_plus_one(dst: &mut [f32], src: &[f32]) {
 }
 
 /// Query-side activity of rows `[n, m]`: e^{l − max of the row} (log inputs), elu(x) + 1, or a copy.
+#[inline(always)]
 fn query_activity(dst: &mut [f32], src: &[f32], m: usize, map: Activation) {
     match map {
         Activation::Exp => {
@@ -227,6 +261,7 @@ fn query_activity(dst: &mut [f32], src: &[f32], m: usize, map: Activation) {
 /// the activity itself with s = 0. Returns s. Padded keys arrive silenced (log-activity [`NEG`],
 /// activity 0): they never set s, and a chunk of nothing but padding writes zeros with s = NEG, so
 /// that it neither rescales the memory nor adds to it.
+#[inline(always)]
 fn key_activity(dst: &mut [f32], src: &[f32], map: Activation) -> f32 {
     match map {
         Activation::Exp => {
@@ -250,6 +285,7 @@ fn key_activity(dst: &mut [f32], src: &[f32], map: Activation) -> f32 {
 }
 
 /// Keeps the lower triangle (κ ≤ i) of `a` `[n, n]`, weighted by γ^{i−κ}.
+#[inline(always)]
 fn causal_mask(a: &mut [f32], n: usize, pow: &[f32], decay: bool) {
     for (i, row) in a.chunks_exact_mut(n).enumerate() {
         row[i + 1..].fill(0.0);
@@ -262,6 +298,7 @@ fn causal_mask(a: &mut [f32], n: usize, pow: &[f32], decay: bool) {
 /// Writes a chunk of keys into the memory: H ← γ^n H + Σ_κ γ^{n−1−κ} φk_κ v_κᵀ (`[m, dv]`) and
 /// p ← γ^n p + Σ_κ γ^{n−1−κ} φk_κ, with the chunk's activity `fk` `[n, m]` relative to e^s and the
 /// memory rescaled to the larger scale. Returns nothing; `w.r` becomes the new scale.
+#[inline(always)]
 fn write_chunk(w: &mut Work, fk: &[f32], v: &[f32], n: usize, d: &KernelDims, s: f32) {
     let (m, dv) = (d.m, d.dv);
     let aged = w.r + n as f32 * d.decay.ln();
@@ -299,6 +336,7 @@ struct ChunkScales {
 /// Reads one causal chunk (queries `lq`, keys `lk` `[n, m]`, values `v` `[n, dv]`) against the
 /// memory before it: activities into `fq`/`fk` `[n, m]`, masked scores into `w.a`, numerators into
 /// `w.nx` and denominators into `w.den`.
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn read_causal(
     w: &mut Work,
@@ -335,7 +373,7 @@ fn read_causal(
         }
         for (i, (den, f)) in w.den.iter_mut().zip(fq.chunks_exact(m)).take(n).enumerate() {
             let age = if decay { w.pow[i + 1] } else { 1.0 };
-            *den += alpha * age * dot(f, &w.p);
+            *den += alpha * age * dot_inline(f, &w.p);
         }
     }
     ChunkScales { s, common, alpha, beta }
@@ -343,6 +381,7 @@ fn read_causal(
 
 /// y = numerator / denominator per row (`nx` `[n, dv]`, `den` `[n]`; 0 where the denominator
 /// underflowed).
+#[inline(always)]
 fn divide(nx: &[f32], den: &[f32], y: &mut [f32], n: usize, dv: usize) {
     for ((o, row), &den) in y.chunks_exact_mut(dv).zip(nx.chunks_exact(dv)).zip(den).take(n) {
         if den.abs() < TINY {
@@ -356,6 +395,7 @@ fn divide(nx: &[f32], den: &[f32], y: &mut [f32], n: usize, dv: usize) {
 
 /// ĝ = g/den and δ = ĝ·y per row, from the read-out (`nx` `[n, dv]`, `den` `[n]`) and the output
 /// gradient `g` `[n, dv]`: the gradient of the numerators is ĝ, of the denominator −δ.
+#[inline(always)]
 fn output_grad(gh: &mut [f32], delta: &mut [f32], nx: &[f32], den: &[f32], g: &[f32], n: usize, dv: usize) {
     let rows = gh.chunks_exact_mut(dv).zip(delta.iter_mut()).zip(nx.chunks_exact(dv)).zip(den).zip(g.chunks_exact(dv));
     for ((((gh, delta), row), &den), g) in rows.take(n) {
@@ -372,6 +412,7 @@ fn output_grad(gh: &mut [f32], delta: &mut [f32], nx: &[f32], den: &[f32], g: &[
 
 /// From dφ to the inputs' gradient in place: dl = dφ ⊙ φ (log inputs), dx = dφ ⊙ min(φ, 1)
 /// (elu+1), unchanged for activities.
+#[inline(always)]
 fn through_map(grad: &mut [f32], activity: &[f32], map: Activation) {
     match map {
         Activation::Exp => grad.iter_mut().zip(activity).for_each(|(g, f)| *g *= f),
@@ -405,6 +446,7 @@ impl<'a> Source<'a> {
     }
 
     /// Queries (`keys` false) or keys of tokens `t0..t0 + n`, `[n, m]`.
+    #[inline(always)]
     fn side(&mut self, t0: usize, n: usize, keys: bool) -> &[f32] {
         match self {
             Source::Given { lq, lk, m } => &(if keys { lk } else { lq })[t0 * *m..][..n * *m],
@@ -417,6 +459,7 @@ impl<'a> Source<'a> {
     }
 
     /// Queries and keys of tokens `t0..t0 + n`, each `[n, m]`.
+    #[inline(always)]
     fn both(&mut self, t0: usize, n: usize) -> (&[f32], &[f32]) {
         match self {
             Source::Given { lq, lk, m } => (&lq[t0 * *m..][..n * *m], &lk[t0 * *m..][..n * *m]),
@@ -434,6 +477,7 @@ impl Source<'_> {
     /// the inputs: a copy into `out` `[T, m]` for given inputs; for the positive map
     /// l = x̃ Ωᵀ − ‖x̃‖²/2 − ½ ln m, x̃ = x / D^{1/4}:
     /// dx = D^{-1/4} (dl Ω − x̃ Σ_μ dl_μ) into `out` `[T, D]`, and dΩ += dlᵀ x̃ into `omega` `[m, D]`.
+    #[inline(always)]
     fn emit(&mut self, t0: usize, n: usize, keys: bool, dl: &[f32], out: &mut [f32], omega: &mut [f32]) {
         match self {
             Source::Given { m, .. } => out[t0 * *m..][..n * *m].copy_from_slice(&dl[..n * *m]),
@@ -460,6 +504,7 @@ impl Source<'_> {
 
 /// The positive map's log-activity for rows of head vectors `x` `[n, D]` with this head's Ω `[m, D]`:
 /// `dst` `[n, m]` = x̃ Ωᵀ − (‖x̃‖²/2 + ½ ln m) per row, x̃ = x / D^{1/4} (`xs`: scratch ≥ n·D).
+#[inline(always)]
 fn positive_rows(dst: &mut [f32], x: &[f32], omega: &[f32], xs: &mut [f32], width: usize) {
     let (n, m) = (x.len() / width.max(1), omega.len() / width.max(1));
     let scale = (width as f32).powf(-0.25);
@@ -468,20 +513,25 @@ fn positive_rows(dst: &mut [f32], x: &[f32], omega: &[f32], xs: &mut [f32], widt
     if n == 1 {
         // One token (decoding): m dot products beat a matrix product's setup.
         for (o, row) in dst.iter_mut().zip(omega.chunks_exact(width)) {
-            *o = dot(row, xs);
+            *o = dot_inline(row, xs);
         }
     } else {
         matmul(dst, n, m, width, View::rows(xs, width), View::transposed(omega, width), 1.0); // [n,m] x̃ Ωᵀ
     }
     let half_ln_m = 0.5 * (m as f32).ln();
     for (row, xr) in dst.chunks_exact_mut(m).zip(xs.chunks_exact(width)) {
-        let c = 0.5 * dot(xr, xr) + half_ln_m;
+        let c = 0.5 * dot_inline(xr, xr) + half_ln_m;
         row.iter_mut().for_each(|l| *l -= c);
     }
 }
 
-/// Forward of one head: inputs from `src`, `v` `[T, dv]` → `y` `[T, dv]`.
-fn head_forward(src: &mut Source, v: &[f32], y: &mut [f32], w: &mut Work, acts: &mut Acts, d: &KernelDims) {
+wide! {
+    /// Forward of one head: inputs from `src`, `v` `[T, dv]` → `y` `[T, dv]`.
+    fn head_forward => head_forward_body(src: &mut Source, v: &[f32], y: &mut [f32], w: &mut Work, acts: &mut Acts, d: &KernelDims)
+}
+
+#[inline(always)]
+fn head_forward_body(src: &mut Source, v: &[f32], y: &mut [f32], w: &mut Work, acts: &mut Acts, d: &KernelDims) {
     let (m, dv) = (d.m, d.dv);
     let Acts { fq, fk } = acts;
     w.reset();
@@ -504,7 +554,7 @@ fn head_forward(src: &mut Source, v: &[f32], y: &mut [f32], w: &mut Work, acts: 
         query_activity(&mut fq[..n * m], src.side(t0, n, false), m, d.map);
         matmul(&mut w.nx, n, dv, m, View::rows(fq, m), View::rows(&w.h, dv), 1.0);
         for (den, f) in w.den.iter_mut().zip(fq.chunks_exact(m)).take(n) {
-            *den = dot(f, &w.p);
+            *den = dot_inline(f, &w.p);
         }
         divide(&w.nx, &w.den, &mut y[t0 * dv..][..n * dv], n, dv);
     }
@@ -619,9 +669,14 @@ struct HeadGrads<'a> {
     omega: &'a mut [f32],
 }
 
-/// Causal backward of one head: a forward scan for dq and the in-chunk parts, a reverse scan over
-/// the later queries' memory for dk and dv.
-fn head_backward_causal(x: &mut HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, d: &KernelDims) {
+wide! {
+    /// Causal backward of one head: a forward scan for dq and the in-chunk parts, a reverse scan
+    /// over the later queries' memory for dk and dv.
+    fn head_backward_causal => head_backward_causal_body(x: &mut HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, d: &KernelDims)
+}
+
+#[inline(always)]
+fn head_backward_causal_body(x: &mut HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, d: &KernelDims) {
     let (m, dv) = (d.m, d.dv);
     let decay = d.decay < 1.0;
     let lg = d.decay.ln();
@@ -713,8 +768,13 @@ fn head_backward_causal(x: &mut HeadInputs, out: &mut HeadGrads, bw: &mut BackWo
     }
 }
 
-/// Bidirectional backward of one head: the memory of all keys, then all queries' [gs | gp].
-fn head_backward_bidirectional(x: &mut HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, d: &KernelDims) {
+wide! {
+    /// Bidirectional backward of one head: the memory of all keys, then all queries' [gs | gp].
+    fn head_backward_bidirectional => head_backward_bidirectional_body(x: &mut HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, d: &KernelDims)
+}
+
+#[inline(always)]
+fn head_backward_bidirectional_body(x: &mut HeadInputs, out: &mut HeadGrads, bw: &mut BackWork, d: &KernelDims) {
     let (m, dv) = (d.m, d.dv);
     let lg = d.decay.ln();
     let chunks = d.chunks();
@@ -734,7 +794,7 @@ fn head_backward_bidirectional(x: &mut HeadInputs, out: &mut HeadGrads, bw: &mut
         query_activity(fq, x.src.side(t0, n, false), m, d.map);
         matmul(&mut w.nx, n, dv, m, View::rows(fq, m), View::rows(&w.h, dv), 1.0);
         for (den, f) in w.den.iter_mut().zip(fq.chunks_exact(m)).take(n) {
-            *den = dot(f, &w.p);
+            *den = dot_inline(f, &w.p);
         }
         let (gh, delta) = (&mut gh_all[t0 * dv..][..n * dv], &mut delta_all[t0..][..n]);
         output_grad(gh, delta, &w.nx, &w.den, &x.g[t0 * dv..][..n * dv], n, dv);
