@@ -297,7 +297,7 @@ fn causal_mask(a: &mut [f32], n: usize, pow: &[f32], decay: bool) {
 
 /// Writes a chunk of keys into the memory: H ← γ^n H + Σ_κ γ^{n−1−κ} φk_κ v_κᵀ (`[m, dv]`) and
 /// p ← γ^n p + Σ_κ γ^{n−1−κ} φk_κ, with the chunk's activity `fk` `[n, m]` relative to e^s and the
-/// memory rescaled to the larger scale. Returns nothing; `w.r` becomes the new scale.
+/// memory rescaled to the larger scale (`w.r` becomes the new scale).
 #[inline(always)]
 fn write_chunk(w: &mut Work, fk: &[f32], v: &[f32], n: usize, d: &KernelDims, s: f32) {
     let (m, dv) = (d.m, d.dv);
@@ -365,7 +365,7 @@ fn read_causal(
     if alpha > 0.0 {
         if decay {
             matmul(&mut w.tmp, n, dv, m, View::rows(fq, m), View::rows(&w.h, dv), alpha);
-            for (i, (o, t)) in w.nx.chunks_exact_mut(dv.max(1)).zip(w.tmp.chunks_exact(dv.max(1))).take(n).enumerate() {
+            for (i, (o, t)) in w.nx.chunks_exact_mut(dv).zip(w.tmp.chunks_exact(dv)).take(n).enumerate() {
                 axpy(o, w.pow[i + 1], t);
             }
         } else {
@@ -377,6 +377,17 @@ fn read_causal(
         }
     }
     ChunkScales { s, common, alpha, beta }
+}
+
+/// Reads the whole memory (bidirectional): numerators φq H into `w.nx`, denominators φq·p into
+/// `w.den`, for queries `fq` `[n, m]`.
+#[inline(always)]
+fn read_memory(w: &mut Work, fq: &[f32], n: usize, d: &KernelDims) {
+    let (m, dv) = (d.m, d.dv);
+    matmul(&mut w.nx, n, dv, m, View::rows(fq, m), View::rows(&w.h, dv), 1.0);
+    for (den, f) in w.den.iter_mut().zip(fq.chunks_exact(m)).take(n) {
+        *den = dot_inline(f, &w.p);
+    }
 }
 
 /// y = numerator / denominator per row (`nx` `[n, dv]`, `den` `[n]`; 0 where the denominator
@@ -431,9 +442,8 @@ enum Source<'a> {
         q: &'a [f32],
         k: &'a [f32],
         omega: &'a [f32],
-        /// Ωᵀ `[D, m]`: the features' product x̃ Ωᵀ with a row-major right operand ran at 85
-        /// GFLOP/s on one core against 61 through a transposed view (`gemm` 0.19, 32 × 256 × 32).
-        omega_t: Vec<f32>,
+        /// Ωᵀ `[D, m]` (see [`transpose_heads`]).
+        omega_t: &'a [f32],
         width: usize,
         m: usize,
         xs: Vec<f32>,
@@ -443,15 +453,32 @@ enum Source<'a> {
 }
 
 impl<'a> Source<'a> {
-    fn positive(q: &'a [f32], k: &'a [f32], omega: &'a [f32], width: usize, m: usize, chunk: usize) -> Self {
+    /// Head `head` of the positive map: its rows of `q`, `k` `[heads, T, D]`, and Ω, Ωᵀ of head
+    /// `head mod H` from `omega` `[H, m, D]` and `omega_t` `[H, D, m]` (D = `width`).
+    fn positive(
+        q: &'a [f32],
+        k: &'a [f32],
+        omega: &'a [f32],
+        omega_t: &'a [f32],
+        width: usize,
+        head: usize,
+        d: &KernelDims,
+    ) -> Self {
+        let (t, m, chunk) = (d.t, d.m, d.chunk_len());
+        let per_head = m * width;
+        let row = head % (omega.len() / per_head.max(1)).max(1);
         let (xs, lq, lk) = (vec![0.0; chunk * width], vec![0.0; chunk * m], vec![0.0; chunk * m]);
-        let mut omega_t = vec![0.0; omega.len()];
-        for (i, row) in omega.chunks_exact(width.max(1)).enumerate() {
-            for (j, &x) in row.iter().enumerate() {
-                omega_t[j * m + i] = x;
-            }
+        Source::Positive {
+            q: &q[head * t * width..][..t * width],
+            k: &k[head * t * width..][..t * width],
+            omega: &omega[row * per_head..][..per_head],
+            omega_t: &omega_t[row * per_head..][..per_head],
+            width,
+            m,
+            xs,
+            lq,
+            lk,
         }
-        Source::Positive { q, k, omega, omega_t, width, m, xs, lq, lk }
     }
 
     /// Queries (`keys` false) or keys of tokens `t0..t0 + n`, `[n, m]`.
@@ -511,6 +538,24 @@ impl Source<'_> {
     }
 }
 
+/// Ωᵀ of every head, `[H, D, m]`, from `omega` `[H, m, D]`: built once per call, because the
+/// features' product x̃ Ωᵀ with a row-major right operand ran at 85 GFLOP/s on one core against 61
+/// through a transposed view of Ω (`gemm` 0.19, 32 × 256 × 32).
+fn transpose_heads(omega: &[f32], m: usize, width: usize) -> Vec<f32> {
+    let mut omega_t = vec![0.0; omega.len()];
+    if m * width == 0 {
+        return omega_t;
+    }
+    for (dst, src) in omega_t.chunks_exact_mut(m * width).zip(omega.chunks_exact(m * width)) {
+        for (i, row) in src.chunks_exact(width).enumerate() {
+            for (j, &x) in row.iter().enumerate() {
+                dst[j * m + i] = x;
+            }
+        }
+    }
+    omega_t
+}
+
 /// The positive map's log-activity for rows of head vectors `x` `[n, D]` with this head's Ω `[m, D]`
 /// (and its transpose `omega_t` `[D, m]`): `dst` `[n, m]` = x̃ Ωᵀ − (‖x̃‖²/2 + ½ ln m) per row,
 /// x̃ = x / D^{1/4} (`xs`: scratch ≥ n·D).
@@ -562,10 +607,7 @@ fn head_forward_body(src: &mut Source, v: &[f32], y: &mut [f32], w: &mut Work, a
     }
     for (t0, n) in d.chunks() {
         query_activity(&mut fq[..n * m], src.side(t0, n, false), m, d.map);
-        matmul(&mut w.nx, n, dv, m, View::rows(fq, m), View::rows(&w.h, dv), 1.0);
-        for (den, f) in w.den.iter_mut().zip(fq.chunks_exact(m)).take(n) {
-            *den = dot_inline(f, &w.p);
-        }
+        read_memory(w, fq, n, d);
         divide(&w.nx, &w.den, &mut y[t0 * dv..][..n * dv], n, dv);
     }
 }
@@ -604,13 +646,11 @@ pub(super) fn forward_positive(
     if t == 0 || dv == 0 || per_head == 0 {
         return y;
     }
-    let heads_per_row = (omega.len() / per_head).max(1);
+    let omega_t = transpose_heads(omega, m, width);
     y.par_chunks_mut(t * dv).enumerate().for_each_init(
         || (Work::new(&d), Acts::new(&d)),
         |(w, acts), (head, yh)| {
-            let om = &omega[(head % heads_per_row) * per_head..][..per_head];
-            let (qh, kh) = (&q[head * t * width..][..t * width], &k[head * t * width..][..t * width]);
-            let mut src = Source::positive(qh, kh, om, width, m, d.chunk_len());
+            let mut src = Source::positive(q, k, omega, &omega_t, width, head, &d);
             head_forward(&mut src, &v[head * t * dv..][..t * dv], yh, w, acts, &d);
         },
     );
@@ -802,10 +842,7 @@ fn head_backward_bidirectional_body(x: &mut HeadInputs, out: &mut HeadGrads, bw:
     for &(t0, n) in &chunks {
         let fq = &mut fq_all[t0 * m..][..n * m];
         query_activity(fq, x.src.side(t0, n, false), m, d.map);
-        matmul(&mut w.nx, n, dv, m, View::rows(fq, m), View::rows(&w.h, dv), 1.0);
-        for (den, f) in w.den.iter_mut().zip(fq.chunks_exact(m)).take(n) {
-            *den = dot_inline(f, &w.p);
-        }
+        read_memory(w, fq, n, d);
         let (gh, delta) = (&mut gh_all[t0 * dv..][..n * dv], &mut delta_all[t0..][..n]);
         output_grad(gh, delta, &w.nx, &w.den, &x.g[t0 * dv..][..n * dv], n, dv);
         let dq = &mut dlq[..n * m];
@@ -861,20 +898,11 @@ pub(super) fn backward_positive(
     omega_grad: bool,
     d: KernelDims,
 ) -> (KernelGrads, Vec<f32>) {
-    let (t, m) = (d.t, d.m);
+    let m = d.m;
     let per_head = m * width;
     let rows = (omega.len() / per_head.max(1)).max(1);
-    let source = |head: usize| {
-        let om = &omega[(head % rows) * per_head..][..per_head];
-        Source::positive(
-            &q[head * t * width..][..t * width],
-            &k[head * t * width..][..t * width],
-            om,
-            width,
-            m,
-            d.chunk_len(),
-        )
-    };
+    let omega_t = transpose_heads(omega, m, width);
+    let source = |head: usize| Source::positive(q, k, omega, &omega_t, width, head, &d);
     let (grads, per_head_omega) = backward_with(source, width, if omega_grad { per_head } else { 0 }, v, g, &d);
     if !omega_grad {
         return (grads, Vec::new());
