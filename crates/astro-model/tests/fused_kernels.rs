@@ -181,3 +181,32 @@ fn fused_exp_sub_matches_the_composition_and_treats_the_shift_as_constant() {
     let ours = astro_model::kernels::exp_sub(x.clone(), middle.clone());
     assert!(err(&ours, &(x - middle).exp()) < 1e-6);
 }
+
+#[test]
+fn fused_rotary_matches_burn_with_gradients() {
+    use burn::nn::RotaryEncodingConfig;
+    let dev = device();
+    let ad = dev.clone().autodiff();
+    let rope = RotaryEncodingConfig::new(64, 8).init(&ad);
+    let x = normal4([2, 3, 17, 8], 1.5, 11, DType::F32, &ad).require_grad();
+    let w = normal4([2, 3, 17, 8], 1.0, 12, DType::F32, &ad);
+    // Contiguous heads, and heads as a view of [B,T,H,D] (how the attention layer splits them);
+    // each backward consumes its graph, so every path builds its own input.
+    let input = |strided: bool| if strided { x.clone().swap_dims(1, 2).swap_dims(1, 2) } else { x.clone() };
+    for (strided, start) in [(false, 0), (false, 5), (true, 40)] {
+        let ours = astro_model::kernels::rotary(&rope, input(strided), start);
+        let theirs = rope.apply(input(strided), start);
+        assert!(err(&ours, &theirs) < 1e-6, "start {start}: values differ by {:e}", err(&ours, &theirs));
+        let g_ours = x.grad(&(ours * w.clone()).sum().backward()).expect("gradient");
+        let g_theirs = x.grad(&(theirs * w.clone()).sum().backward()).expect("gradient");
+        assert!(err(&g_ours, &g_theirs) < 1e-6, "start {start}: gradients differ by {:e}", err(&g_ours, &g_theirs));
+    }
+    // A rotation: position 0 is left as it is, every row keeps its length, later rows move.
+    let x = x.inner();
+    let y = astro_model::kernels::rotary(&RotaryEncodingConfig::new(64, 8).init(&dev), x.clone(), 0);
+    let first = |t: &Tensor<4>| t.clone().narrow(2, 0, 1);
+    assert!(err(&first(&y), &first(&x)) < 1e-7, "position 0 is not the identity");
+    let norms = |t: &Tensor<4>| (t.clone() * t.clone()).sum_dim(3);
+    assert!(err(&norms(&y), &norms(&x)) < 1e-5, "a rotation changed a row's length");
+    assert!(err(&y, &x) > 1e-2, "later positions left the input unchanged");
+}

@@ -6,7 +6,7 @@ use burn::nn::{Linear, LinearConfig, RotaryEncoding};
 use burn::tensor::{Device, Distribution, Tensor};
 
 use super::{Attention, AttentionConfig, AttentionMask, AttentionState, InnerAttention, NormaliserTrace};
-use crate::kernels::linear_rows;
+use crate::kernels::{self, linear_rows};
 
 /// Multi-head attention with a pluggable inner attention.
 #[derive(Module, Debug)]
@@ -183,7 +183,7 @@ impl AttentionLayer {
         };
         let (q, k, v) = (self.split(q), self.split(k), self.split(v));
         match rope {
-            Some(r) => (r.apply(q, start), r.apply(k, start), v, tail),
+            Some(r) => (kernels::rotary(r, q, start), kernels::rotary(r, k, start), v, tail),
             None => (q, k, v, tail),
         }
     }

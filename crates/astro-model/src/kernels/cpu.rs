@@ -529,6 +529,30 @@ pub(super) fn gelu_backward(x: &[f32], g: &[f32]) -> Vec<f32> {
     out
 }
 
+/// Rows per parallel task of [`rotary`].
+const ROTARY_ROWS: usize = 64;
+
+/// Rotary positions on `x` `[n, T, D]`, pairs (x₂ᵢ, x₂ᵢ₊₁) as Burn's `RotaryEncoding` pairs them:
+/// at position t, pair i becomes (a·cos θ − b·sin θ, a·sin θ + b·cos θ) with (cos θ, sin θ) =
+/// `freq[t, 2i, ..]` (`freq` `[T, D, 2]`, Burn's `freq_complex` rows). `inverse` rotates by −θ:
+/// the backward, since a rotation's transpose is its inverse.
+pub(super) fn rotary(x: &[f32], freq: &[f32], t: usize, d: usize, inverse: bool) -> Vec<f32> {
+    let sign = if inverse { -1.0 } else { 1.0 };
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(ROTARY_ROWS * d).zip(x.par_chunks(ROTARY_ROWS * d)).enumerate().for_each(|(c, (o, x))| {
+        for (r, (o, x)) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
+            let pos = (c * ROTARY_ROWS + r) % t;
+            let f = &freq[pos * 2 * d..(pos + 1) * 2 * d]; // [D, 2]
+            for ((o, x), f) in o.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(f.chunks_exact(4)) {
+                let (a, b, cos, sin) = (x[0], x[1], f[0], sign * f[1]);
+                o[0] = a * cos - b * sin;
+                o[1] = a * sin + b * cos;
+            }
+        }
+    });
+    out
+}
+
 /// Rows per parallel task of the LayerNorm kernels.
 const ROWS: usize = 64;
 

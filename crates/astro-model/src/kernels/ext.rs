@@ -210,6 +210,13 @@ pub trait FusedOps: Backend {
         Self::float_exp(Self::float_sub(x, shift))
     }
 
+    /// Rotary positions on `x` `[.., T, D]` with `freq` `[T, D, 2]` (cos θ, sin θ per position and
+    /// dimension: rows of Burn's `RotaryEncoding::freq_complex`); `inverse` rotates by −θ. No
+    /// gradient flows to `freq` (a constant). The default body is Burn's own composition.
+    fn fused_rotary(x: FloatTensor<Self>, freq: FloatTensor<Self>, inverse: bool) -> FloatTensor<Self> {
+        rotary_reference::<Self>(x, freq, inverse)
+    }
+
     /// Exact GELU, x·Φ(x), element-wise (any shape).
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::gelu(x)
@@ -261,6 +268,26 @@ fn reference_backward<B: Backend>(
     let dq = B::float_matmul(ds.clone(), k); //                                     [B,H,T,D]
     let dk = B::float_matmul(B::float_transpose(ds), q); //                         [B,H,S,D]
     AttentionGrads { q: dq, k: dk, v: dv }
+}
+
+/// Rotary positions composed as `RotaryEncoding::apply` composes them: each pair (a, b) times
+/// [[1, 0, 0, 1], [0, −1, 1, 0]] gives (a, −b, b, a), whose pairs dotted with (cos θ, sin θ) are
+/// the rotated pair; the inverse uses [[1, 0, 0, −1], [0, 1, 1, 0]].
+fn rotary_reference<B: Backend>(x: FloatTensor<B>, freq: FloatTensor<B>, inverse: bool) -> FloatTensor<B> {
+    let shape = x.shape();
+    let [t, d, _] = freq.shape().dims::<3>();
+    let n = shape.num_elements() / (t * d).max(1);
+    let signs: Vec<f32> = if inverse {
+        vec![1.0, 0.0, 0.0, -1.0, 0.0, 1.0, 1.0, 0.0]
+    } else {
+        vec![1.0, 0.0, 0.0, 1.0, 0.0, -1.0, 1.0, 0.0]
+    };
+    let signs = B::float_from_data(TensorData::new(signs, [1, 1, 2, 4]), &x.device());
+    let signs = B::float_cast(signs, x.dtype().into()); //                       [1,1,2,4]
+    let pairs = B::float_reshape(x, Shape::new([n, t, d / 2, 2])); //            [N,T,D/2,2]
+    let mixed = B::float_reshape(B::float_matmul(pairs, signs), Shape::new([n, t, d, 2])); // [N,T,D,2]
+    let out = B::float_mul(mixed, B::float_reshape(freq, Shape::new([1, t, d, 2])));
+    B::float_reshape(B::float_sum_dim(out, 3), shape) //                         [.., T, D]
 }
 
 /// Whether `shift` is `x`'s shape with a (possibly empty) suffix of axes set to 1.
@@ -538,6 +565,18 @@ impl FusedOps for Flex {
         f32_tensor(out, x.shape())
     }
 
+    fn fused_rotary(x: FlexTensor, freq: FlexTensor, inverse: bool) -> FlexTensor {
+        let shape = x.shape();
+        let rank = shape.num_dims();
+        let [t, d, two] = freq.shape().dims::<3>();
+        let fits = rank >= 2 && shape[rank - 2] == t && shape[rank - 1] == d && d % 2 == 0 && two == 2;
+        if x.dtype() != DType::F32 || freq.dtype() != DType::F32 || !fits {
+            return rotary_reference::<Flex>(x, freq, inverse);
+        }
+        let (x, freq) = (x.to_contiguous(), freq.to_contiguous());
+        f32_tensor(super::cpu::rotary(view(&x), view(&freq), t, d, inverse), shape)
+    }
+
     fn fused_gelu(x: FlexTensor) -> FlexTensor {
         unary_f32(x, super::cpu::gelu, Flex::gelu)
     }
@@ -680,6 +719,18 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         exp_node::<B, C>(x, |x| B::fused_exp_sub(x, shift))
     }
 
+    fn fused_rotary(x: FloatTensor<Self>, freq: FloatTensor<Self>, inverse: bool) -> FloatTensor<Self> {
+        // Only x is a parent: the frequencies are a constant (see the trait).
+        let freq = freq.into_primitive();
+        match FusedRotaryBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let out = B::fused_rotary(x.into_primitive(), freq.clone(), inverse);
+                prep.finish((freq, inverse), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_rotary(x.into_primitive(), freq, inverse)),
+        }
+    }
+
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         match FusedGeluBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
@@ -806,6 +857,24 @@ impl<B: FusedOps> Backward<B, 1> for FusedExpBackward {
         let grad = grads.consume::<B>(&ops.node);
         if let Some(node) = node {
             grads.register::<B>(node.id, B::float_mul(grad, ops.state));
+        }
+    }
+}
+
+/// Rotary positions' graph node: the backward rotates the gradient back (by −θ).
+#[derive(Debug)]
+struct FusedRotaryBackward;
+
+impl<B: FusedOps> Backward<B, 1> for FusedRotaryBackward {
+    // The frequencies and the direction of the forward rotation.
+    type State = (FloatTensor<B>, bool);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (freq, inverse) = ops.state;
+        if let Some(node) = node {
+            grads.register::<B>(node.id, B::fused_rotary(grad, freq, !inverse));
         }
     }
 }
@@ -982,6 +1051,11 @@ pub(super) fn exp<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// [`FusedOps::fused_exp_sub`] on tensors.
 pub(super) fn exp_sub<const D: usize>(x: Tensor<D>, shift: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(Dispatch::fused_exp_sub(x.into_dispatch(), shift.into_dispatch()))
+}
+
+/// [`FusedOps::fused_rotary`] on tensors.
+pub(super) fn rotary<const D: usize>(x: Tensor<D>, freq: Tensor<3>, inverse: bool) -> Tensor<D> {
+    Tensor::from_dispatch(Dispatch::fused_rotary(x.into_dispatch(), freq.into_dispatch(), inverse))
 }
 
 /// [`FusedOps::fused_gelu`] on tensors.

@@ -265,6 +265,22 @@ pub fn exp_sub<const D: usize>(x: Tensor<D>, shift: Tensor<D>) -> Tensor<D> {
     (x - shift).exp()
 }
 
+/// `rope` applied to `x` `[.., seq, head_dim]` at positions `start..start + seq`: each pair
+/// (x₂ᵢ, x₂ᵢ₊₁) rotated by its position's angle, exactly as `RotaryEncoding::apply`.
+///
+/// On flex (f32) one pass forward and one backward (the inverse rotation). Burn composes it as a
+/// batched product with K = 2 per pair, a multiplication and a sum over a doubled `[.., seq,
+/// head_dim, 2]` tensor, each with its own backward: about 5 % of a training step at T = 4096.
+pub fn rotary<const D: usize>(rope: &burn::nn::RotaryEncoding, x: Tensor<D>, start: usize) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if ext::supported_elementwise(&x) && rope.freq_complex.dtype() == x.dtype() {
+        let t = x.dims()[D - 2];
+        let freq = rope.freq_complex.clone().slice([start..start + t]); // [T, head_dim, 2]
+        return ext::rotary(x, freq, false);
+    }
+    rope.apply(x, start)
+}
+
 /// Exact GELU, x·Φ(x) with Φ the standard normal CDF (erf form, as PyTorch's default), any shape.
 ///
 /// On flex (f32) one vectorised pass forward and one backward; elsewhere Burn's `gelu`.
