@@ -101,6 +101,81 @@ pub(super) fn matmul_acc(
     }
 }
 
+/// dst `[m, n]` = `keep`·dst + lhs `[m, k]` · rhs `[k, n]` on all of rayon's threads (gemm's own
+/// split), for the dense layers' products.
+fn matmul_par(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: View, rhs: View, keep: bool) {
+    assert!(dst.len() >= m * n, "matmul destination too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: as in `matmul_acc`.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            keep,
+            lhs.ptr,
+            lhs.cs,
+            lhs.rs,
+            rhs.ptr,
+            rhs.cs,
+            rhs.rs,
+            if keep { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::Rayon(0),
+        );
+    }
+}
+
+/// A dense layer on rows: x `[n, d_in]` · w `[d_in, d_out]` + b `[d_out]` → `[n, d_out]`. The output
+/// starts as the bias rows and the product accumulates onto it (no separate bias pass).
+pub(super) fn linear(x: &[f32], w: &[f32], b: &[f32], n: usize, d_in: usize) -> Vec<f32> {
+    let d_out = b.len();
+    let mut y = b.repeat(n); //                                                     [n, d_out]
+    matmul_par(&mut y, n, d_out, d_in, View::rows(x, d_in), View::rows(w, d_out), true);
+    y
+}
+
+/// Gradients of [`linear`] given the output's gradient g `[n, d_out]`: dx = g·wᵀ `[n, d_in]`,
+/// dw = xᵀ·g `[d_in, d_out]`, db = Σ_rows g `[d_out]`.
+pub(super) fn linear_backward(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    n: usize,
+    d_in: usize,
+    d_out: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut dx = vec![0f32; n * d_in];
+    matmul_par(&mut dx, n, d_in, d_out, View::rows(g, d_out), View::transposed(w, d_out), false);
+    let mut dw = vec![0f32; d_in * d_out];
+    matmul_par(&mut dw, d_in, d_out, n, View::transposed(x, d_in), View::rows(g, d_out), false);
+    let db = g
+        .par_chunks(ROWS * d_out.max(1))
+        .map(|rows| {
+            let mut sum = vec![0f32; d_out];
+            for row in rows.chunks_exact(d_out) {
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            }
+            sum
+        })
+        .reduce(
+            || vec![0f32; d_out],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        );
+    (dx, dw, db)
+}
+
 /// Largest `[rows, S]` score strip the attention kernels build per task (1 MiB of f32, L2-sized).
 const SCORE_TILE: usize = 256 * 1024;
 

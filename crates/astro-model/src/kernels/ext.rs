@@ -64,6 +64,17 @@ pub struct LayerNormGrads<B: Backend> {
     pub beta: FloatTensor<B>,
 }
 
+/// Gradients of a dense layer with respect to its input, weight and bias.
+#[derive(ExtensionType)]
+pub struct LinearGrads<B: Backend> {
+    /// dL/dx, `[N, d_in]`.
+    pub x: FloatTensor<B>,
+    /// dL/dw, `[d_in, d_out]`.
+    pub weight: FloatTensor<B>,
+    /// dL/db, `[d_out]`.
+    pub bias: FloatTensor<B>,
+}
+
 /// Fused scaled-dot-product attention, element-wise maps and LayerNorm as backend primitives.
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedOps: Backend {
@@ -208,6 +219,25 @@ pub trait FusedOps: Backend {
     /// suffix of axes set to 1). No gradient flows to `shift`: callers pass constants.
     fn fused_exp_sub(x: FloatTensor<Self>, shift: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_exp(Self::float_sub(x, shift))
+    }
+
+    /// A dense layer on rows: `x` `[N, d_in]` · `weight` `[d_in, d_out]` + `bias` `[d_out]`.
+    fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::linear(x, weight, Some(bias))
+    }
+
+    /// Gradients of [`FusedOps::fused_linear`] given the output's gradient `grad` `[N, d_out]`. The
+    /// default body is Burn's own.
+    fn fused_linear_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> LinearGrads<Self> {
+        LinearGrads {
+            x: Self::linear_x_backward(weight, grad.clone()),
+            weight: Self::linear_weight_backward(x, grad.clone()),
+            bias: Self::linear_bias_backward(grad),
+        }
     }
 
     /// Rotary positions on `x` `[.., T, D]` with `freq` `[T, D, 2]` (cos θ, sin θ per position and
@@ -565,6 +595,33 @@ impl FusedOps for Flex {
         f32_tensor(out, x.shape())
     }
 
+    fn fused_linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        let ([n, d_in], [_, d_out]) = (x.shape().dims::<2>(), weight.shape().dims::<2>());
+        if [&x, &weight, &bias].iter().any(|t| t.dtype() != DType::F32) {
+            return Flex::linear(x, weight, Some(bias));
+        }
+        let (x, weight, bias) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous());
+        f32_tensor(super::cpu::linear(view(&x), view(&weight), view(&bias), n, d_in), Shape::new([n, d_out]))
+    }
+
+    fn fused_linear_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> LinearGrads<Flex> {
+        let ([n, d_in], [_, d_out]) = (x.shape().dims::<2>(), weight.shape().dims::<2>());
+        if [&x, &weight, &grad].iter().any(|t| t.dtype() != DType::F32) {
+            return LinearGrads {
+                x: Flex::linear_x_backward(weight, grad.clone()),
+                weight: Flex::linear_weight_backward(x, grad.clone()),
+                bias: Flex::linear_bias_backward(grad),
+            };
+        }
+        let (x, weight, grad) = (x.to_contiguous(), weight.to_contiguous(), grad.to_contiguous());
+        let (dx, dw, db) = super::cpu::linear_backward(view(&x), view(&weight), view(&grad), n, d_in, d_out);
+        LinearGrads {
+            x: f32_tensor(dx, Shape::new([n, d_in])),
+            weight: f32_tensor(dw, Shape::new([d_in, d_out])),
+            bias: f32_tensor(db, Shape::new([d_out])),
+        }
+    }
+
     fn fused_rotary(x: FlexTensor, freq: FlexTensor, inverse: bool) -> FlexTensor {
         let shape = x.shape();
         let rank = shape.num_dims();
@@ -719,6 +776,19 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         exp_node::<B, C>(x, |x| B::fused_exp_sub(x, shift))
     }
 
+    fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        match FusedLinearBackward.prepare::<C>([x.node(), weight.node(), bias.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let (sx, sw) = (prep.checkpoint(&x), prep.checkpoint(&weight));
+                let out = B::fused_linear(x.into_primitive(), weight.into_primitive(), bias.into_primitive());
+                prep.finish((sx, sw), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fused_linear(x.into_primitive(), weight.into_primitive(), bias.into_primitive()))
+            }
+        }
+    }
+
     fn fused_rotary(x: FloatTensor<Self>, freq: FloatTensor<Self>, inverse: bool) -> FloatTensor<Self> {
         // Only x is a parent: the frequencies are a constant (see the trait).
         let freq = freq.into_primitive();
@@ -861,6 +931,32 @@ impl<B: FusedOps> Backward<B, 1> for FusedExpBackward {
     }
 }
 
+/// A dense layer's graph node: one call computes the gradients of x, w and b.
+#[derive(Debug)]
+struct FusedLinearBackward;
+
+impl<B: FusedOps> Backward<B, 3> for FusedLinearBackward {
+    // Checkpointed x and w.
+    type State = (NodeId, NodeId);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(ops.state.0);
+        let weight: FloatTensor<B> = checkpointer.retrieve_node_output(ops.state.1);
+        let g = B::fused_linear_backward(x, weight, grad);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, g.x);
+        }
+        if let Some(node) = node_w {
+            grads.register::<B>(node.id, g.weight);
+        }
+        if let Some(node) = node_b {
+            grads.register::<B>(node.id, g.bias);
+        }
+    }
+}
+
 /// Rotary positions' graph node: the backward rotates the gradient back (by −θ).
 #[derive(Debug)]
 struct FusedRotaryBackward;
@@ -920,13 +1016,27 @@ pub(super) fn supported_elementwise<const D: usize>(x: &Tensor<D>) -> bool {
 /// flex's threshold (M·N·K) from which its matrix product runs on several threads.
 const FLEX_PARALLEL_PRODUCT: usize = 192 * 192 * 192;
 
-/// [`super::linear_rows`]'s product `x` `[N, d_in]` → `[N, d_out]`: on flex without autodiff, with
+/// [`super::linear_rows`]'s product `x` `[N, d_in]` → `[N, d_out]`: under autodiff on flex (training)
+/// one [`FusedOps::fused_linear`] node (flex's own product zeroes its output and then copies it to
+/// realign it, and the bias is a second pass: ~5 % of a T = 4096 training step); on flex without autodiff, with
 /// N ≥ [`super::SPLIT_MIN_ROWS`] and a product below [`FLEX_PARALLEL_PRODUCT`], row blocks on rayon's
 /// threads (one per thread, at least 16 rows each) concatenated; otherwise `layer.forward(x)`.
 pub(super) fn linear_split_rows(layer: &burn::nn::Linear, x: Tensor<2>) -> Tensor<2> {
     use rayon::prelude::*;
     let [n, d_in] = x.dims();
     let d_out = layer.weight.dims()[1];
+    let training_on_flex = matches!(x.device().as_dispatch(), DispatchDevice::Autodiff(inner) if matches!(**inner, DispatchDevice::Flex(_)));
+    if training_on_flex && x.dtype() == DType::F32 && layer.weight.val().dtype() == DType::F32 {
+        let bias = match &layer.bias {
+            Some(b) => b.val(),
+            None => Tensor::zeros([d_out], (&x.device(), x.dtype())),
+        };
+        return Tensor::from_dispatch(Dispatch::fused_linear(
+            x.into_dispatch(),
+            layer.weight.val().into_dispatch(),
+            bias.into_dispatch(),
+        ));
+    }
     let threads = rayon::current_num_threads().min(n / 16);
     let small = n.saturating_mul(d_in).saturating_mul(d_out) < FLEX_PARALLEL_PRODUCT;
     if !(matches!(x.device().as_dispatch(), DispatchDevice::Flex(_))
