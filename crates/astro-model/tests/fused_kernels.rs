@@ -217,26 +217,32 @@ fn dense_layers_in_training_match_burn_with_gradients() {
     use burn::nn::LinearConfig;
     let dev = device();
     let ad = dev.clone().autodiff();
-    for bias in [true, false] {
-        let mut layer = LinearConfig::new(12, 20).with_bias(bias).init(&ad);
-        layer.weight = Param::from_tensor(normal4([1, 1, 12, 20], 0.5, 13, DType::F32, &ad).reshape([12, 20]));
+    // Small products run on one thread; the last (2100 × 64 × 64) is split over rayon's threads.
+    for (bias, t, d_in, d_out) in [(true, 37, 12, 20), (false, 37, 12, 20), (true, 700, 64, 64)] {
+        let mut layer = LinearConfig::new(d_in, d_out).with_bias(bias).init(&ad);
+        layer.weight =
+            Param::from_tensor(normal4([1, 1, d_in, d_out], 0.5, 13, DType::F32, &ad).reshape([d_in, d_out]));
         if bias {
-            layer.bias = Some(Param::from_tensor(normal4([1, 1, 1, 20], 1.0, 14, DType::F32, &ad).reshape([20])));
+            layer.bias = Some(Param::from_tensor(normal4([1, 1, 1, d_out], 1.0, 14, DType::F32, &ad).reshape([d_out])));
         }
-        let x = normal4([1, 3, 37, 12], 1.0, 15, DType::F32, &ad).reshape([3, 37, 12]).require_grad();
-        let w = normal4([1, 3, 37, 20], 1.0, 16, DType::F32, &ad).reshape([3, 37, 20]);
+        let x = normal4([1, 3, t, d_in], 1.0, 15, DType::F32, &ad).reshape([3, t, d_in]).require_grad();
+        let w = normal4([1, 3, t, d_out], 1.0, 16, DType::F32, &ad).reshape([3, t, d_out]);
         let ours = astro_model::kernels::linear_rows(&layer, x.clone());
         let theirs = layer.forward(x.clone());
         let lift = |t: Tensor<3>| t.unsqueeze::<4>();
-        assert!(err(&lift(ours.clone()), &lift(theirs.clone())) < 1e-6, "bias={bias}: values differ");
+        assert!(err(&lift(ours.clone()), &lift(theirs.clone())) < 1e-6, "bias={bias}, {t} rows: values differ");
         let (g1, g2) = ((ours * w.clone()).sum().backward(), (theirs * w).sum().backward());
         let dx = |g| lift(x.grad(g).expect("dx"));
-        assert!(err(&dx(&g1), &dx(&g2)) < 1e-5, "bias={bias}: dx differs by {:e}", err(&dx(&g1), &dx(&g2)));
+        assert!(err(&dx(&g1), &dx(&g2)) < 1e-5, "bias={bias}, {t} rows: dx differs by {:e}", err(&dx(&g1), &dx(&g2)));
         let dw = |g| layer.weight.val().grad(g).expect("dw").unsqueeze::<4>();
-        assert!(err(&dw(&g1), &dw(&g2)) < 1e-5, "bias={bias}: dw differs by {:e}", err(&dw(&g1), &dw(&g2)));
+        assert!(err(&dw(&g1), &dw(&g2)) < 1e-5, "bias={bias}, {t} rows: dw differs by {:e}", err(&dw(&g1), &dw(&g2)));
         if let Some(b) = &layer.bias {
             let db = |g| b.val().grad(g).expect("db").unsqueeze::<4>();
-            assert!(err(&db(&g1), &db(&g2)) < 1e-5, "bias={bias}: db differs by {:e}", err(&db(&g1), &db(&g2)));
+            assert!(
+                err(&db(&g1), &db(&g2)) < 1e-5,
+                "bias={bias}, {t} rows: db differs by {:e}",
+                err(&db(&g1), &db(&g2))
+            );
         }
     }
 }

@@ -101,13 +101,21 @@ pub(super) fn matmul_acc(
     }
 }
 
-/// dst `[m, n]` = `keep`·dst + lhs `[m, k]` · rhs `[k, n]` on all of rayon's threads (gemm's own
-/// split), for the dense layers' products.
+/// Smallest product (M·N·K) [`matmul_par`] splits over threads: flex's own threshold.
+pub(super) const PARALLEL_PRODUCT: usize = 192 * 192 * 192;
+
+/// dst `[m, n]` = `keep`·dst + lhs `[m, k]` · rhs `[k, n]` for the dense layers' products: on all
+/// of rayon's threads (gemm's own split) from [`PARALLEL_PRODUCT`] on, as flex runs them.
 fn matmul_par(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: View, rhs: View, keep: bool) {
     assert!(dst.len() >= m * n, "matmul destination too small");
     if m == 0 || n == 0 {
         return;
     }
+    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_PRODUCT {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
     // SAFETY: as in `matmul_acc`.
     unsafe {
         gemm(
@@ -129,7 +137,7 @@ fn matmul_par(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: View, rhs: Vie
             false,
             false,
             false,
-            Parallelism::Rayon(0),
+            parallelism,
         );
     }
 }

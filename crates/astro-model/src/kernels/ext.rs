@@ -1013,13 +1013,10 @@ pub(super) fn supported_elementwise<const D: usize>(x: &Tensor<D>) -> bool {
     on_flex(&x.device()) && x.dtype() == DType::F32
 }
 
-/// flex's threshold (M·N·K) from which its matrix product runs on several threads.
-const FLEX_PARALLEL_PRODUCT: usize = 192 * 192 * 192;
-
 /// [`super::linear_rows`]'s product `x` `[N, d_in]` → `[N, d_out]`: under autodiff on flex (training)
 /// one [`FusedOps::fused_linear`] node (flex's own product zeroes its output and then copies it to
 /// realign it, and the bias is a second pass: ~5 % of a T = 4096 training step); on flex without autodiff, with
-/// N ≥ [`super::SPLIT_MIN_ROWS`] and a product below [`FLEX_PARALLEL_PRODUCT`], row blocks on rayon's
+/// N ≥ [`super::SPLIT_MIN_ROWS`] and a product below [`super::cpu::PARALLEL_PRODUCT`] (flex's own threshold for a parallel product), row blocks on rayon's
 /// threads (one per thread, at least 16 rows each) concatenated; otherwise `layer.forward(x)`.
 pub(super) fn linear_split_rows(layer: &burn::nn::Linear, x: Tensor<2>) -> Tensor<2> {
     use rayon::prelude::*;
@@ -1038,7 +1035,7 @@ pub(super) fn linear_split_rows(layer: &burn::nn::Linear, x: Tensor<2>) -> Tenso
         ));
     }
     let threads = rayon::current_num_threads().min(n / 16);
-    let small = n.saturating_mul(d_in).saturating_mul(d_out) < FLEX_PARALLEL_PRODUCT;
+    let small = n.saturating_mul(d_in).saturating_mul(d_out) < super::cpu::PARALLEL_PRODUCT;
     if !(matches!(x.device().as_dispatch(), DispatchDevice::Flex(_))
         && x.dtype() == DType::F32
         && n >= super::SPLIT_MIN_ROWS

@@ -275,7 +275,7 @@ pub fn rotary<const D: usize>(rope: &burn::nn::RotaryEncoding, x: Tensor<D>, sta
     #[cfg(feature = "flex")]
     if ext::supported_elementwise(&x) && rope.freq_complex.dtype() == x.dtype() {
         let t = x.dims()[D - 2];
-        let freq = rope.freq_complex.clone().slice([start..start + t]); // [T, head_dim, 2]
+        let freq = rope.freq_complex.clone().narrow(0, start, t); // [T, head_dim, 2]
         return ext::rotary(x, freq, false);
     }
     rope.apply(x, start)
