@@ -98,7 +98,8 @@ fn every_map_matches_the_composed_forms_with_gradients() {
 
 #[test]
 fn decay_chunk_sizes_and_odd_lengths_match() {
-    for (seq, chunk) in [(1, 8), (7, 8), (37, 1), (37, 5), (64, 64), (70, 16)] {
+    // 300 tokens: many chunks and a short last one.
+    for (seq, chunk) in [(1, 8), (7, 8), (37, 1), (37, 5), (64, 64), (70, 16), (300, 16), (300, 7)] {
         for decay in [1.0, 0.9] {
             for causal in [true, false] {
                 let case = Case { seq, chunk, decay, causal, ..Case::new(FeatureMap::Positive) };
