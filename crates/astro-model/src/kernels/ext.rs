@@ -1013,17 +1013,27 @@ pub(super) fn supported_elementwise<const D: usize>(x: &Tensor<D>) -> bool {
     on_flex(&x.device()) && x.dtype() == DType::F32
 }
 
-/// [`super::linear_rows`]'s product `x` `[N, d_in]` → `[N, d_out]`: under autodiff on flex (training)
-/// one [`FusedOps::fused_linear`] node (flex's own product zeroes its output and then copies it to
-/// realign it, and the bias is a second pass: ~5 % of a T = 4096 training step); on flex without autodiff, with
-/// N ≥ [`super::SPLIT_MIN_ROWS`] and a product below [`super::cpu::PARALLEL_PRODUCT`] (flex's own threshold for a parallel product), row blocks on rayon's
-/// threads (one per thread, at least 16 rows each) concatenated; otherwise `layer.forward(x)`.
+/// Whether `device` is flex under autodiff (training).
+fn training_on_flex(device: &burn::tensor::Device) -> bool {
+    match device.as_dispatch() {
+        DispatchDevice::Autodiff(inner) => matches!(**inner, DispatchDevice::Flex(_)),
+        _ => false,
+    }
+}
+
+/// [`super::linear_rows`]'s product `x` `[N, d_in]` → `[N, d_out]`:
+/// - under autodiff on flex (training), f32: one [`FusedOps::fused_linear`] node (flex's own product
+///   zeroes its output and copies it once more to realign it, and the bias is a second pass: ~7 %
+///   of a T = 4096 training step);
+/// - on flex without autodiff, with N ≥ [`super::SPLIT_MIN_ROWS`] and a product below
+///   [`super::cpu::PARALLEL_PRODUCT`] (flex's threshold for a parallel product): row blocks on
+///   rayon's threads (one per thread, at least 16 rows each) concatenated;
+/// - otherwise `layer.forward(x)`.
 pub(super) fn linear_split_rows(layer: &burn::nn::Linear, x: Tensor<2>) -> Tensor<2> {
     use rayon::prelude::*;
     let [n, d_in] = x.dims();
     let d_out = layer.weight.dims()[1];
-    let training_on_flex = matches!(x.device().as_dispatch(), DispatchDevice::Autodiff(inner) if matches!(**inner, DispatchDevice::Flex(_)));
-    if training_on_flex && x.dtype() == DType::F32 && layer.weight.val().dtype() == DType::F32 {
+    if training_on_flex(&x.device()) && x.dtype() == DType::F32 && layer.weight.val().dtype() == DType::F32 {
         let bias = match &layer.bias {
             Some(b) => b.val(),
             None => Tensor::zeros([d_out], (&x.device(), x.dtype())),

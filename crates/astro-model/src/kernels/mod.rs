@@ -10,6 +10,9 @@
 //! (`cpu.rs`). [`layer_norm`] is one pass each way (Burn composes about eight operations each way).
 //! [`exp`], [`exp_sub`] and [`gelu`] are single vectorised passes where flex calls scalar libm
 //! `expf` / `erff` (the astrocyte's hidden activity is e^{x−c} of a `[batch, heads, T, m]` tensor).
+//! [`rotary`] is one pass each way (Burn's is a batched product with K = 2, a product and a sum over
+//! a doubled tensor), and in training [`linear_rows`] is one node whose output starts as the bias
+//! rows (flex zeroes each product's output and copies it once more to realign it).
 //!
 //! The extension (`ext.rs`) is compiled for flex only; on other backends, for f64, or where a kernel
 //! does not apply, the functions here are Burn's own operations, so every backend computes the same
@@ -206,6 +209,10 @@ pub fn positive_decode_step(
 /// batched when `seq` fills its row tiles, and flex then runs `batch` small products that each
 /// repack the same weight. One product over all rows trained 6–31 % more tokens/s on both of
 /// `astro bench`'s shapes (issue 15, docs/benchmarks.md). The reshapes are views.
+///
+/// In training on flex the product is one fused node with a hand-written backward (dx, dW, db in
+/// one call; the output starts as the bias rows): flex's own product zeroes its output and copies
+/// it once more to realign it, and adds the bias in another pass.
 ///
 /// On flex without autodiff (inference), a product of at least [`SPLIT_MIN_ROWS`] rows but below
 /// flex's own threshold for a parallel product (M·N·K < 192³, where it runs on one thread) is split
