@@ -70,6 +70,33 @@ pub(super) fn matmul_acc(
     keep: Option<f32>,
     scale: f32,
 ) {
+    product(dst, [m, n, k], lhs, rhs, keep, scale, Parallelism::None);
+}
+
+/// Smallest product (M·N·K) [`matmul_par`] splits over threads: flex's own threshold.
+pub(super) const PARALLEL_PRODUCT: usize = 192 * 192 * 192;
+
+/// dst `[m, n]` = `keep`·dst + lhs `[m, k]` · rhs `[k, n]` for the dense layers' products: on all
+/// of rayon's threads (gemm's own split) from [`PARALLEL_PRODUCT`] on, as flex runs them.
+fn matmul_par(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: View, rhs: View, keep: bool) {
+    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_PRODUCT {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
+    product(dst, [m, n, k], lhs, rhs, keep.then_some(1.0), 1.0, parallelism);
+}
+
+/// `gemm` on a row-major dst `[m, n]` = `keep` · dst + `scale` · lhs `[m, k]` · rhs `[k, n]`.
+fn product(
+    dst: &mut [f32],
+    [m, n, k]: [usize; 3],
+    lhs: View,
+    rhs: View,
+    keep: Option<f32>,
+    scale: f32,
+    parallelism: Parallelism,
+) {
     assert!(dst.len() >= m * n, "matmul destination too small");
     if m == 0 || n == 0 {
         return;
@@ -93,47 +120,6 @@ pub(super) fn matmul_acc(
             rhs.rs,
             keep.unwrap_or(0.0),
             scale,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
-}
-
-/// Smallest product (M·N·K) [`matmul_par`] splits over threads: flex's own threshold.
-pub(super) const PARALLEL_PRODUCT: usize = 192 * 192 * 192;
-
-/// dst `[m, n]` = `keep`·dst + lhs `[m, k]` · rhs `[k, n]` for the dense layers' products: on all
-/// of rayon's threads (gemm's own split) from [`PARALLEL_PRODUCT`] on, as flex runs them.
-fn matmul_par(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: View, rhs: View, keep: bool) {
-    assert!(dst.len() >= m * n, "matmul destination too small");
-    if m == 0 || n == 0 {
-        return;
-    }
-    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_PRODUCT {
-        Parallelism::Rayon(0)
-    } else {
-        Parallelism::None
-    };
-    // SAFETY: as in `matmul_acc`.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            keep,
-            lhs.ptr,
-            lhs.cs,
-            lhs.rs,
-            rhs.ptr,
-            rhs.cs,
-            rhs.rs,
-            if keep { 1.0 } else { 0.0 },
-            1.0,
             false,
             false,
             false,
