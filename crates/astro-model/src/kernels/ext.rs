@@ -233,11 +233,7 @@ pub trait FusedOps: Backend {
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> LinearGrads<Self> {
-        LinearGrads {
-            x: Self::linear_x_backward(weight, grad.clone()),
-            weight: Self::linear_weight_backward(x, grad.clone()),
-            bias: Self::linear_bias_backward(grad),
-        }
+        linear_reference_backward::<Self>(x, weight, grad)
     }
 
     /// Rotary positions on `x` `[.., T, D]` with `freq` `[T, D, 2]` (cos θ, sin θ per position and
@@ -298,6 +294,19 @@ fn reference_backward<B: Backend>(
     let dq = B::float_matmul(ds.clone(), k); //                                     [B,H,T,D]
     let dk = B::float_matmul(B::float_transpose(ds), q); //                         [B,H,S,D]
     AttentionGrads { q: dq, k: dk, v: dv }
+}
+
+/// A dense layer's gradients through Burn's own operations: dx = grad·wᵀ, dw = xᵀ·grad, db = Σ grad.
+fn linear_reference_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> LinearGrads<B> {
+    LinearGrads {
+        x: B::linear_x_backward(weight, grad.clone()),
+        weight: B::linear_weight_backward(x, grad.clone()),
+        bias: B::linear_bias_backward(grad),
+    }
 }
 
 /// Rotary positions composed as `RotaryEncoding::apply` composes them: each pair (a, b) times
@@ -607,11 +616,7 @@ impl FusedOps for Flex {
     fn fused_linear_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> LinearGrads<Flex> {
         let ([n, d_in], [_, d_out]) = (x.shape().dims::<2>(), weight.shape().dims::<2>());
         if [&x, &weight, &grad].iter().any(|t| t.dtype() != DType::F32) {
-            return LinearGrads {
-                x: Flex::linear_x_backward(weight, grad.clone()),
-                weight: Flex::linear_weight_backward(x, grad.clone()),
-                bias: Flex::linear_bias_backward(grad),
-            };
+            return linear_reference_backward::<Flex>(x, weight, grad);
         }
         let (x, weight, grad) = (x.to_contiguous(), weight.to_contiguous(), grad.to_contiguous());
         let (dx, dw, db) = super::cpu::linear_backward(view(&x), view(&weight), view(&grad), n, d_in, d_out);
