@@ -109,6 +109,13 @@ fn decay_chunk_sizes_and_odd_lengths_match() {
     }
     let case = Case { decay: 0.8, ..Case::new(FeatureMap::ShiftedSaderf) };
     compare(case, 2e-4);
+    // The Taylor map's activity is built inside the kernel from the projections (r = 16, Based's).
+    for (seq, chunk, decay) in [(1, 8, 1.0), (300, 16, 0.9), (70, 32, 1.0)] {
+        for causal in [true, false] {
+            let case = Case { seq, chunk, decay, causal, features: 16, ..Case::new(FeatureMap::Taylor) };
+            compare(case, 2e-4);
+        }
+    }
 }
 
 #[test]

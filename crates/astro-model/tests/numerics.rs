@@ -90,7 +90,8 @@ fn orthogonal_features_lower_the_error() {
 fn phi_naive(map: FeatureMap, x: &[f64], omega: &[f64], phase: &[f64], m: usize) -> Vec<f64> {
     let d = x.len();
     if map == FeatureMap::Taylor {
-        // [1, u, (u_i u_j / √2) for i, j] with u = Ωx.
+        // Based's literal features [1, u, (u_i u_j / √2) for all i, j] with u = Ωx: r² second-order
+        // neurons where the layer keeps each product once (1 + r + r(r+1)/2), the same kernel.
         let u: Vec<f64> = (0..m).map(|mu| (0..d).map(|i| omega[mu * d + i] * x[i]).sum()).collect();
         let second = u.iter().flat_map(|a| u.iter().map(move |b| a * b / std::f64::consts::SQRT_2));
         return std::iter::once(1.0).chain(u.iter().copied()).chain(second).collect();

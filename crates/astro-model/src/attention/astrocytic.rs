@@ -14,7 +14,7 @@ use burn::tensor::{Bool, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::calibration::{self, HeadStats};
-use super::feature_map::{FeatureMap, Features, sample_omega, sample_phase};
+use super::feature_map::{FeatureMap, Features, projections, sample_omega, sample_phase};
 pub use super::kernel::ExecutionForm;
 use super::kernel::{self, KernelInput};
 use super::{AttentionMask, AttentionState, InnerAttention, NormaliserTrace, window};
@@ -399,6 +399,27 @@ impl AstrocyticAttention {
             )
         {
             return y;
+        }
+        // The Taylor map: the kernel takes the projections u = Ωx̃ `[B,H,T,r]` and builds the
+        // 1 + r + r(r+1)/2 features itself (and again in its backward); the product Ωx̃ stays a
+        // Burn operation, so Ω's gradient comes from autodiff.
+        if self.config.feature_map == FeatureMap::Taylor
+            && self.config.form == ExecutionForm::Fast
+            && mask.key_padding.is_none()
+            && crate::kernels::kernelised_supported(&q)
+        {
+            let omega = self.omega.val();
+            let uq = projections(Self::scaled(q.clone()), omega.clone()); //    [B,H,T,r]
+            let uk = projections(Self::scaled(k.clone()), omega); //             [B,H,T,r]
+            let options = crate::kernels::KernelisedOptions {
+                chunk,
+                decay: self.config.decay,
+                map: crate::kernels::KernelMap::Taylor,
+                causal: mask.causal,
+            };
+            if let Ok(y) = crate::kernels::kernelised_attention(uq, uk, v.clone(), options) {
+                return y;
+            }
         }
         kernel::forward(self.config.form, self.input(q, k, v, mask), mask.causal, chunk)
     }

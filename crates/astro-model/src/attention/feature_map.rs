@@ -52,10 +52,11 @@ pub enum FeatureMap {
     /// ones (see [`super::calibration`]). Positive, unbiased.
     FullSaderf,
     /// Second-order Taylor features of exp (Based, Arora et al. 2024) on a projection to r = `features`
-    /// dimensions, u = Ωx̃ with Ω `[heads, r, D]` drawn N(0, 1/r): φ(x) = [1, u, vec(u uᵀ)/√2], so
-    /// φ(q)·φ(k) = 1 + s + s²/2 with s = u_q·u_k ≈ q·k/√D — always ≥ ½, a sharp polynomial kernel
-    /// with 1 + r + r² hidden neurons. Train Ω (`learnable_omega = true`) as Based trains its
-    /// projection.
+    /// dimensions, u = Ωx̃ with Ω `[heads, r, D]` drawn N(0, 1/r): φ(x) = [1, u, u_i u_j (i < j),
+    /// u_i²/√2], so φ(q)·φ(k) = 1 + s + s²/2 with s = u_q·u_k ≈ q·k/√D — always ≥ ½, a sharp
+    /// polynomial kernel. Based writes the second order as vec(u uᵀ)/√2 (r² neurons); each product
+    /// is kept once here, 1 + r + r(r+1)/2 hidden neurons, the same kernel. Train Ω
+    /// (`learnable_omega = true`) as Based trains its projection.
     Taylor,
     /// Hedgehog (Zhang et al. 2024): a trained projection u = Ωx̃ read through both signs and a
     /// softmax over the hidden neurons of each half, φ(x) = [softmax(u), softmax(−u)] — 2m hidden
@@ -99,11 +100,11 @@ impl FeatureMap {
         }
     }
 
-    /// Width of φ for `features` = m random projections: m, 1 + r + r² for the Taylor map, 2m for
-    /// Hedgehog.
+    /// Width of φ for `features` = m random projections: m, 1 + r + r(r+1)/2 for the Taylor map, 2m
+    /// for Hedgehog.
     pub fn width(self, features: usize) -> usize {
         match self {
-            FeatureMap::Taylor => 1 + features + features * features,
+            FeatureMap::Taylor => 1 + features + features * (features + 1) / 2,
             FeatureMap::Hedgehog => 2 * features,
             _ => features,
         }
@@ -140,19 +141,9 @@ impl FeatureMap {
     ) -> Features {
         let m = omega.dims()[1];
         let ln_m = (m as f64).ln();
-        // u = Ωx per token: [B,H,T,D] @ [1,H,D,m] -> [B,H,T,m]
         let [h, _, d] = omega.dims();
         let dtype = x.dtype();
-        let [b, _, t, _] = x.dims();
-        let u = if b * t == 1 {
-            // One token (decoding): Ω·x per head, [m, D]·[D, 1], reading Ω in its stored layout;
-            // Ωᵀ would be a copy of m·D floats per head to use D + m of them.
-            let x_col = x.clone().reshape([1, h, d, 1]); //                          [1,H,D,1]
-            omega.clone().cast(dtype).unsqueeze_dim::<4>(0).matmul(x_col).reshape([1, h, 1, m])
-        } else {
-            let omega_t = omega.clone().cast(dtype).swap_dims(1, 2).unsqueeze_dim::<4>(0);
-            x.clone().matmul(omega_t)
-        };
+        let u = projections(x.clone(), omega.clone()); //                                [B,H,T,m]
         // ‖x‖²/2 per token: [B,H,T,1]
         let half_sq = x.square().sum_dim(3).mul_scalar(0.5);
         let with_phase = |u: Tensor<4>| match phase {
@@ -191,17 +182,48 @@ impl FeatureMap {
     }
 }
 
-/// [1, u, vec(u uᵀ)/√2] for `u` `[batch, heads, seq, r]` → `[batch, heads, seq, 1 + r + r²]`.
+/// The hidden neurons' input u = Ωx per token: `x` `[batch, heads, seq, D]`, `omega` `[heads, m, D]`
+/// → `[batch, heads, seq, m]`.
+pub(crate) fn projections(x: Tensor<4>, omega: Tensor<3>) -> Tensor<4> {
+    let [h, m, d] = omega.dims();
+    let [b, _, t, _] = x.dims();
+    let omega = omega.cast(x.dtype());
+    if b * t == 1 {
+        // One token (decoding): Ω·x per head, [m, D]·[D, 1], reading Ω in its stored layout;
+        // Ωᵀ would be a copy of m·D floats per head to use D + m of them.
+        let x_col = x.reshape([1, h, d, 1]); //                                              [1,H,D,1]
+        omega.unsqueeze_dim::<4>(0).matmul(x_col).reshape([1, h, 1, m])
+    } else {
+        x.matmul(omega.swap_dims(1, 2).unsqueeze_dim::<4>(0)) //                    [B,H,T,D]@[1,H,D,m]
+    }
+}
+
+/// Second-order Taylor features [1, u, (c_ij u_i u_j) for i ≤ j] for `u` `[batch, heads, seq, r]`
+/// → `[batch, heads, seq, 1 + r + r(r+1)/2]`, c_ii = 1/√2 and c_ij = 1 for i < j, pairs in
+/// row-major order (see [`taylor_pairs`]).
+///
+/// The products u_i u_j and u_j u_i of vec(u uᵀ)/√2 (Based's features, 1 + r + r² of them) carry
+/// the same number; one copy of each with weight 1 gives the same kernel, φ(q)·φ(k) = 1 + s + s²/2
+/// (s = u_q·u_k), with 153 instead of 273 hidden neurons at r = 16: a smaller decoding state and
+/// less work per token, the function unchanged.
 fn taylor(u: Tensor<4>) -> Tensor<4> {
     let [b, h, t, r] = u.dims();
-    // 1/√2 scales one factor (r values per token) rather than the product (r² of them): in the
-    // backward pass the product's gradient is a strided slice of the concatenation's, which flex
-    // scales one index at a time.
-    let left = u.clone().mul_scalar(std::f64::consts::FRAC_1_SQRT_2).reshape([b, h, t, r, 1]);
-    let outer = left * u.clone().reshape([b, h, t, 1, r]); //                         [B,H,T,r,r]
-    let second = outer.reshape([b, h, t, r * r]);
-    let ones = Tensor::<4>::ones([b, h, t, 1], (&u.device(), u.dtype()));
+    let (pairs, coefficients): (Vec<i64>, Vec<f32>) = taylor_pairs(r)
+        .map(|(i, j)| ((i * r + j) as i64, if i == j { std::f32::consts::FRAC_1_SQRT_2 } else { 1.0 }))
+        .unzip();
+    let n = pairs.len();
+    let device = u.device();
+    let outer = u.clone().reshape([b, h, t, r, 1]) * u.clone().reshape([b, h, t, 1, r]); //      [B,H,T,r,r]
+    let index = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(pairs, [n]), &device);
+    let weight = Tensor::<1>::from_data(TensorData::new(coefficients, [n]), (&device, u.dtype())).reshape([1, 1, 1, n]);
+    let second = outer.reshape([b, h, t, r * r]).select(3, index) * weight; //                  [B,H,T,n]
+    let ones = Tensor::<4>::ones([b, h, t, 1], (&device, u.dtype()));
     Tensor::cat(vec![ones, u, second], 3)
+}
+
+/// The pairs (i, j), i ≤ j < r, of the Taylor map's second-order features, in their order.
+pub(crate) fn taylor_pairs(r: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..r).flat_map(move |i| (i..r).map(move |j| (i, j)))
 }
 
 /// Hedgehog's log φ = [u − logsumexp(u), −u − logsumexp(−u)] for `u` `[batch, heads, seq, m]`

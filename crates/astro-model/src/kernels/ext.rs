@@ -448,12 +448,15 @@ impl FusedOps for Flex {
         map: u8,
         causal: bool,
     ) -> FlexTensor {
-        let [b, h, t, m] = fq.shape().dims::<4>();
+        let [b, h, t, width] = fq.shape().dims::<4>();
         let dv = v.shape().dims::<4>()[3];
-        let dims =
-            KernelDims { heads: b * h, t, m, dv, chunk, decay: decay as f32, map: Activation::from_code(map), causal };
         let (fq, fk, v) = (fq.to_contiguous(), fk.to_contiguous(), v.to_contiguous());
-        f32_tensor(super::kernelised::forward(view(&fq), view(&fk), view(&v), dims), Shape::new([b, h, t, dv]))
+        let (kernelised, dims) = kernelised_dims(b * h, t, width, dv, chunk, decay, map, causal);
+        let y = match kernelised {
+            Inputs::Taylor => super::kernelised::forward_taylor(view(&fq), view(&fk), view(&v), width, dims),
+            Inputs::Activity => super::kernelised::forward(view(&fq), view(&fk), view(&v), dims),
+        };
+        f32_tensor(y, Shape::new([b, h, t, dv]))
     }
 
     fn fused_kernelised_backward(
@@ -466,15 +469,19 @@ impl FusedOps for Flex {
         map: u8,
         causal: bool,
     ) -> AttentionGrads<Flex> {
-        let [b, h, t, m] = fq.shape().dims::<4>();
+        let [b, h, t, width] = fq.shape().dims::<4>();
         let dv = v.shape().dims::<4>()[3];
-        let dims =
-            KernelDims { heads: b * h, t, m, dv, chunk, decay: decay as f32, map: Activation::from_code(map), causal };
         let (fq, fk, v, grad) = (fq.to_contiguous(), fk.to_contiguous(), v.to_contiguous(), grad.to_contiguous());
-        let g = super::kernelised::backward(view(&fq), view(&fk), view(&v), view(&grad), dims);
+        let (kernelised, dims) = kernelised_dims(b * h, t, width, dv, chunk, decay, map, causal);
+        let g = match kernelised {
+            Inputs::Taylor => {
+                super::kernelised::backward_taylor(view(&fq), view(&fk), view(&v), view(&grad), width, dims)
+            }
+            Inputs::Activity => super::kernelised::backward(view(&fq), view(&fk), view(&v), view(&grad), dims),
+        };
         AttentionGrads {
-            q: f32_tensor(g.q, Shape::new([b, h, t, m])),
-            k: f32_tensor(g.k, Shape::new([b, h, t, m])),
+            q: f32_tensor(g.q, Shape::new([b, h, t, width])),
+            k: f32_tensor(g.k, Shape::new([b, h, t, width])),
             v: f32_tensor(g.v, Shape::new([b, h, t, dv])),
         }
     }
@@ -1091,7 +1098,40 @@ pub(super) fn kernelised(fq: Tensor<4>, fk: Tensor<4>, v: Tensor<4>, o: super::K
 }
 
 /// The map code of a decoding step that computes the positive map itself from head vectors and Ω.
-const POSITIVE_CODE: u8 = 3;
+const POSITIVE_CODE: u8 = 255;
+
+/// What the query and key tensors of a kernelised call hold, as the kernel reads them.
+enum Inputs {
+    /// Per-token inputs of the map `KernelDims::map` (log-activity, activity, elu+1's head vectors).
+    Activity,
+    /// The Taylor map's projections u `[.., r]`; the kernel builds the activity.
+    Taylor,
+}
+
+/// The kernel's sizes for a call on `[heads, t, width]` inputs with map `code`: for the Taylor map
+/// (`KernelMap::Taylor`) the activity is 1 + r + r(r+1)/2 wide, built from r = `width` inputs.
+#[allow(clippy::too_many_arguments)] // the call's settings, as the operation hands them over
+fn kernelised_dims(
+    heads: usize,
+    t: usize,
+    width: usize,
+    dv: usize,
+    chunk: usize,
+    decay: f64,
+    code: u8,
+    causal: bool,
+) -> (Inputs, KernelDims) {
+    let decay = decay as f32;
+    if code == super::KernelMap::Taylor.code() {
+        let m = 1 + width + width * (width + 1) / 2;
+        (Inputs::Taylor, KernelDims { heads, t, m, dv, chunk, decay, map: Activation::Identity, causal })
+    } else {
+        (
+            Inputs::Activity,
+            KernelDims { heads, t, m: width, dv, chunk, decay, map: Activation::from_code(code), causal },
+        )
+    }
+}
 
 /// Whether a decoding step on `fq`'s device can take the fused path: flex without autodiff, f32.
 pub(super) fn supported_decode(fq: &Tensor<4>) -> bool {

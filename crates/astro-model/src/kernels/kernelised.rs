@@ -450,6 +450,9 @@ enum Source<'a> {
         lq: Vec<f32>,
         lk: Vec<f32>,
     },
+    /// The Taylor map's activity built here from the projections `uq`, `uk` `[T, r]` (see
+    /// [`taylor_rows`]): m = 1 + r + r(r+1)/2 features per token, one chunk at a time.
+    Taylor { uq: &'a [f32], uk: &'a [f32], r: usize, m: usize, fq: Vec<f32>, fk: Vec<f32> },
 }
 
 impl<'a> Source<'a> {
@@ -481,6 +484,19 @@ impl<'a> Source<'a> {
         }
     }
 
+    /// Head `head` of the Taylor map: its rows of `uq`, `uk` `[heads, T, r]`.
+    fn taylor(uq: &'a [f32], uk: &'a [f32], r: usize, head: usize, d: &KernelDims) -> Self {
+        let (t, m, chunk) = (d.t, d.m, d.chunk_len());
+        Source::Taylor {
+            uq: &uq[head * t * r..][..t * r],
+            uk: &uk[head * t * r..][..t * r],
+            r,
+            m,
+            fq: vec![0.0; chunk * m],
+            fk: vec![0.0; chunk * m],
+        }
+    }
+
     /// Queries (`keys` false) or keys of tokens `t0..t0 + n`, `[n, m]`.
     #[inline(always)]
     fn side(&mut self, t0: usize, n: usize, keys: bool) -> &[f32] {
@@ -489,6 +505,11 @@ impl<'a> Source<'a> {
             Source::Positive { q, k, omega, omega_t, width, m, xs, lq, lk } => {
                 let (x, dst) = if keys { (k, lk) } else { (q, lq) };
                 positive_rows(&mut dst[..n * *m], &x[t0 * *width..][..n * *width], omega, omega_t, xs, *width);
+                &dst[..n * *m]
+            }
+            Source::Taylor { uq, uk, r, m, fq, fk } => {
+                let (u, dst) = if keys { (uk, fk) } else { (uq, fq) };
+                taylor_rows(&mut dst[..n * *m], &u[t0 * *r..][..n * *r], *r);
                 &dst[..n * *m]
             }
         }
@@ -503,6 +524,11 @@ impl<'a> Source<'a> {
                 positive_rows(&mut lq[..n * *m], &q[t0 * *width..][..n * *width], omega, omega_t, xs, *width);
                 positive_rows(&mut lk[..n * *m], &k[t0 * *width..][..n * *width], omega, omega_t, xs, *width);
                 (&lq[..n * *m], &lk[..n * *m])
+            }
+            Source::Taylor { uq, uk, r, m, fq, fk } => {
+                taylor_rows(&mut fq[..n * *m], &uq[t0 * *r..][..n * *r], *r);
+                taylor_rows(&mut fk[..n * *m], &uk[t0 * *r..][..n * *r], *r);
+                (&fq[..n * *m], &fk[..n * *m])
             }
         }
     }
@@ -534,7 +560,50 @@ impl Source<'_> {
                     matmul_acc(omega, m, w, n, View::transposed(dl, m), View::rows(xs, w), Some(1.0), 1.0);
                 }
             }
+            Source::Taylor { uq, uk, r, m, .. } => {
+                let (r, m) = (*r, *m);
+                let u = &(if keys { uk } else { uq })[t0 * r..][..n * r];
+                for ((du, ur), df) in
+                    out[t0 * r..][..n * r].chunks_exact_mut(r).zip(u.chunks_exact(r)).zip(dl.chunks_exact(m))
+                {
+                    taylor_row_grad(du, ur, df);
+                }
+            }
         }
+    }
+}
+
+/// The Taylor map's activity for rows of projections `u` `[n, r]`: `dst` `[n, 1 + r + r(r+1)/2]`
+/// = [1, u, c_ij u_i u_j for i ≤ j] per row, c_ii = 1/√2, c_ij = 1 (pairs in row-major order, as
+/// `attention::feature_map`'s composed map), so that φ(q)·φ(k) = 1 + s + s²/2 with s = u_q·u_k.
+#[inline(always)]
+fn taylor_rows(dst: &mut [f32], u: &[f32], r: usize) {
+    let m = 1 + r + r * (r + 1) / 2;
+    for (row, ur) in dst.chunks_exact_mut(m).zip(u.chunks_exact(r)) {
+        row[0] = 1.0;
+        row[1..=r].copy_from_slice(ur);
+        let mut e = 1 + r;
+        for (i, &a) in ur.iter().enumerate() {
+            row[e] = a * a * std::f32::consts::FRAC_1_SQRT_2;
+            row[e + 1..e + r - i].iter_mut().zip(&ur[i + 1..]).for_each(|(o, b)| *o = a * b);
+            e += r - i;
+        }
+    }
+}
+
+/// The gradient `du` `[r]` of one token's projection from that of its Taylor activity `df`
+/// `[1 + r + r(r+1)/2]` (see [`taylor_rows`]): du_i = df_{1+i} + √2 u_i df_ii + Σ_{j≠i} u_j df_ij.
+#[inline(always)]
+fn taylor_row_grad(du: &mut [f32], u: &[f32], df: &[f32]) {
+    let r = u.len();
+    du.copy_from_slice(&df[1..=r]);
+    let mut e = 1 + r;
+    for i in 0..r {
+        let (a, pair) = (u[i], &df[e + 1..e + r - i]);
+        // The pairs (i, j > i): u_j df_ij into du_i, u_i df_ij into du_j.
+        du[i] += std::f32::consts::SQRT_2 * a * df[e] + dot_inline(pair, &u[i + 1..]);
+        du[i + 1..].iter_mut().zip(pair).for_each(|(o, g)| *o += a * g);
+        e += r - i;
     }
 }
 
@@ -651,6 +720,25 @@ pub(super) fn forward_positive(
         || (Work::new(&d), Acts::new(&d)),
         |(w, acts), (head, yh)| {
             let mut src = Source::positive(q, k, omega, &omega_t, width, head, &d);
+            head_forward(&mut src, &v[head * t * dv..][..t * dv], yh, w, acts, &d);
+        },
+    );
+    y
+}
+
+/// y `[heads, T, dv]` with the Taylor map's activity (`d.m` = 1 + r + r(r+1)/2 features, `d.map`
+/// Identity) built inside, chunk by chunk, from the projections `uq`, `uk` `[heads, T, r]`
+/// ([`taylor_rows`]): no `[T, m]` activity is materialised. Its backward: [`backward_taylor`].
+pub(super) fn forward_taylor(uq: &[f32], uk: &[f32], v: &[f32], r: usize, d: KernelDims) -> Vec<f32> {
+    let (t, dv) = (d.t, d.dv);
+    let mut y = vec![0f32; d.heads * t * dv];
+    if t == 0 || dv == 0 {
+        return y;
+    }
+    y.par_chunks_mut(t * dv).enumerate().for_each_init(
+        || (Work::new(&d), Acts::new(&d)),
+        |(w, acts), (head, yh)| {
+            let mut src = Source::taylor(uq, uk, r, head, &d);
             head_forward(&mut src, &v[head * t * dv..][..t * dv], yh, w, acts, &d);
         },
     );
@@ -881,6 +969,13 @@ pub(super) fn backward(lq: &[f32], lk: &[f32], v: &[f32], g: &[f32], d: KernelDi
     let (t, m) = (d.t, d.m);
     let source = |head: usize| Source::Given { lq: &lq[head * t * m..][..t * m], lk: &lk[head * t * m..][..t * m], m };
     backward_with(source, m, 0, v, g, &d).0
+}
+
+/// Gradients of `sum(forward_taylor(uq, uk, v) ∘ g)` with respect to the projections `uq`, `uk`
+/// `[heads, T, r]` and `v` `[heads, T, dv]`; `g` `[heads, T, dv]`. The activity is rebuilt chunk by
+/// chunk, as in the forward.
+pub(super) fn backward_taylor(uq: &[f32], uk: &[f32], v: &[f32], g: &[f32], r: usize, d: KernelDims) -> KernelGrads {
+    backward_with(|head| Source::taylor(uq, uk, r, head, &d), r, 0, v, g, &d).0
 }
 
 /// Gradients of `sum(forward_positive(q, k, v, Ω) ∘ g)` with respect to the head vectors `q`, `k`

@@ -53,6 +53,10 @@ pub enum KernelMap {
     Identity,
     /// Head vectors x of elu+1 linear attention: φ = elu(x) + 1.
     EluPlusOne,
+    /// Projections u `[.., r]` of the Taylor map: φ = [1, u, c_ij u_i u_j for i ≤ j] (c_ii = 1/√2,
+    /// c_ij = 1), 1 + r + r(r+1)/2 hidden neurons built inside, chunk by chunk (full sequences only:
+    /// the decoding step takes the activity itself).
+    Taylor,
 }
 
 impl KernelMap {
@@ -63,6 +67,7 @@ impl KernelMap {
             KernelMap::Exp => 0,
             KernelMap::Identity => 1,
             KernelMap::EluPlusOne => 2,
+            KernelMap::Taylor => 3,
         }
     }
 }
@@ -161,7 +166,7 @@ pub fn kernelised_decode_step(
     map: KernelMap,
 ) -> Result<(Tensor<4>, DecodeMemory), (Tensor<4>, Tensor<4>, Tensor<4>, DecodeMemory)> {
     #[cfg(feature = "flex")]
-    if ext::supported_decode(&fq) {
+    if ext::supported_decode(&fq) && map != KernelMap::Taylor {
         let DecodeMemory { synapses, processes, log_scale } = memory;
         let (y, synapses, processes, log_scale) =
             ext::decode_step(fq, fk, v, synapses, processes, log_scale, None, decay, map);
