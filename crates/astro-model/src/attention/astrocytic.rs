@@ -92,7 +92,7 @@ impl AstrocyticConfig {
             return Err(ConfigError::invalid(
                 "attention.features",
                 self.features,
-                "the Taylor map has 1 + r + r² hidden neurons for a projection to r = features dimensions; \
+                "the Taylor map has 1 + r + r(r+1)/2 hidden neurons for a projection to r = features dimensions; \
                  use r ≤ 64 (Based uses 16)",
             ));
         }

@@ -100,7 +100,8 @@ pub trait FusedOps: Backend {
     }
 
     /// Kernelised attention over hidden activity (`kernelised.rs`): `fq`, `fk` `[B,H,T,m]` (what
-    /// they hold: `map`, an `Activation` code), `v` `[B,H,T,Dv]` → `[B,H,T,Dv]`, in chunks of
+    /// they hold: `map`, a `KernelMap` code; the Taylor map's projections `[B,H,T,r]`, from which
+    /// the kernel builds the activity), `v` `[B,H,T,Dv]` → `[B,H,T,Dv]`, in chunks of
     /// `chunk` tokens, with calcium decay `decay`, causal or bidirectional.
     #[allow(clippy::too_many_arguments)]
     fn fused_kernelised(

@@ -13,7 +13,9 @@
 //! running log-scale, as `attention::kernel::chunked` does), the activities themselves, or the raw
 //! head vectors x of elu+1 attention (φ = elu(x) + 1, computed here per chunk); for the paper's
 //! positive map, the head vectors q, k and Ω, from which l is built per chunk in the forward and
-//! again in the backward (`forward_positive`, `backward_positive`), so no `[T, m]` input exists.
+//! again in the backward (`forward_positive`, `backward_positive`), so no `[T, m]` input exists;
+//! for the Taylor map, the projections u `[T, r]`, from which φ = [1, u, c_ij u_i u_j] is built the
+//! same way (`forward_taylor`, `backward_taylor`).
 //! The memory is the synapse matrix H = Σ φk vᵀ and the astrocyte's calcium p = Σ φk, kept apart
 //! (numerator and denominator of the read-out). Inside a chunk the masked `[c, c]` scores, across
 //! chunks the carried memory.

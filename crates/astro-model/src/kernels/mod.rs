@@ -97,7 +97,8 @@ pub fn kernelised_supported(fq: &Tensor<4>) -> bool {
 
 /// y_t = Σ_τ w_tτ (φq_t·φk_τ) v_τ / Σ_τ w_tτ (φq_t·φk_τ) as one operation with a hand-written
 /// backward (`kernelised.rs`), for query and key inputs `fq`, `fk` `[batch, heads, T, m]` (what
-/// they hold: `options.map`) and values `v` `[batch, heads, T, Dv]` → `[batch, heads, T, Dv]`.
+/// they hold: `options.map`; for [`KernelMap::Taylor`] the projections `[batch, heads, T, r]`) and
+/// values `v` `[batch, heads, T, Dv]` → `[batch, heads, T, Dv]`.
 ///
 /// Gives the inputs back where [`kernelised_supported`] is false: the caller then uses the composed
 /// forms of `attention::kernel`, which are also the reference this operation is tested against.
