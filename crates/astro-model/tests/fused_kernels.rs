@@ -246,3 +246,40 @@ fn dense_layers_in_training_match_burn_with_gradients() {
         }
     }
 }
+
+#[test]
+fn short_convolution_matches_burn_with_gradients() {
+    use astro_model::kernels::{short_conv, short_conv_reference};
+    let dev = device();
+    let ad = dev.clone().autodiff();
+    let lift = |t: Tensor<3>| t.unsqueeze::<4>();
+    // Kernels of 1–4 taps; one token, odd lengths, and 700 rows (several parallel blocks).
+    for (k, batch, t, c) in [(4, 2, 37, 12), (1, 2, 9, 6), (2, 1, 1, 5), (4, 3, 700, 24)] {
+        // The K − 1 rows before the sequence are real inputs too (a continued sequence).
+        let full = normal4([1, batch, k - 1 + t, c], 1.0, 21, DType::F32, &ad).reshape([batch, k - 1 + t, c]);
+        let full = full.require_grad();
+        let weight = normal4([1, 1, c, k], 0.5, 22, DType::F32, &ad).reshape([c, k]).require_grad();
+        let w = normal4([1, batch, t, c], 1.0, 23, DType::F32, &ad).reshape([batch, t, c]);
+        let ours = short_conv(full.clone(), weight.clone());
+        let theirs = short_conv_reference(full.clone(), weight.clone());
+        assert_eq!(ours.dims(), [batch, t, c]);
+        let e = err(&lift(ours.clone()), &lift(theirs.clone()));
+        assert!(e < 1e-6, "K = {k}, T = {t}: values differ by {e:e}");
+        let (g1, g2) = ((ours * w.clone()).sum().backward(), (theirs * w).sum().backward());
+        let dfull = |g| lift(full.grad(g).expect("d full"));
+        let e = err(&dfull(&g1), &dfull(&g2));
+        assert!(e < 1e-5, "K = {k}, T = {t}: d full differs by {e:e}");
+        let dw = |g| weight.grad(g).expect("dw").unsqueeze::<4>();
+        let e = err(&dw(&g1), &dw(&g2));
+        assert!(e < 1e-5, "K = {k}, T = {t}: dw differs by {e:e}");
+    }
+    // Causal: an input row moves only the outputs at and after it.
+    let full = normal4([1, 1, 3 + 20, 4], 1.0, 24, DType::F32, &dev).reshape([1, 23, 4]);
+    let weight = normal4([1, 1, 4, 4], 1.0, 25, DType::F32, &dev).reshape([4, 4]);
+    let before = short_conv(full.clone(), weight.clone());
+    let bumped = full.clone().slice_assign([0..1, 13..14, 0..4], Tensor::ones([1, 1, 4], &dev).mul_scalar(9.0));
+    let after = short_conv(bumped, weight);
+    let early = |t: &Tensor<3>| lift(t.clone().narrow(1, 0, 10));
+    assert!(err(&early(&after), &early(&before)) == 0.0, "a later input changed an earlier output");
+    assert!(err(&lift(after), &lift(before)) > 1e-3, "the bumped input changed nothing");
+}

@@ -50,20 +50,9 @@ impl QkvConv {
         let k = self.kernel();
         let past = past.unwrap_or_else(|| Tensor::zeros([b, k - 1, c], &x.device()));
         let full = Tensor::cat(vec![past, x], 1); // [B, K−1+T, 3d]
-        let w = self.weight.val(); // [3d, K]
-        let mut y: Option<Tensor<3>> = None;
-        for j in 0..k {
-            // x_{t−j} for t = 0..T sits at rows K−1−j .. K−1−j+T of `full`.
-            let shifted = full.clone().narrow(1, k - 1 - j, t); // [B, T, 3d]
-            let wj = w.clone().narrow(1, j, 1).reshape([1, 1, c]);
-            let term = shifted * wj;
-            y = Some(match y {
-                Some(acc) => acc + term,
-                None => term,
-            });
-        }
+        let y = crate::kernels::short_conv(full.clone(), self.weight.val()); // [B, T, 3d]
         let tail = full.narrow(1, t, k - 1); // the last K−1 rows: [B, K−1, 3d]
-        (y.expect("K ≥ 1"), tail)
+        (y, tail)
     }
 }
 

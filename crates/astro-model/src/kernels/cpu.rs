@@ -622,6 +622,99 @@ pub(super) fn rotary(x: &[f32], freq: &[f32], t: usize, d: usize, inverse: bool)
     out
 }
 
+/// Output rows per parallel task of the short convolution's kernels.
+const CONV_ROWS: usize = 64;
+
+/// `weight` `[c, k]` as `[k, c]`: the taps side by side per channel become one row per tap, so
+/// that each tap is an element-wise product over a row.
+fn taps(weight: &[f32], c: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; c * k];
+    for (ch, row) in weight.chunks_exact(k).enumerate() {
+        for (j, &w) in row.iter().enumerate() {
+            out[j * c + ch] = w;
+        }
+    }
+    out
+}
+
+/// Causal depthwise convolution over time: `full` `[b, k − 1 + t, c]` (the k − 1 inputs before the
+/// sequence, then its t inputs), `weight` `[c, k]` (column j weighs the input j tokens back) →
+/// `[b, t, c]`, y_τ = Σ_j w_j ⊙ full_{τ + k − 1 − j}.
+pub(super) fn short_conv(full: &[f32], weight: &[f32], b: usize, t: usize, c: usize, k: usize) -> Vec<f32> {
+    let w = taps(weight, c, k);
+    let span = (k - 1 + t) * c;
+    let mut out = vec![0f32; b * t * c];
+    out.par_chunks_mut(CONV_ROWS * c).enumerate().for_each(|(block, o)| {
+        for (r, row) in o.chunks_exact_mut(c).enumerate() {
+            let (seq, tau) = ((block * CONV_ROWS + r) / t, (block * CONV_ROWS + r) % t);
+            let x = &full[seq * span..][..span];
+            for (j, wj) in w.chunks_exact(c).enumerate() {
+                let src = &x[(tau + k - 1 - j) * c..][..c];
+                row.iter_mut().zip(src).zip(wj).for_each(|((y, x), w)| *y += w * x);
+            }
+        }
+    });
+    out
+}
+
+/// Gradients of [`short_conv`] given `grad` `[b, t, c]`: (d`full` `[b, k − 1 + t, c]`, d`weight`
+/// `[c, k]`), with d full_s = Σ_j w_j ⊙ grad_{s − (k − 1 − j)} over the outputs that read row s, and
+/// dw_j = Σ_τ full_{τ + k − 1 − j} ⊙ grad_τ summed over the batch.
+pub(super) fn short_conv_backward(
+    full: &[f32],
+    weight: &[f32],
+    grad: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+    k: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let w = taps(weight, c, k);
+    let span = k - 1 + t;
+    let rows = b * span;
+    let mut dfull = vec![0f32; rows * c];
+    // d full: each input row s of sequence `seq` is read by outputs τ = s − (k − 1 − j), 0 ≤ τ < t.
+    dfull.par_chunks_mut(CONV_ROWS * c).enumerate().for_each(|(block, o)| {
+        for (r, row) in o.chunks_exact_mut(c).enumerate() {
+            let (seq, s) = ((block * CONV_ROWS + r) / span, (block * CONV_ROWS + r) % span);
+            for (j, wj) in w.chunks_exact(c).enumerate() {
+                let Some(tau) = (s + j).checked_sub(k - 1).filter(|&tau| tau < t) else { continue };
+                let g = &grad[(seq * t + tau) * c..][..c];
+                row.iter_mut().zip(g).zip(wj).for_each(|((d, g), w)| *d += w * g);
+            }
+        }
+    });
+    // dw: per-task sums over blocks of output rows, then their total, as [k, c] → [c, k].
+    let dw_taps = (0..(b * t).div_ceil(CONV_ROWS))
+        .into_par_iter()
+        .map(|block| {
+            let mut acc = vec![0f32; k * c];
+            for n in block * CONV_ROWS..((block + 1) * CONV_ROWS).min(b * t) {
+                let (seq, tau) = (n / t, n % t);
+                let g = &grad[n * c..][..c];
+                for (j, a) in acc.chunks_exact_mut(c).enumerate() {
+                    let x = &full[(seq * span + tau + k - 1 - j) * c..][..c];
+                    a.iter_mut().zip(x).zip(g).for_each(|((a, x), g)| *a += x * g);
+                }
+            }
+            acc
+        })
+        .reduce(
+            || vec![0f32; k * c],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        );
+    let mut dweight = vec![0f32; c * k];
+    for (j, row) in dw_taps.chunks_exact(c).enumerate() {
+        for (ch, &v) in row.iter().enumerate() {
+            dweight[ch * k + j] = v;
+        }
+    }
+    (dfull, dweight)
+}
+
 /// Rows per parallel task of the LayerNorm kernels.
 const ROWS: usize = 64;
 

@@ -75,6 +75,15 @@ pub struct LinearGrads<B: Backend> {
     pub bias: FloatTensor<B>,
 }
 
+/// Gradients of the short convolution with respect to its input and kernels.
+#[derive(ExtensionType)]
+pub struct ConvGrads<B: Backend> {
+    /// dL/d(past inputs, then the sequence's), `[batch, K−1+T, C]`.
+    pub full: FloatTensor<B>,
+    /// dL/dw, `[C, K]`.
+    pub weight: FloatTensor<B>,
+}
+
 /// Fused scaled-dot-product attention, element-wise maps and LayerNorm as backend primitives.
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedOps: Backend {
@@ -252,6 +261,25 @@ pub trait FusedOps: Backend {
     /// `grad`·GELU′(`x`), element-wise.
     fn fused_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::gelu_backward(x, grad)
+    }
+
+    /// Causal depthwise convolution over time (`cpu::short_conv`): `full` `[B, K−1+T, C]` (the
+    /// K − 1 inputs before the sequence, then its T inputs), `weight` `[C, K]` → `[B, T, C]`.
+    /// Only flex computes it; the public entry point (`kernels::short_conv`) routes every other
+    /// backend to Burn's operations.
+    fn fused_short_conv(full: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        let _ = (full, weight);
+        unreachable!("the fused short convolution runs on flex only; callers check `supported_elementwise`")
+    }
+
+    /// Gradients of [`Self::fused_short_conv`] given the output's gradient `grad` `[B, T, C]`.
+    fn fused_short_conv_backward(
+        full: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> ConvGrads<Self> {
+        let _ = (full, weight, grad);
+        unreachable!("the fused short convolution runs on flex only; callers check `supported_elementwise`")
     }
 }
 
@@ -659,6 +687,21 @@ impl FusedOps for Flex {
         let out = super::cpu::gelu_backward(view(&x), view(&grad));
         f32_tensor(out, x.shape())
     }
+
+    fn fused_short_conv(full: FlexTensor, weight: FlexTensor) -> FlexTensor {
+        let ([b, rows, c], [_, k]) = (full.shape().dims::<3>(), weight.shape().dims::<2>());
+        let t = rows + 1 - k;
+        let (full, weight) = (full.to_contiguous(), weight.to_contiguous());
+        f32_tensor(super::cpu::short_conv(view(&full), view(&weight), b, t, c, k), Shape::new([b, t, c]))
+    }
+
+    fn fused_short_conv_backward(full: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> ConvGrads<Flex> {
+        let ([b, rows, c], [_, k]) = (full.shape().dims::<3>(), weight.shape().dims::<2>());
+        let t = rows + 1 - k;
+        let (full, weight, grad) = (full.to_contiguous(), weight.to_contiguous(), grad.to_contiguous());
+        let (dfull, dweight) = super::cpu::short_conv_backward(view(&full), view(&weight), view(&grad), b, t, c, k);
+        ConvGrads { full: f32_tensor(dfull, Shape::new([b, rows, c])), weight: f32_tensor(dweight, Shape::new([c, k])) }
+    }
 }
 
 /// One graph node for the whole attention; its backward calls the inner backend's kernel.
@@ -811,6 +854,19 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish((freq, inverse), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_rotary(x.into_primitive(), freq, inverse)),
+        }
+    }
+
+    fn fused_short_conv(full: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        match FusedShortConvBackward.prepare::<C>([full.node(), weight.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let (sf, sw) = (prep.checkpoint(&full), prep.checkpoint(&weight));
+                let out = B::fused_short_conv(full.into_primitive(), weight.into_primitive());
+                prep.finish((sf, sw), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fused_short_conv(full.into_primitive(), weight.into_primitive()))
+            }
         }
     }
 
@@ -984,6 +1040,29 @@ impl<B: FusedOps> Backward<B, 1> for FusedRotaryBackward {
         let (freq, inverse) = ops.state;
         if let Some(node) = node {
             grads.register::<B>(node.id, B::fused_rotary(grad, freq, !inverse));
+        }
+    }
+}
+
+/// The short convolution's graph node: one call computes the gradients of the inputs and kernels.
+#[derive(Debug)]
+struct FusedShortConvBackward;
+
+impl<B: FusedOps> Backward<B, 2> for FusedShortConvBackward {
+    // Checkpointed inputs and kernels.
+    type State = (NodeId, NodeId);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_full, node_w] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let full: FloatTensor<B> = checkpointer.retrieve_node_output(ops.state.0);
+        let weight: FloatTensor<B> = checkpointer.retrieve_node_output(ops.state.1);
+        let g = B::fused_short_conv_backward(full, weight, grad);
+        if let Some(node) = node_full {
+            grads.register::<B>(node.id, g.full);
+        }
+        if let Some(node) = node_w {
+            grads.register::<B>(node.id, g.weight);
         }
     }
 }
@@ -1224,6 +1303,11 @@ pub(super) fn rotary<const D: usize>(x: Tensor<D>, freq: Tensor<3>, inverse: boo
 /// [`FusedOps::fused_gelu`] on tensors.
 pub(super) fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(Dispatch::fused_gelu(x.into_dispatch()))
+}
+
+/// [`FusedOps::fused_short_conv`] on tensors.
+pub(super) fn short_conv(full: Tensor<3>, weight: Tensor<2>) -> Tensor<3> {
+    Tensor::from_dispatch(Dispatch::fused_short_conv(full.into_dispatch(), weight.into_dispatch()))
 }
 
 /// [`FusedOps::fused_attention`] on tensors.

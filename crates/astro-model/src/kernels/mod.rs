@@ -12,7 +12,9 @@
 //! `expf` / `erff` (the astrocyte's hidden activity is e^{x−c} of a `[batch, heads, T, m]` tensor).
 //! [`rotary`] is one pass each way (Burn's is a batched product with K = 2, a product and a sum over
 //! a doubled tensor), and in training [`linear_rows`] is one node whose output starts as the bias
-//! rows (flex zeroes each product's output and copies it once more to realign it).
+//! rows (flex zeroes each product's output and copies it once more to realign it). [`short_conv`],
+//! the causal convolution on q, k and v, is one pass each way (Burn composes K shifted views,
+//! products and sums, and each view's backward fills a zeroed tensor of the input's size).
 //!
 //! The extension (`ext.rs`) is compiled for flex only; on other backends, for f64, or where a kernel
 //! does not apply, the functions here are Burn's own operations, so every backend computes the same
@@ -292,6 +294,41 @@ pub fn rotary<const D: usize>(rope: &burn::nn::RotaryEncoding, x: Tensor<D>, sta
         return ext::rotary(x, freq, false);
     }
     rope.apply(x, start)
+}
+
+/// Causal depthwise convolution over time, each channel its own kernel: `full` `[batch, K−1+T, C]`
+/// (the K − 1 inputs before the sequence, then its T inputs) and `weight` `[C, K]` (column j weighs
+/// the input j tokens back) → `[batch, T, C]`, y_τ = Σ_j w_j ⊙ full_{τ+K−1−j}.
+///
+/// On flex (f32) one pass forward and one backward (d full and dw in one call); elsewhere, and as
+/// the reference the tests compare with, [`short_conv_reference`].
+pub fn short_conv(full: Tensor<3>, weight: Tensor<2>) -> Tensor<3> {
+    #[cfg(feature = "flex")]
+    if ext::supported_elementwise(&full) && weight.dtype() == full.dtype() && weight.dims()[1] >= 1 {
+        return ext::short_conv(full, weight);
+    }
+    short_conv_reference(full, weight)
+}
+
+/// [`short_conv`] as Burn operations: K shifted views of `full`, each times its column of `weight`,
+/// summed. Autodiff keeps every product's operands, and each view's backward is a zero-filled
+/// tensor of `full`'s size with the gradient written into it.
+pub fn short_conv_reference(full: Tensor<3>, weight: Tensor<2>) -> Tensor<3> {
+    let [_, rows, c] = full.dims();
+    let k = weight.dims()[1];
+    let t = rows + 1 - k;
+    let mut y: Option<Tensor<3>> = None;
+    for j in 0..k {
+        // x_{τ−j} for τ = 0..T sits at rows K−1−j .. K−1−j+T of `full`.
+        let shifted = full.clone().narrow(1, k - 1 - j, t); //                              [B, T, C]
+        let wj = weight.clone().narrow(1, j, 1).reshape([1, 1, c]); //                     [1, 1, C]
+        let term = shifted * wj;
+        y = Some(match y {
+            Some(acc) => acc + term,
+            None => term,
+        });
+    }
+    y.expect("K ≥ 1")
 }
 
 /// Exact GELU, x·Φ(x) with Φ the standard normal CDF (erf form, as PyTorch's default), any shape.
