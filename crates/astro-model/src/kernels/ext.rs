@@ -1058,11 +1058,10 @@ impl<B: FusedOps> Backward<B, 2> for FusedShortConvBackward {
         let full: FloatTensor<B> = checkpointer.retrieve_node_output(ops.state.0);
         let weight: FloatTensor<B> = checkpointer.retrieve_node_output(ops.state.1);
         let g = B::fused_short_conv_backward(full, weight, grad);
-        if let Some(node) = node_full {
-            grads.register::<B>(node.id, g.full);
-        }
-        if let Some(node) = node_w {
-            grads.register::<B>(node.id, g.weight);
+        for (node, grad) in [(node_full, g.full), (node_w, g.weight)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
         }
     }
 }

@@ -685,17 +685,21 @@ fn head_forward_body(src: &mut Source, v: &[f32], y: &mut [f32], w: &mut Work, a
 
 /// y `[heads, T, dv]` for `lq`, `lk` `[heads, T, m]` and `v` `[heads, T, dv]`.
 pub(super) fn forward(lq: &[f32], lk: &[f32], v: &[f32], d: KernelDims) -> Vec<f32> {
-    let (t, m, dv) = (d.t, d.m, d.dv);
+    let (t, m) = (d.t, d.m);
+    forward_with(|head| Source::Given { lq: &lq[head * t * m..][..t * m], lk: &lk[head * t * m..][..t * m], m }, v, &d)
+}
+
+/// The forward of every head (in parallel), each reading its queries and keys from `source(head)`:
+/// y `[heads, T, dv]` for values `v` `[heads, T, dv]`.
+fn forward_with<'a>(source: impl Fn(usize) -> Source<'a> + Sync, v: &[f32], d: &KernelDims) -> Vec<f32> {
+    let (t, dv) = (d.t, d.dv);
     let mut y = vec![0f32; d.heads * t * dv];
     if t == 0 || dv == 0 {
         return y;
     }
     y.par_chunks_mut(t * dv).enumerate().for_each_init(
-        || (Work::new(&d), Acts::new(&d)),
-        |(w, acts), (head, yh)| {
-            let mut src = Source::Given { lq: &lq[head * t * m..][..t * m], lk: &lk[head * t * m..][..t * m], m };
-            head_forward(&mut src, &v[head * t * dv..][..t * dv], yh, w, acts, &d);
-        },
+        || (Work::new(d), Acts::new(d)),
+        |(w, acts), (head, yh)| head_forward(&mut source(head), &v[head * t * dv..][..t * dv], yh, w, acts, d),
     );
     y
 }
@@ -711,40 +715,18 @@ pub(super) fn forward_positive(
     width: usize,
     d: KernelDims,
 ) -> Vec<f32> {
-    let (t, m, dv) = (d.t, d.m, d.dv);
-    let mut y = vec![0f32; d.heads * t * dv];
-    let per_head = m * width;
-    if t == 0 || dv == 0 || per_head == 0 {
-        return y;
+    if d.m * width == 0 {
+        return vec![0f32; d.heads * d.t * d.dv];
     }
-    let omega_t = transpose_heads(omega, m, width);
-    y.par_chunks_mut(t * dv).enumerate().for_each_init(
-        || (Work::new(&d), Acts::new(&d)),
-        |(w, acts), (head, yh)| {
-            let mut src = Source::positive(q, k, omega, &omega_t, width, head, &d);
-            head_forward(&mut src, &v[head * t * dv..][..t * dv], yh, w, acts, &d);
-        },
-    );
-    y
+    let omega_t = transpose_heads(omega, d.m, width);
+    forward_with(|head| Source::positive(q, k, omega, &omega_t, width, head, &d), v, &d)
 }
 
 /// y `[heads, T, dv]` with the Taylor map's activity (`d.m` = 1 + r + r(r+1)/2 features, `d.map`
 /// Identity) built inside, chunk by chunk, from the projections `uq`, `uk` `[heads, T, r]`
 /// ([`taylor_rows`]): no `[T, m]` activity is materialised. Its backward: [`backward_taylor`].
 pub(super) fn forward_taylor(uq: &[f32], uk: &[f32], v: &[f32], r: usize, d: KernelDims) -> Vec<f32> {
-    let (t, dv) = (d.t, d.dv);
-    let mut y = vec![0f32; d.heads * t * dv];
-    if t == 0 || dv == 0 {
-        return y;
-    }
-    y.par_chunks_mut(t * dv).enumerate().for_each_init(
-        || (Work::new(&d), Acts::new(&d)),
-        |(w, acts), (head, yh)| {
-            let mut src = Source::taylor(uq, uk, r, head, &d);
-            head_forward(&mut src, &v[head * t * dv..][..t * dv], yh, w, acts, &d);
-        },
-    );
-    y
+    forward_with(|head| Source::taylor(uq, uk, r, head, &d), v, &d)
 }
 
 /// Per-thread buffers of the backward beyond [`Work`].
