@@ -52,8 +52,8 @@ pub enum FeatureMap {
     /// ones (see [`super::calibration`]). Positive, unbiased.
     FullSaderf,
     /// Second-order Taylor features of exp (Based, Arora et al. 2024) on a projection to r = `features`
-    /// dimensions, u = Ωx̃ with Ω `[heads, r, D]` drawn N(0, 1/r): φ(x) = [1, u, u_i u_j (i < j),
-    /// u_i²/√2], so φ(q)·φ(k) = 1 + s + s²/2 with s = u_q·u_k ≈ q·k/√D — always ≥ ½, a sharp
+    /// dimensions, u = Ωx̃ with Ω `[heads, r, D]` drawn N(0, 1/r): φ(x) = [1, u, c_ij u_i u_j for
+    /// i ≤ j] (c_ii = 1/√2, c_ij = 1), so φ(q)·φ(k) = 1 + s + s²/2 with s = u_q·u_k ≈ q·k/√D — always ≥ ½, a sharp
     /// polynomial kernel. Based writes the second order as vec(u uᵀ)/√2 (r² neurons); each product
     /// is kept once here, 1 + r + r(r+1)/2 hidden neurons, the same kernel. Train Ω
     /// (`learnable_omega = true`) as Based trains its projection.
@@ -222,7 +222,7 @@ fn taylor(u: Tensor<4>) -> Tensor<4> {
 }
 
 /// The pairs (i, j), i ≤ j < r, of the Taylor map's second-order features, in their order.
-pub(crate) fn taylor_pairs(r: usize) -> impl Iterator<Item = (usize, usize)> {
+fn taylor_pairs(r: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..r).flat_map(move |i| (i..r).map(move |j| (i, j)))
 }
 
