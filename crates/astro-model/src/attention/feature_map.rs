@@ -104,7 +104,7 @@ impl FeatureMap {
     /// for Hedgehog.
     pub fn width(self, features: usize) -> usize {
         match self {
-            FeatureMap::Taylor => 1 + features + features * (features + 1) / 2,
+            FeatureMap::Taylor => crate::kernels::taylor_width(features),
             FeatureMap::Hedgehog => 2 * features,
             _ => features,
         }

@@ -625,13 +625,17 @@ pub(super) fn rotary(x: &[f32], freq: &[f32], t: usize, d: usize, inverse: bool)
 /// Output rows per parallel task of the short convolution's kernels.
 const CONV_ROWS: usize = 64;
 
-/// `weight` `[c, k]` as `[k, c]`: the taps side by side per channel become one row per tap, so
-/// that each tap is an element-wise product over a row.
-fn taps(weight: &[f32], c: usize, k: usize) -> Vec<f32> {
-    let mut out = vec![0f32; c * k];
-    for (ch, row) in weight.chunks_exact(k).enumerate() {
-        for (j, &w) in row.iter().enumerate() {
-            out[j * c + ch] = w;
+/// Every `[rows, cols]` matrix stored one after another in `src` transposed to `[cols, rows]`.
+pub(super) fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; src.len()];
+    if rows * cols == 0 {
+        return out;
+    }
+    for (dst, src) in out.chunks_exact_mut(rows * cols).zip(src.chunks_exact(rows * cols)) {
+        for (i, row) in src.chunks_exact(cols).enumerate() {
+            for (j, &x) in row.iter().enumerate() {
+                dst[j * rows + i] = x;
+            }
         }
     }
     out
@@ -641,7 +645,8 @@ fn taps(weight: &[f32], c: usize, k: usize) -> Vec<f32> {
 /// sequence, then its t inputs), `weight` `[c, k]` (column j weighs the input j tokens back) →
 /// `[b, t, c]`, y_τ = Σ_j w_j ⊙ full_{τ + k − 1 − j}.
 pub(super) fn short_conv(full: &[f32], weight: &[f32], b: usize, t: usize, c: usize, k: usize) -> Vec<f32> {
-    let w = taps(weight, c, k);
+    // The taps as rows, [k, c]: each tap is an element-wise product over a row.
+    let w = transpose(weight, c, k);
     let span = (k - 1 + t) * c;
     let mut out = vec![0f32; b * t * c];
     out.par_chunks_mut(CONV_ROWS * c).enumerate().for_each(|(block, o)| {
@@ -669,7 +674,7 @@ pub(super) fn short_conv_backward(
     c: usize,
     k: usize,
 ) -> (Vec<f32>, Vec<f32>) {
-    let w = taps(weight, c, k);
+    let w = transpose(weight, c, k); //                                                      [k, c]
     let span = k - 1 + t;
     let rows = b * span;
     let mut dfull = vec![0f32; rows * c];
@@ -706,13 +711,7 @@ pub(super) fn short_conv_backward(
                 a
             },
         );
-    let mut dweight = vec![0f32; c * k];
-    for (j, row) in dw_taps.chunks_exact(c).enumerate() {
-        for (ch, &v) in row.iter().enumerate() {
-            dweight[ch * k + j] = v;
-        }
-    }
-    (dfull, dweight)
+    (dfull, transpose(&dw_taps, k, c))
 }
 
 /// Rows per parallel task of the LayerNorm kernels.

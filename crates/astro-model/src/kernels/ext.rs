@@ -1202,7 +1202,7 @@ fn kernelised_dims(
 ) -> (Inputs, KernelDims) {
     let decay = decay as f32;
     if code == super::KernelMap::Taylor.code() {
-        let m = 1 + width + width * (width + 1) / 2;
+        let m = super::taylor_width(width);
         (Inputs::Taylor, KernelDims { heads, t, m, dv, chunk, decay, map: Activation::Identity, causal })
     } else {
         (

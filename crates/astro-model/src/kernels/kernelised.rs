@@ -34,7 +34,7 @@
 
 use rayon::prelude::*;
 
-use super::cpu::{View, dot_inline, exp_approx, exp_sub_block, matmul, matmul_acc};
+use super::cpu::{View, dot_inline, exp_approx, exp_sub_block, matmul, matmul_acc, transpose};
 
 /// Denominators below this magnitude are underflows: output 0 and no gradient (as `safe_div`).
 const TINY: f32 = 1.0e-30;
@@ -580,7 +580,7 @@ impl Source<'_> {
 /// `attention::feature_map`'s composed map), so that φ(q)·φ(k) = 1 + s + s²/2 with s = u_q·u_k.
 #[inline(always)]
 fn taylor_rows(dst: &mut [f32], u: &[f32], r: usize) {
-    let m = 1 + r + r * (r + 1) / 2;
+    let m = super::taylor_width(r);
     for (row, ur) in dst.chunks_exact_mut(m).zip(u.chunks_exact(r)) {
         row[0] = 1.0;
         row[1..=r].copy_from_slice(ur);
@@ -613,18 +613,7 @@ fn taylor_row_grad(du: &mut [f32], u: &[f32], df: &[f32]) {
 /// features' product x̃ Ωᵀ with a row-major right operand ran at 85 GFLOP/s on one core against 61
 /// through a transposed view of Ω (`gemm` 0.19, 32 × 256 × 32).
 fn transpose_heads(omega: &[f32], m: usize, width: usize) -> Vec<f32> {
-    let mut omega_t = vec![0.0; omega.len()];
-    if m * width == 0 {
-        return omega_t;
-    }
-    for (dst, src) in omega_t.chunks_exact_mut(m * width).zip(omega.chunks_exact(m * width)) {
-        for (i, row) in src.chunks_exact(width).enumerate() {
-            for (j, &x) in row.iter().enumerate() {
-                dst[j * m + i] = x;
-            }
-        }
-    }
-    omega_t
+    transpose(omega, m, width)
 }
 
 /// The positive map's log-activity for rows of head vectors `x` `[n, D]` with this head's Ω `[m, D]`

@@ -74,6 +74,12 @@ impl KernelMap {
     }
 }
 
+/// Hidden neurons of the Taylor map on r-dimensional projections: 1 + r + r(r+1)/2 (the constant,
+/// u, and each product u_i u_j with i ≤ j once).
+pub fn taylor_width(r: usize) -> usize {
+    1 + r + r * (r + 1) / 2
+}
+
 /// Settings of [`kernelised_attention`].
 #[derive(Debug, Clone, Copy)]
 pub struct KernelisedOptions {
